@@ -1,0 +1,167 @@
+"""One self-describing model bundle: preprocessing, model, schema, labels, metrics, versions.
+
+A bundle is a folder. `bundle.json` says what wrote it (modalfuse and library versions),
+what it was trained on (dataset name and content version) and how to rebuild the
+Predictor; loading refuses a bundle whose format or libraries the running code cannot
+honour, and says what to install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from modalfuse import __version__
+from modalfuse.config import DatasetSpec
+from modalfuse.features.preprocess import Preprocessor
+from modalfuse.models.base import Model, load_model
+
+BUNDLE_FORMAT = 1
+BUNDLE_FILE = "bundle.json"
+# Libraries whose version changes what a saved model means, per model kind.
+KIND_LIBRARIES = {"lightgbm": ["lightgbm"], "onnx": ["onnxruntime"]}
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, broken, or written by incompatible software."""
+
+
+class BundleVersionWarning(UserWarning):
+    """A bundle written by another minor version of a library: it loads, but check it."""
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    return {d: _version(d) for d in ("numpy", "pandas", "pillow", "lightgbm", "onnxruntime",
+                                     "scikit-learn", "torch")}
+
+
+@dataclass
+class ModelBundle:
+    path: Path
+    meta: dict
+    spec: DatasetSpec
+    preprocessor: Preprocessor
+    model: Model
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta["labels"])
+
+    @property
+    def model_version(self) -> str:
+        return str(self.meta["model_version"])
+
+    @property
+    def metrics(self) -> dict:
+        return dict(self.meta.get("metrics", {}))
+
+
+def _content_hash(directory: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and p.name != BUNDLE_FILE:
+            h.update(p.relative_to(directory).as_posix().encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def save_bundle(directory: Path, spec: DatasetSpec, preprocessor: Preprocessor, model: Model,
+                labels: list[str], dataset: dict, metrics: dict | None = None,
+                training: dict | None = None) -> ModelBundle:
+    """Write a bundle folder atomically and return it loaded."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model_meta = model.save(tmp)
+    (tmp / "preprocessor.json").write_text(json.dumps(preprocessor.to_dict()))
+    (tmp / "spec.json").write_text(spec.model_dump_json(indent=2))
+    content = _content_hash(tmp)
+    meta = {
+        "format": "modalfuse-bundle",
+        "format_version": BUNDLE_FORMAT,
+        "model_version": f"{spec.name}-{model_meta['kind']}-{content[:12]}",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "modalfuse_version": __version__,
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "dataset": dataset,
+        "labels": labels,
+        "model": model_meta,
+        "metrics": metrics or {},
+        "training": training or {},
+    }
+    (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return load_bundle(directory)
+
+
+def update_bundle_meta(directory: Path, **fields) -> None:
+    """Add evaluation results (metrics, reports) after the bundle was written."""
+    path = Path(directory) / BUNDLE_FILE
+    meta = json.loads(path.read_text())
+    meta.update(fields)
+    path.write_text(json.dumps(meta, indent=2, default=str))
+
+
+def _check_compatible(meta: dict, path: Path) -> None:
+    if meta.get("format") != "modalfuse-bundle":
+        raise BundleError(f"{path} is not a modalfuse bundle (no 'format: modalfuse-bundle')")
+    if meta.get("format_version") != BUNDLE_FORMAT:
+        raise BundleError(
+            f"{path} has bundle format {meta.get('format_version')}, this modalfuse "
+            f"{__version__} reads format {BUNDLE_FORMAT}; install the modalfuse version that "
+            f"wrote it ({meta.get('modalfuse_version')}) or retrain with this one"
+        )
+    kinds = [meta["model"]["kind"], *[p.get("kind", "") for p in meta["model"].get("parts", [])]]
+    for lib in {lib for k in kinds for lib in KIND_LIBRARIES.get(k, [])}:
+        wrote, have = meta.get("libraries", {}).get(lib), _version(lib)
+        if wrote is None:
+            continue
+        if have is None:
+            raise BundleError(f"{path} needs {lib} (it was written with {lib}=={wrote}); "
+                              f"install it: pip install '{lib}=={wrote}'")
+        if wrote.split(".")[0] != have.split(".")[0]:
+            raise BundleError(
+                f"{path} was written with {lib} {wrote}, but {lib} {have} is installed; a "
+                f"different major version may read the model differently. Install "
+                f"'{lib}=={wrote}' or retrain the bundle with {lib} {have}."
+            )
+        if wrote.split(".")[:2] != have.split(".")[:2]:
+            warnings.warn(f"{path} was written with {lib} {wrote}, running {lib} {have}",
+                          BundleVersionWarning, stacklevel=3)
+
+
+def load_bundle(directory: Path) -> ModelBundle:
+    directory = Path(directory)
+    path = directory / BUNDLE_FILE
+    if not path.exists():
+        raise BundleError(
+            f"no model bundle at {directory} ({BUNDLE_FILE} missing); train one with "
+            "`modalfuse train` or point MODALFUSE_BUNDLE at a bundle folder"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path} is not valid JSON: {e}") from None
+    _check_compatible(meta, directory)
+    spec = DatasetSpec.load(directory / "spec.json")
+    pre = Preprocessor.from_dict(spec, json.loads((directory / "preprocessor.json").read_text()))
+    model = load_model(directory, meta["model"])
+    return ModelBundle(path=directory, meta=meta, spec=spec, preprocessor=pre, model=model)

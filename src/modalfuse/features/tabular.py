@@ -1,0 +1,225 @@
+"""Raw table fields -> validated records -> numeric feature matrix.
+
+`parse_records` is the single place where a raw field value (from JSON, CSV or Parquet)
+is checked against the DatasetSpec; training data, CLI batches and API requests all pass
+through it, so a value the model never accepted in training cannot sneak in at serving.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from modalfuse.config import DatasetSpec, FieldKind, FieldSpec
+
+OTHER = "__other__"
+
+
+class NotFittedError(RuntimeError):
+    """A fitted object was used before `fit`."""
+
+
+class RecordError(ValueError):
+    """A record's fields break the input schema; `errors` maps field -> message."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+def _is_missing(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, float) and math.isnan(v):
+        return True
+    return isinstance(v, str) and v.strip() == ""
+
+
+def _parse_value(f: FieldSpec, v: Any) -> Any:
+    """One raw value -> its canonical form, or ValueError saying what is allowed."""
+    if _is_missing(v):
+        if f.required:
+            raise ValueError("is required")
+        return None if f.kind != FieldKind.multi else ""
+    if f.kind == FieldKind.numeric:
+        if isinstance(v, bool):
+            raise ValueError(f"must be a number, got boolean {v}")
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number, got {v!r}") from None
+        if not math.isfinite(x):
+            raise ValueError(f"must be a finite number, got {v!r}")
+        if (f.min is not None and x < f.min) or (f.max is not None and x > f.max):
+            raise ValueError(f"must be between {f.min} and {f.max}, got {x:g}")
+        return x
+    if f.kind == FieldKind.boolean:
+        if isinstance(v, bool | np.bool_):
+            return bool(v)
+        if isinstance(v, int | float) and v in (0, 1):
+            return bool(v)
+        if isinstance(v, str) and v.strip().lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return v.strip().lower() in {"true", "1", "yes"}
+        raise ValueError(f"must be true or false, got {v!r}")
+    if f.kind == FieldKind.categorical:
+        if not isinstance(v, str):
+            raise ValueError(f"must be a string, got {type(v).__name__} {v!r}")
+        if f.categories and v not in f.categories:
+            raise ValueError(f"must be one of {f.categories}, got {v!r}")
+        return v
+    # multi-valued: a list of strings, or one string joined by "|"
+    if isinstance(v, str):
+        labels = [s.strip() for s in v.split("|") if s.strip()]
+    elif isinstance(v, list | tuple | np.ndarray) and all(isinstance(s, str) for s in v):
+        labels = [s.strip() for s in v if s.strip()]
+    else:
+        raise ValueError(f"must be a list of strings or a '|'-joined string, got {v!r}")
+    if f.categories:
+        bad = [s for s in labels if s not in f.categories]
+        if bad:
+            raise ValueError(f"unknown value(s) {bad}; allowed: {f.categories}")
+    return "|".join(labels)
+
+
+def parse_record(spec: DatasetSpec, record: dict[str, Any], allow_extra: bool = False) -> dict:
+    errors: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    for f in spec.fields:
+        try:
+            out[f.name] = _parse_value(f, record.get(f.name))
+        except ValueError as e:
+            errors[f.name] = str(e)
+    if not allow_extra:
+        known = {f.name for f in spec.fields}
+        for k in record:
+            if k not in known:
+                errors[k] = f"unknown field; known fields are {sorted(known)}"
+    if errors:
+        raise RecordError(errors)
+    return out
+
+
+def records_frame(spec: DatasetSpec, records: list[dict]) -> pd.DataFrame:
+    """Parsed records (already valid) -> a typed frame with one column per field."""
+    cols = {}
+    for f in spec.fields:
+        vals = [r[f.name] for r in records]
+        if f.kind == FieldKind.numeric:
+            cols[f.name] = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+        elif f.kind == FieldKind.boolean:
+            cols[f.name] = np.array([np.nan if v is None else float(v) for v in vals])
+        else:
+            cols[f.name] = pd.Series(vals, dtype=object)
+    return pd.DataFrame(cols, index=range(len(records)))
+
+
+@dataclass
+class TabularEncoder:
+    """Numeric fields as they are (NaN kept), categoricals and multi-valued fields one-hot.
+
+    Vocabularies are learned in `fit` from the training rows only; a value seen fewer
+    than `min_count` times becomes `__other__` (categorical) or is dropped (multi).
+    """
+
+    spec: DatasetSpec
+    exclude: tuple[str, ...] = ()
+    min_count: int = 2
+    vocab_: dict[str, list[str]] | None = field(default=None, init=False)
+    medians_: dict[str, float] | None = field(default=None, init=False)
+    scales_: dict[str, list[float]] | None = field(default=None, init=False)
+    feature_names_: list[str] | None = field(default=None, init=False)
+
+    @property
+    def used_fields(self) -> list[FieldSpec]:
+        return [f for f in self.spec.fields if f.name not in self.exclude]
+
+    def fit(self, frame: pd.DataFrame) -> TabularEncoder:
+        vocab: dict[str, list[str]] = {}
+        names: list[str] = []
+        for f in self.used_fields:
+            if f.kind in (FieldKind.numeric, FieldKind.boolean):
+                names.append(f.name)
+            elif f.kind == FieldKind.categorical:
+                counts = Counter(v for v in frame[f.name] if v is not None)
+                vocab[f.name] = sorted(v for v, c in counts.items() if c >= self.min_count) + [OTHER]
+                names += [f"{f.name}={v}" for v in vocab[f.name]]
+            else:
+                counts = Counter(s for v in frame[f.name] if v for s in str(v).split("|"))
+                vocab[f.name] = sorted(v for v, c in counts.items() if c >= self.min_count)
+                names += [f"{f.name}:{v}" for v in vocab[f.name]]
+        self.vocab_, self.feature_names_ = vocab, names
+        raw = self._encode(frame)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column
+            med = np.nan_to_num(np.nanmedian(raw, axis=0)) if len(raw) else np.zeros(raw.shape[1])
+        self.medians_ = dict(zip(names, med.tolist(), strict=True))
+        filled = np.where(np.isnan(raw), med[None, :], raw)
+        mu, sd = filled.mean(0), filled.std(0)
+        self.scales_ = {"mean": mu.tolist(), "std": np.where(sd > 1e-9, sd, 1.0).tolist()}
+        return self
+
+    def _check(self) -> None:
+        if self.vocab_ is None or self.medians_ is None or self.feature_names_ is None:
+            raise NotFittedError("TabularEncoder is not fitted; call fit(train_frame) first")
+
+    def _encode(self, frame: pd.DataFrame) -> np.ndarray:
+        assert self.vocab_ is not None and self.feature_names_ is not None
+        n = len(frame)
+        blocks = []
+        for f in self.used_fields:
+            if f.kind in (FieldKind.numeric, FieldKind.boolean):
+                blocks.append(frame[f.name].astype(float).to_numpy()[:, None])
+            elif f.kind == FieldKind.categorical:
+                vocab = self.vocab_[f.name]
+                pos = {v: i for i, v in enumerate(vocab)}
+                m = np.zeros((n, len(vocab)))
+                for r, v in enumerate(frame[f.name]):
+                    if v is None:
+                        continue  # missing: all zeros, distinct from __other__
+                    m[r, pos.get(v, len(vocab) - 1)] = 1.0
+                blocks.append(m)
+            else:
+                vocab = self.vocab_[f.name]
+                pos = {v: i for i, v in enumerate(vocab)}
+                m = np.zeros((n, len(vocab)))
+                for r, v in enumerate(frame[f.name]):
+                    for s in str(v or "").split("|"):
+                        if s in pos:
+                            m[r, pos[s]] = 1.0
+                blocks.append(m)
+        return np.hstack(blocks) if blocks else np.zeros((n, 0))
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Feature matrix with NaN for missing numerics (tree models handle them)."""
+        self._check()
+        return self._encode(frame)
+
+    def transform_dense(self, frame: pd.DataFrame) -> np.ndarray:
+        """Median-imputed, standardized matrix for neural models."""
+        self._check()
+        assert self.scales_ is not None and self.medians_ is not None
+        x = self._encode(frame)
+        nan = np.isnan(x)
+        if nan.any():
+            fill = np.array([self.medians_.get(n, 0.0) for n in self.feature_names_ or []])
+            x = np.where(nan, fill[None, :], x)
+        return (x - np.array(self.scales_["mean"])) / np.array(self.scales_["std"])
+
+    def to_dict(self) -> dict:
+        self._check()
+        return {"exclude": list(self.exclude), "min_count": self.min_count, "vocab": self.vocab_,
+                "medians": self.medians_, "scales": self.scales_,
+                "feature_names": self.feature_names_}
+
+    @classmethod
+    def from_dict(cls, spec: DatasetSpec, d: dict) -> TabularEncoder:
+        enc = cls(spec=spec, exclude=tuple(d["exclude"]), min_count=d["min_count"])
+        enc.vocab_, enc.medians_, enc.scales_ = d["vocab"], d["medians"], d["scales"]
+        enc.feature_names_ = d["feature_names"]
+        return enc

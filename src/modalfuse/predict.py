@@ -1,0 +1,138 @@
+"""The Predictor: the one inference path from raw records (fields + image bytes) to probabilities.
+
+Offline evaluation, `modalfuse predict`, the HTTP API, the Ray batch job and the UI all
+call it, and nothing else re-implements preprocessing: this is how training-serving skew
+is kept out. Bad rows become error entries; they never take the other rows down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from modalfuse.bundle import ModelBundle, load_bundle
+from modalfuse.config import DatasetSpec
+from modalfuse.features.image import ImageError, normalize_image
+from modalfuse.features.preprocess import FeatureBatch
+from modalfuse.features.tabular import RecordError, parse_record, records_frame
+
+
+class PredictionInputError(ValueError):
+    """One or more rows cannot be scored; `errors` maps row index -> {field: message}."""
+
+    def __init__(self, errors: dict[int, dict[str, str]]):
+        self.errors = errors
+        first = next(iter(errors.items()))
+        super().__init__(f"{len(errors)} row(s) invalid; row {first[0]}: {first[1]}")
+
+
+@dataclass
+class Prepared:
+    valid: list[int]  # row indices that passed validation, in order
+    batch: FeatureBatch | None
+    errors: dict[int, dict[str, str]]
+
+
+class Predictor:
+    def __init__(self, bundle: ModelBundle, max_image_bytes: int = 2_000_000,
+                 max_image_pixels: int = 4_000_000):
+        self.bundle = bundle
+        self.max_image_bytes = max_image_bytes
+        self.max_image_pixels = max_image_pixels
+
+    @classmethod
+    def from_path(cls, path: Path | str, **limits: int) -> Predictor:
+        return cls(load_bundle(Path(path)), **limits)
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return self.bundle.spec
+
+    @property
+    def labels(self) -> list[str]:
+        return self.bundle.labels
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.model_version
+
+    def decode_image(self, data: bytes | None) -> np.ndarray:
+        if data is None:
+            raise ImageError("image is required")
+        if len(data) > self.max_image_bytes:
+            raise ImageError(f"image is {len(data)} bytes; the limit is {self.max_image_bytes}")
+        return normalize_image(data, self.spec.image_size, self.max_image_pixels)
+
+    def prepare(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
+                allow_extra: bool = False) -> Prepared:
+        if len(records) != len(images):
+            raise ValueError(f"{len(records)} records but {len(images)} images")
+        parsed, pixels, valid, errors = [], [], [], {}
+        for i, (rec, img) in enumerate(zip(records, images, strict=True)):
+            row_err: dict[str, str] = {}
+            try:
+                p = parse_record(self.spec, rec, allow_extra=allow_extra)
+            except RecordError as e:
+                row_err.update(e.errors)
+            try:
+                px = self.decode_image(img)
+            except ImageError as e:
+                row_err[self.spec.image_column] = str(e)
+            if row_err:
+                errors[i] = row_err
+                continue
+            parsed.append(p)
+            pixels.append(px)
+            valid.append(i)
+        if not valid:
+            return Prepared(valid, None, errors)
+        frame = records_frame(self.spec, parsed)
+        batch = self.bundle.preprocessor.transform(frame, np.stack(pixels))
+        return Prepared(valid, batch, errors)
+
+    def predict_proba(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
+                      allow_extra: bool = False) -> np.ndarray:
+        """(n, n_labels) probabilities; raises PredictionInputError if any row is invalid."""
+        prep = self.prepare(records, images, allow_extra)
+        if prep.errors:
+            raise PredictionInputError(prep.errors)
+        if prep.batch is None:
+            return np.zeros((0, len(self.labels)))
+        return self.bundle.model.predict_proba(prep.batch)
+
+    def predict(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
+                top_k: int = 3, allow_extra: bool = False) -> list[dict[str, Any]]:
+        """One result per input row: a prediction, or an `error` mapping field -> message."""
+        prep = self.prepare(records, images, allow_extra)
+        out: list[dict[str, Any]] = [{} for _ in records]
+        for i, msg in prep.errors.items():
+            out[i] = {"error": msg}
+        if prep.batch is not None:
+            proba = self.bundle.model.predict_proba(prep.batch)
+            for row, p in zip(prep.valid, proba, strict=True):
+                out[row] = self.format(p, top_k)
+        return out
+
+    def format(self, p: np.ndarray, top_k: int = 3) -> dict[str, Any]:
+        order = np.argsort(-p)[:top_k]
+        return {
+            "label": self.labels[int(order[0])],
+            "probabilities": {lab: float(v) for lab, v in zip(self.labels, p, strict=True)},
+            "top": [{"label": self.labels[int(j)], "probability": float(p[j])} for j in order],
+        }
+
+
+def table_records(spec: DatasetSpec, table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of a table (CSV, Parquet, the dataset) as raw records of the spec's fields.
+
+    Missing values become None; columns that are not input fields are not passed on.
+    """
+    names = [f.name for f in spec.fields]
+    sub = table.reindex(columns=names).astype(object)
+    sub = sub.where(pd.notna(sub), None)
+    return sub.to_dict("records")

@@ -1,0 +1,96 @@
+"""The FastAPI application: built from one bundle, thin routes, never a 500 for bad input."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modalfuse import __version__
+from modalfuse.config import Settings
+from modalfuse.features.image import ImageError
+from modalfuse.predict import PredictionInputError, Predictor
+from modalfuse.serve.routes import model as model_routes
+from modalfuse.serve.routes import predict as predict_routes
+from modalfuse.serve.schemas import record_model
+
+log = logging.getLogger("modalfuse.serve")
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit before reading them (413)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            resp = JSONResponse({"detail": f"request body is {int(length)} bytes; the limit is "
+                                           f"{self.max_bytes}"}, status_code=413)
+            await resp(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except BodyTooLarge:
+            resp = JSONResponse({"detail": f"request body exceeds {self.max_bytes} bytes"},
+                                status_code=413)
+            await resp(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if predictor is None:
+        if settings.bundle is None:
+            raise ValueError("no model bundle: set MODALFUSE_BUNDLE or pass --bundle")
+        predictor = Predictor.from_path(settings.bundle, max_image_bytes=settings.max_image_bytes,
+                                        max_image_pixels=settings.max_image_pixels)
+    app = FastAPI(
+        title="modalfuse API",
+        version=__version__,
+        description=(
+            f"Predicts **{predictor.spec.target}** of a `{predictor.spec.name}` record from its "
+            "table fields and its image. Every response carries the `model_version` that "
+            "made it. Limits: image "
+            f"{settings.max_image_bytes} bytes and {settings.max_image_pixels} pixels; batch "
+            f"{settings.max_batch_rows} rows; body {settings.max_body_bytes} bytes."
+        ),
+    )
+    app.state.predictor = predictor
+    app.state.settings = settings
+
+    @app.exception_handler(ImageError)
+    async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": ["body", "image"], "type": "image_error",
+                                         "msg": str(exc)}]}, status_code=422)
+
+    @app.exception_handler(PredictionInputError)
+    async def _input_error(request: Request, exc: PredictionInputError) -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": ["body", row, k], "type": "value_error", "msg": v}
+                                        for row, errs in exc.errors.items()
+                                        for k, v in errs.items()]}, status_code=422)
+
+    example = predictor.bundle.meta.get("example")
+    app.include_router(model_routes.router)
+    app.include_router(predict_routes.build_router(record_model(predictor.spec), example))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,105 @@
+"""Prediction routes: one record (JSON or multipart upload) and a JSON batch."""
+
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from pydantic import BaseModel, Field, ValidationError, create_model
+
+from modalfuse.serve.deps import PredictorDep, SettingsDep
+from modalfuse.serve.schemas import BatchItem, BatchResponse, BatchRow, PredictResponse
+
+
+def decode_base64(data: str, loc: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(422, detail=[{"loc": ["body", loc], "type": "value_error",
+                                          "msg": "image_base64 is not valid base64"}]) from None
+
+
+def unprocessable(errors: dict[str, str], prefix: list[Any]) -> HTTPException:
+    return HTTPException(422, detail=[{"loc": [*prefix, k], "type": "value_error", "msg": v}
+                                      for k, v in errors.items()])
+
+
+def build_router(record_model: type[BaseModel], example: dict | None) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["predict"])
+
+    request_model = create_model(
+        "PredictRequest",
+        fields=(record_model, Field(description="the record's table fields")),
+        image_base64=(str, Field(description="the image (PNG, JPEG, GIF, WebP, BMP) in base64")),
+        __config__={"extra": "forbid",
+                    "json_schema_extra": {"examples": [example]} if example else None},
+    )
+
+    def score_one(predictor, settings, fields: dict, image: bytes, loc: list) -> PredictResponse:
+        prep = predictor.prepare([fields], [image])
+        if prep.errors:
+            raise unprocessable(prep.errors[0], loc)
+        result = predictor.format(predictor.bundle.model.predict_proba(prep.batch)[0])
+        return PredictResponse(model_version=predictor.model_version, **result)
+
+    @router.post("/predict", response_model=PredictResponse,
+                 summary="Predict one record from its fields and a base64 image")
+    def predict(body: request_model, predictor: PredictorDep,  # type: ignore[valid-type]
+                settings: SettingsDep) -> PredictResponse:
+        image = decode_base64(body.image_base64, "image_base64")  # type: ignore[attr-defined]
+        fields = body.fields.model_dump(exclude_none=True)  # type: ignore[attr-defined]
+        return score_one(predictor, settings, fields, image, ["body"])
+
+    @router.post("/predict/upload", response_model=PredictResponse,
+                 summary="Predict one record from an uploaded image file and JSON fields")
+    def predict_upload(
+        predictor: PredictorDep, settings: SettingsDep,
+        image: Annotated[UploadFile, File(description="the image file")],
+        fields: Annotated[str, Form(description="the record's fields as a JSON object")],
+    ) -> PredictResponse:
+        try:
+            raw = json.loads(fields)
+            record = record_model.model_validate(raw).model_dump(exclude_none=True)
+        except json.JSONDecodeError as e:
+            raise HTTPException(422, detail=[{"loc": ["body", "fields"], "type": "json_invalid",
+                                              "msg": f"fields is not valid JSON: {e}"}]) from None
+        except ValidationError as e:
+            raise HTTPException(422, detail=[{"loc": ["body", "fields", *err["loc"]],
+                                              "type": err["type"], "msg": err["msg"]}
+                                             for err in e.errors()]) from None
+        data = image.file.read(settings.max_image_bytes + 1)
+        return score_one(predictor, settings, record, data, ["body", "image"])
+
+    @router.post("/predict/batch", response_model=BatchResponse,
+                 summary="Predict a list of records; bad rows come back as errors")
+    def predict_batch(rows: list[BatchRow], predictor: PredictorDep,
+                      settings: SettingsDep) -> BatchResponse:
+        if not rows:
+            raise HTTPException(422, detail=[{"loc": ["body"], "type": "too_short",
+                                              "msg": "batch is empty; send 1 or more rows"}])
+        if len(rows) > settings.max_batch_rows:
+            raise HTTPException(413, detail=f"batch has {len(rows)} rows; the limit is "
+                                            f"{settings.max_batch_rows} (use /v1/jobs or "
+                                            "`modalfuse predict` for larger files)")
+        images: list[bytes | None] = []
+        pre_errors: dict[int, dict[str, str]] = {}
+        for i, r in enumerate(rows):
+            try:
+                images.append(base64.b64decode(r.image_base64, validate=True))
+            except (binascii.Error, ValueError):
+                images.append(None)
+                pre_errors[i] = {"image_base64": "not valid base64"}
+        results = predictor.predict([r.fields for r in rows], images)
+        items = []
+        for i, res in enumerate(results):
+            if i in pre_errors:
+                res = {"error": {**res.get("error", {}), **pre_errors[i]}}
+                res["error"].pop(predictor.spec.image_column, None)
+            items.append(BatchItem(**res))
+        return BatchResponse(model_version=predictor.model_version, predictions=items,
+                             errors=sum(1 for it in items if it.error))
+
+    predict_batch.__doc__ = "Rows are validated one by one. Limit: MODALFUSE_MAX_BATCH_ROWS rows."
+    return router
