@@ -1,0 +1,53 @@
+# modalfuse: `make run` (install, data, train, serve) and `make test` (the whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The real-data smoke test keeps its own data folder (and download cache) in the repo.
+SMOKE_DIR := $(CURDIR)/.cache/smoke
+
+.PHONY: run install data train serve test unit smoke lint clean help
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install modalfuse with its dev extras
+
+data: install ## fetch the pinned sources, build and split the Pokémon dataset
+	$(BIN)/modalfuse data build
+	$(BIN)/modalfuse data split
+
+train: install ## train the default model on the built-in dataset
+	$(BIN)/modalfuse train
+
+serve: install ## start the API on $(HOST):$(PORT)
+	$(BIN)/modalfuse serve --host $(HOST) --port $(PORT)
+
+run: data train serve ## everything: install, data, train, serve
+
+unit: install ## the pytest suite (no network)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests; rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
+
+smoke: install ## end-to-end on the real pinned sources with quick settings
+	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse data build
+	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse data split
+	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse train --rounds 60 --no-cv
+	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/python scripts/smoke_check.py
+
+test: lint unit smoke ## lint, unit/data/model tests, then the real-data smoke
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/mypy src/modalfuse
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,56 @@
+"""Shared fixtures: a synthetic dataset, its splits and a quickly trained bundle (per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fixture_data import make_fixture_dataset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_data_dir(tmp_path_factory):
+    # Nothing a test does may land in the user's data folder.
+    d = tmp_path_factory.mktemp("modalfuse-data")
+    old = os.environ.get("MODALFUSE_DATA_DIR")
+    os.environ["MODALFUSE_DATA_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("MODALFUSE_DATA_DIR", None)
+    else:
+        os.environ["MODALFUSE_DATA_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def fixture_dataset(_isolated_data_dir: Path):
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.data.split import make_splits, save_splits
+
+    root = make_fixture_dataset(_isolated_data_dir / "datasets" / "pokemon")
+    ds = load_dataset(root)
+    save_splits(make_splits(ds, seed=0), root)
+    return load_dataset(root)
+
+
+@pytest.fixture(scope="session")
+def fixture_splits(fixture_dataset):
+    from modalfuse.data.split import load_splits
+
+    return load_splits(fixture_dataset)
+
+
+@pytest.fixture(scope="session")
+def fixture_bundle(fixture_dataset, fixture_splits, _isolated_data_dir: Path):
+    from modalfuse.train import TrainConfig, train
+
+    out = _isolated_data_dir / "models" / "pokemon" / "latest"
+    return train(fixture_dataset, fixture_splits, out, TrainConfig(num_boost_round=40, seed=0))
+
+
+@pytest.fixture(scope="session")
+def predictor(fixture_bundle):
+    from modalfuse.predict import Predictor
+
+    return Predictor.from_path(fixture_bundle.path)
