@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=2_000_000, ge=1_000)
     max_image_pixels: int = Field(default=4_000_000, ge=64)
     max_body_bytes: int = Field(default=64_000_000, ge=10_000)
+    # Async jobs and monitoring (serve/jobs.py, monitor/)
+    jobs_root: Path | None = None  # server-side inputs a job may name; None: uploads only
+    job_chunk_rows: int = Field(default=256, ge=1, le=100_000)
+    max_job_rows: int = Field(default=1_000_000, ge=1)
+    max_zip_members: int = Field(default=100_000, ge=1)
+    max_zip_unpacked_bytes: int = Field(default=2_000_000_000, ge=10_000)
+    job_lease_s: float = Field(default=30.0, gt=0)  # a worker that stops renewing loses its job
+    log_predictions: bool = True
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

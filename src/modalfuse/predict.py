@@ -7,7 +7,8 @@ is kept out. Bad rows become error entries; they never take the other rows down.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,26 @@ class Prepared:
     errors: dict[int, dict[str, str]]
 
 
+@dataclass
+class PredictionEvent:
+    """One scored call, as observers see it: raw inputs, features, outputs, latency."""
+
+    records: Sequence[dict[str, Any]]
+    prepared: Prepared
+    proba: np.ndarray  # rows of prepared.valid
+    labels: list[str]
+    model_version: str
+    latency_s: float
+
+
 class Predictor:
     def __init__(self, bundle: ModelBundle, max_image_bytes: int = 2_000_000,
                  max_image_pixels: int = 4_000_000):
         self.bundle = bundle
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
+        # Called after every scored call (prediction log, metrics); must be cheap and never raise.
+        self.observers: list[Callable[[PredictionEvent], None]] = []
 
     @classmethod
     def from_path(cls, path: Path | str, **limits: int) -> Predictor:
@@ -98,16 +113,20 @@ class Predictor:
     def predict_proba(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
                       allow_extra: bool = False) -> np.ndarray:
         """(n, n_labels) probabilities; raises PredictionInputError if any row is invalid."""
+        t0 = time.perf_counter()
         prep = self.prepare(records, images, allow_extra)
         if prep.errors:
             raise PredictionInputError(prep.errors)
         if prep.batch is None:
             return np.zeros((0, len(self.labels)))
-        return self.bundle.model.predict_proba(prep.batch)
+        proba = self.bundle.model.predict_proba(prep.batch)
+        self._notify(records, prep, proba, t0)
+        return proba
 
     def predict(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
                 top_k: int = 3, allow_extra: bool = False) -> list[dict[str, Any]]:
         """One result per input row: a prediction, or an `error` mapping field -> message."""
+        t0 = time.perf_counter()
         prep = self.prepare(records, images, allow_extra)
         out: list[dict[str, Any]] = [{} for _ in records]
         for i, msg in prep.errors.items():
@@ -116,7 +135,17 @@ class Predictor:
             proba = self.bundle.model.predict_proba(prep.batch)
             for row, p in zip(prep.valid, proba, strict=True):
                 out[row] = self.format(p, top_k)
+            self._notify(records, prep, proba, t0)
         return out
+
+    def _notify(self, records: Sequence[dict[str, Any]], prep: Prepared, proba: np.ndarray,
+                t0: float) -> None:
+        if not self.observers:
+            return
+        event = PredictionEvent(records, prep, proba, self.labels, self.model_version,
+                                time.perf_counter() - t0)
+        for observe in self.observers:
+            observe(event)
 
     def format(self, p: np.ndarray, top_k: int = 3) -> dict[str, Any]:
         order = np.argsort(-p)[:top_k]

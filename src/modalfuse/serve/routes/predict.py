@@ -38,10 +38,10 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
     )
 
     def score_one(predictor, settings, fields: dict, image: bytes, loc: list) -> PredictResponse:
-        prep = predictor.prepare([fields], [image])
-        if prep.errors:
-            raise unprocessable(prep.errors[0], loc)
-        result = predictor.format(predictor.bundle.model.predict_proba(prep.batch)[0])
+        # Through Predictor.predict, so every prediction reaches its observers (log, metrics).
+        result = predictor.predict([fields], [image])[0]
+        if "error" in result:
+            raise unprocessable(result["error"], loc)
         return PredictResponse(model_version=predictor.model_version, **result)
 
     @router.post("/predict", response_model=PredictResponse,
