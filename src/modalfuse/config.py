@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=2_000_000, ge=1_000)
     max_image_pixels: int = Field(default=4_000_000, ge=64)
     max_body_bytes: int = Field(default=64_000_000, ge=10_000)
+    # Where the API's model comes from: a registry URI (models:/NAME@champion) wins over `bundle`.
+    model_uri: str | None = None
+    # `modalfuse train` logs to MLflow (MLFLOW_TRACKING_URI, else the embedded store) unless off.
+    tracking: bool = True
     # Async jobs and monitoring (serve/jobs.py, monitor/)
     jobs_root: Path | None = None  # server-side inputs a job may name; None: uploads only
     job_chunk_rows: int = Field(default=256, ge=1, le=100_000)
@@ -74,6 +78,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The embedded MLflow store: mlflow.db (runs, registry) and artifacts/."""
+        return self.data_dir / "mlflow"
 
     def dataset_dir(self, name: str) -> Path:
         return self.datasets_dir / name
@@ -122,6 +131,7 @@ class DatasetSpec(BaseModel):
     # they are kept in the table but left out of modelling (split "excluded").
     min_class_count: int = Field(default=2, ge=1)
     display_column: str | None = None  # a human name for a row, if any
+    slice_field: str | None = None  # a field whose values the model card reports metrics per
     description: str = ""
 
     @field_validator("fields")

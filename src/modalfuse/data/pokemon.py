@@ -72,6 +72,7 @@ def pokemon_spec() -> DatasetSpec:
         image_column="image",
         group_column="family_id",
         display_column="name",
+        slice_field="generation",
         fields=fields,
         views_table="views.parquet",
         image_size=IMAGE_SIZE,
