@@ -12,6 +12,7 @@ from modalfuse import __version__
 from modalfuse.config import Settings
 from modalfuse.features.image import ImageError
 from modalfuse.predict import PredictionInputError, Predictor
+from modalfuse.serve.routes import explain as explain_routes
 from modalfuse.serve.routes import model as model_routes
 from modalfuse.serve.routes import predict as predict_routes
 from modalfuse.serve.schemas import record_model
@@ -92,5 +93,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     example = predictor.bundle.meta.get("example")
     app.include_router(model_routes.router)
     app.include_router(predict_routes.build_router(record_model(predictor.spec), example))
+    app.include_router(explain_routes.build_router(record_model(predictor.spec), example,
+                                                   predictor.labels))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -1,0 +1,284 @@
+"""Explanations of one prediction by the served model: Shapley contributions of every input
+field and of the image, an occlusion heatmap on the normalized image, and each modality's share.
+
+Model-agnostic on purpose: it only calls the bundle's fitted Preprocessor and its model's
+`predict_proba`, so it explains a LightGBM, a CNN or a fusion ONNX model alike, needs no
+torch, and sees exactly the features the Predictor computes (no second preprocessing path).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from modalfuse.config import FieldKind
+from modalfuse.features.preprocess import FeatureBatch
+from modalfuse.features.tabular import parse_record, records_frame
+from modalfuse.predict import PredictionInputError, Predictor
+
+# FeatureBatch attributes whose columns are the encoded table fields; every other
+# attribute is derived from the image alone (pixels, image statistics, future embeddings).
+TABULAR_ATTRS = ("tabular", "tabular_dense")
+
+METHOD = (
+    "Shapley values of the explained class's probability, estimated with antithetic "
+    "permutation sampling over the players (each used input field, and the image). A "
+    "player that is absent takes its reference value: the training median for numeric "
+    "and boolean fields, no value for categorical and multi-valued fields, an empty "
+    "(fully transparent) canvas for the image. Contributions sum exactly to "
+    "probability - base_value. Heatmap: drop in the class's probability when one square "
+    "patch of the normalized image is made transparent (occlusion)."
+)
+
+
+@dataclass
+class Explanation:
+    """Why the model gave `label` the probability it did, for one record and image."""
+
+    label: str
+    probability: float
+    base_value: float  # probability of `label` at the reference input (nothing known)
+    contributions: dict[str, float]  # field -> Shapley value, in probability points
+    values: dict[str, Any]  # field -> the value that was explained
+    unused_fields: list[str]  # fields the model has no input for (contribution 0 by construction)
+    image_contribution: float
+    heatmap: np.ndarray  # (grid, grid): probability drop when the patch is occluded
+    patch_size: int
+    image: np.ndarray  # the normalized RGBA image the model saw
+    prediction: dict[str, Any]
+    model_version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_share(self) -> float:
+        """Share of the explanation owed to the image: |image| / (|image| + sum |fields|)."""
+        total = abs(self.image_contribution) + sum(abs(v) for v in self.contributions.values())
+        return float(abs(self.image_contribution) / total) if total > 0 else 0.0
+
+    @property
+    def table_share(self) -> float:
+        total = abs(self.image_contribution) + sum(abs(v) for v in self.contributions.values())
+        return 1.0 - self.image_share if total > 0 else 0.0
+
+    def top_contributions(self, k: int | None = None) -> list[tuple[str, float]]:
+        ranked = sorted(self.contributions.items(), key=lambda kv: -abs(kv[1]))
+        return ranked if k is None else ranked[:k]
+
+    def overlay_png(self, scale: int = 3) -> bytes:
+        return heatmap_overlay_png(self.image, self.heatmap, self.patch_size, scale)
+
+
+def heatmap_overlay_png(rgba: np.ndarray, heat: np.ndarray, patch: int, scale: int = 3) -> bytes:
+    """The sprite on a light background with the heatmap on top: red supports the class, blue
+    speaks against it; opacity grows with the size of the effect."""
+    size = rgba.shape[0]
+    bg = np.full((size, size, 3), 245.0)
+    a = rgba[..., 3:4].astype(np.float64) / 255.0
+    base = rgba[..., :3] * a + bg * (1 - a)
+    cell = np.kron(heat, np.ones((patch, patch)))[:size, :size]
+    peak = float(np.abs(heat).max())
+    strength = np.abs(cell) / peak if peak > 0 else np.zeros_like(cell)
+    colour = np.where((cell >= 0)[..., None], np.array([220.0, 30.0, 30.0]),
+                      np.array([30.0, 80.0, 220.0]))
+    alpha = (0.65 * strength)[..., None]
+    out = base * (1 - alpha) + colour * alpha
+    img = Image.fromarray(out.clip(0, 255).astype(np.uint8), "RGB")
+    img = img.resize((size * scale, size * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Explainer:
+    """Explains predictions of the Predictor it is built on (the one the API serves).
+
+    `permutations` sets the Shapley estimate's precision (even; antithetic pairs), `patch`
+    the heatmap's resolution in pixels of the normalized image. The sampling is seeded, so
+    the same input always gets the same explanation.
+    """
+
+    def __init__(self, predictor: Predictor, permutations: int = 24, patch: int = 8,
+                 seed: int = 0):
+        if permutations < 2 or permutations % 2:
+            raise ValueError(f"permutations must be an even number >= 2, got {permutations}")
+        if patch < 1 or predictor.spec.image_size % patch:
+            raise ValueError(f"patch must divide the image size {predictor.spec.image_size}, "
+                             f"got {patch}")
+        self.predictor = predictor
+        self.permutations = permutations
+        self.patch = patch
+        self.seed = seed
+        self.players_, self.column_player_ = self._players()
+        self.reference_ = self._reference()
+
+    @property
+    def model_version(self) -> str:
+        return self.predictor.model_version
+
+    @property
+    def image_player(self) -> str:
+        # The image column's name is never an input field's name (DatasetSpec refuses it).
+        return self.predictor.spec.image_column
+
+    def _players(self) -> tuple[list[str], np.ndarray]:
+        """Input fields that own at least one encoded column, then the image."""
+        spec = self.predictor.spec
+        names = self.predictor.bundle.preprocessor.tabular_names
+        by_length = sorted((f.name for f in spec.fields), key=len, reverse=True)
+        owner = []
+        for n in names:
+            match = next((f for f in by_length
+                          if n == f or n.startswith(f + "=") or n.startswith(f + ":")), None)
+            if match is None:
+                raise ValueError(f"encoded column {n!r} belongs to no field of {spec.name}")
+            owner.append(match)
+        players = [f.name for f in spec.fields if f.name in set(owner)] + [self.image_player]
+        index = {p: i for i, p in enumerate(players)}
+        return players, np.array([index[o] for o in owner], dtype=int)
+
+    def _reference(self) -> FeatureBatch:
+        """The input where nothing is known, encoded by the bundle's own Preprocessor."""
+        spec = self.predictor.spec
+        pre = self.predictor.bundle.preprocessor
+        medians = pre.tabular_.medians_ or {}
+        ref: dict[str, Any] = {}
+        for f in spec.fields:
+            if f.kind in (FieldKind.numeric, FieldKind.boolean):
+                ref[f.name] = medians.get(f.name)
+            elif f.kind == FieldKind.multi:
+                ref[f.name] = ""
+            else:
+                ref[f.name] = None
+        size = spec.image_size
+        blank = np.zeros((1, size, size, 4), dtype=np.uint8)
+        return pre.transform(records_frame(spec, [ref]), blank)
+
+    def _mix(self, x: FeatureBatch, masks: np.ndarray) -> FeatureBatch:
+        """One row per coalition: present players from `x`, absent ones from the reference."""
+        r = self.reference_
+        img = masks[:, -1]
+        cols = masks[:, self.column_player_] if len(self.column_player_) else masks[:, :0]
+        parts = {}
+        for f in fields(FeatureBatch):
+            xa, ra = getattr(x, f.name), getattr(r, f.name)
+            if f.name in TABULAR_ATTRS:
+                parts[f.name] = np.where(cols, xa[:1], ra[:1]).astype(xa.dtype)
+            else:
+                shape = (-1,) + (1,) * (xa.ndim - 1)
+                parts[f.name] = np.where(img.reshape(shape), xa[:1], ra[:1]).astype(xa.dtype)
+        return FeatureBatch(**parts)
+
+    def _label_index(self, proba: np.ndarray, label: str | None) -> int:
+        labels = self.predictor.labels
+        if label is None:
+            return int(np.argmax(proba))
+        if label not in labels:
+            raise ValueError(f"unknown label {label!r}; labels are {labels}")
+        return labels.index(label)
+
+    def shapley(self, x: FeatureBatch, k: int) -> tuple[np.ndarray, float, float]:
+        """(Shapley value per player, f(reference), f(x)) for class k of a one-row batch."""
+        n = len(self.players_)
+        rng = np.random.default_rng(self.seed)
+        orders = []
+        for _ in range(self.permutations // 2):
+            perm = rng.permutation(n)
+            orders += [perm, perm[::-1]]
+        # Coalition j of an order holds its first j players; row 0 and row n are shared.
+        masks = np.zeros((len(orders), n + 1, n), dtype=bool)
+        for o, perm in enumerate(orders):
+            for j in range(1, n + 1):
+                masks[o, j] = masks[o, j - 1]
+                masks[o, j, perm[j - 1]] = True
+        flat = masks.reshape(-1, n)
+        unique, inverse = np.unique(flat, axis=0, return_inverse=True)
+        p = self.predictor.bundle.model.predict_proba(self._mix(x, unique))[:, k]
+        values = p[inverse.ravel()].reshape(len(orders), n + 1)
+        phi = np.zeros(n)
+        for o, perm in enumerate(orders):
+            phi[perm] += np.diff(values[o])
+        return phi / len(orders), float(values[0, 0]), float(values[0, -1])
+
+    def occlusion(self, frame: pd.DataFrame, x: FeatureBatch, k: int, p_full: float) -> np.ndarray:
+        """Probability drop of class k when each patch is made transparent; 0 where empty."""
+        size, s = self.predictor.spec.image_size, self.patch
+        grid = size // s
+        image = x.images[0]
+        occluded, cells = [], []
+        for i in range(grid):
+            for j in range(grid):
+                if not image[i * s:(i + 1) * s, j * s:(j + 1) * s, 3].any():
+                    continue  # nothing to hide: the model sees the same pixels
+                im = image.copy()
+                im[i * s:(i + 1) * s, j * s:(j + 1) * s] = 0
+                occluded.append(im)
+                cells.append((i, j))
+        heat = np.zeros((grid, grid))
+        if not occluded:
+            return heat
+        pre = self.predictor.bundle.preprocessor
+        batch = pre.transform(pd.concat([frame] * len(occluded), ignore_index=True),
+                              np.stack(occluded))
+        p = self.predictor.bundle.model.predict_proba(batch)[:, k]
+        for (i, j), v in zip(cells, p, strict=True):
+            heat[i, j] = p_full - v
+        return heat
+
+    def explain(self, record: dict[str, Any], image: bytes | None, label: str | None = None,
+                allow_extra: bool = False, heatmap: bool = True) -> Explanation:
+        """Explain one record; raises PredictionInputError (field -> message) for bad input."""
+        predictor = self.predictor
+        prep = predictor.prepare([record], [image], allow_extra)
+        if prep.errors or prep.batch is None:
+            raise PredictionInputError(prep.errors or {0: {"record": "could not be prepared"}})
+        x = prep.batch
+        proba = predictor.bundle.model.predict_proba(x)[0]
+        k = self._label_index(proba, label)
+        phi, base, full = self.shapley(x, k)
+        parsed = parse_record(predictor.spec, record, allow_extra)
+        frame = records_frame(predictor.spec, [parsed])
+        grid = predictor.spec.image_size // self.patch
+        heat = self.occlusion(frame, x, k, float(proba[k])) if heatmap else np.zeros((grid, grid))
+        fields_ = self.players_[:-1]
+        return Explanation(
+            label=predictor.labels[k],
+            probability=float(proba[k]),
+            base_value=base,
+            contributions={f: float(v) for f, v in zip(fields_, phi[:-1], strict=True)},
+            values={f.name: parsed.get(f.name) for f in predictor.spec.fields},
+            unused_fields=[f.name for f in predictor.spec.fields if f.name not in fields_],
+            image_contribution=float(phi[-1]),
+            heatmap=heat,
+            patch_size=self.patch,
+            image=x.images[0],
+            prediction=predictor.format(proba),
+            model_version=predictor.model_version,
+            extra={"f_full_coalition": full},
+        )
+
+    def explain_many(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
+                     heatmap: bool = False, progress: Any = None) -> list[Explanation]:
+        """Explanations of many rows (global importance); `progress` is called once per row."""
+        out = []
+        for rec, img in zip(records, images, strict=True):
+            out.append(self.explain(rec, img, heatmap=heatmap))
+            if progress is not None:
+                progress()
+        return out
+
+
+def global_importance(explanations: Sequence[Explanation], image_name: str = "image"
+                      ) -> pd.DataFrame:
+    """Mean |contribution| of every field and of the image over explained rows, largest first."""
+    if not explanations:
+        raise ValueError("no explanations to summarise")
+    rows = [{**{f: abs(v) for f, v in e.contributions.items()},
+             image_name: abs(e.image_contribution)} for e in explanations]
+    table = pd.DataFrame(rows).fillna(0.0)
+    return table.mean().sort_values(ascending=False).rename("mean_abs_contribution").to_frame()

@@ -1,0 +1,110 @@
+"""Explanation route: why the served model predicts what it does for one record and image.
+
+The explainer is built once per app from the app's own Predictor, so `/v1/explain`, the UI
+and `/v1/predict` always describe the same model (the same `model_version`).
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the request model built at runtime.
+import base64
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field, create_model
+
+from modalfuse.explain import METHOD, Explainer, Explanation
+from modalfuse.predict import PredictionInputError
+from modalfuse.serve.routes.predict import decode_base64, unprocessable
+from modalfuse.serve.schemas import Prediction
+
+
+def explainer_for(app: FastAPI) -> Explainer:
+    """The app's explainer, made on first use from the app's Predictor."""
+    explainer = getattr(app.state, "explainer", None)
+    if explainer is None or explainer.predictor is not app.state.predictor:
+        explainer = Explainer(app.state.predictor)
+        app.state.explainer = explainer
+    return explainer
+
+
+class Contribution(BaseModel):
+    field: str
+    value: Any = Field(description="the value that was explained")
+    contribution: float = Field(description="Shapley value, in probability points of `label`")
+
+
+class ModalityShare(BaseModel):
+    image: float = Field(description="|image| / (|image| + sum |fields|)")
+    table: float
+
+
+class ExplainResponse(BaseModel):
+    model_version: str
+    label: str = Field(description="the class explained (the predicted one unless asked)")
+    probability: float
+    base_value: float = Field(description="probability of `label` when nothing is known")
+    prediction: Prediction
+    contributions: list[Contribution] = Field(description="the largest field contributions")
+    other_fields_contribution: float = Field(description="sum of the fields not listed")
+    unused_fields: list[str] = Field(description="fields the model takes no input from")
+    image_contribution: float
+    modality_share: ModalityShare
+    heatmap_png_base64: str = Field(description="PNG: heatmap over the normalized image")
+    heatmap: list[list[float]] = Field(description="probability drop per occluded patch")
+    patch_size: int
+    method: str
+
+
+def explanation_response(e: Explanation, top_fields: int) -> ExplainResponse:
+    ranked = e.top_contributions()
+    shown, rest = ranked[:top_fields], ranked[top_fields:]
+    return ExplainResponse(
+        model_version=e.model_version,
+        label=e.label,
+        probability=e.probability,
+        base_value=e.base_value,
+        prediction=Prediction(**e.prediction),
+        contributions=[Contribution(field=f, value=e.values.get(f), contribution=v)
+                       for f, v in shown],
+        other_fields_contribution=float(sum(v for _, v in rest)),
+        unused_fields=e.unused_fields,
+        image_contribution=e.image_contribution,
+        modality_share=ModalityShare(image=e.image_share, table=e.table_share),
+        heatmap_png_base64=base64.b64encode(e.overlay_png()).decode(),
+        heatmap=e.heatmap.round(6).tolist(),
+        patch_size=e.patch_size,
+        method=METHOD,
+    )
+
+
+def build_router(record_model: type[BaseModel], example: dict | None,
+                 labels: list[str]) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["explain"])
+    request_model = create_model(
+        "ExplainRequest",
+        fields=(record_model, Field(description="the record's table fields")),
+        image_base64=(str, Field(description="the image (PNG, JPEG, GIF, WebP, BMP) in base64")),
+        label=(str | None, Field(None, description=f"class to explain; one of {labels}; "
+                                                   "default: the predicted class")),
+        top_fields=(int, Field(8, ge=1, le=100, description="how many fields to list")),
+        __config__={"extra": "forbid",
+                    "json_schema_extra": {"examples": [example]} if example else None},
+    )
+
+    @router.post("/explain", response_model=ExplainResponse,
+                 summary="Explain one prediction: field contributions, heatmap, modality share")
+    def explain(body: request_model, request: Request) -> ExplainResponse:  # type: ignore[valid-type]
+        explainer = explainer_for(request.app)
+        image = decode_base64(body.image_base64, "image_base64")  # type: ignore[attr-defined]
+        fields = body.fields.model_dump(exclude_none=True)  # type: ignore[attr-defined]
+        label = body.label  # type: ignore[attr-defined]
+        if label is not None and label not in explainer.predictor.labels:
+            raise HTTPException(422, detail=[{"loc": ["body", "label"], "type": "value_error",
+                                              "msg": f"unknown label {label!r}; labels are "
+                                                     f"{explainer.predictor.labels}"}])
+        try:
+            e = explainer.explain(fields, image, label=label)
+        except PredictionInputError as err:
+            raise unprocessable(err.errors[0], ["body"]) from None
+        return explanation_response(e, body.top_fields)  # type: ignore[attr-defined]
+
+    return router
