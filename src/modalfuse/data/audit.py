@@ -149,9 +149,10 @@ class TargetEncodingFieldCheck(Check):
             stats = exploded.groupby("v")["y"].agg(["size", lambda s: s.value_counts().iloc[0]])
             stats.columns = ["n", "top"]
             pure = stats[(stats["n"] >= 3) & (stats["top"] / stats["n"] >= 0.9)]
-            rows_covered = vals.str.split("|").map(lambda vs: bool(set(vs) & set(pure.index)))
+            pure_values = set(pure.index)
+            rows_covered = vals.str.split("|").map(lambda vs, pv=pure_values: bool(set(vs) & pv))
             out[f.name] = {"values_with_3plus_rows": int((stats["n"] >= 3).sum()),
-                           "values_90pct_one_class": int(len(pure)),
+                           "values_90pct_one_class": len(pure),
                            "share_of_train_rows_with_such_a_value": float(rows_covered.mean())}
         return CheckResult(self.name, False, True, out)
 

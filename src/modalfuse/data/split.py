@@ -130,7 +130,8 @@ def _audit_dict(ds: Dataset, t: pd.DataFrame, results: list[CheckResult], seed: 
                    "phash_threshold": threshold, "min_class_count": ds.spec.min_class_count},
         "excluded_classes": sorted(rare),
         "per_split": per_split,
-        "fold_sizes": {int(k): int(v) for k, v in t[t["fold"] >= 0]["fold"].value_counts().sort_index().items()},
+        "fold_sizes": {int(k): int(v) for k, v in
+                       t[t["fold"] >= 0]["fold"].value_counts().sort_index().items()},
         "checks": [r.to_dict() for r in results],
         "passed": all(r.passed for r in results if r.blocking),
     }

@@ -37,7 +37,8 @@ def load_model(directory: Path, meta: dict) -> Model:
     kind = meta["kind"]
     if kind not in MODEL_KINDS:
         # Kinds register on import; import the known modules before giving up.
-        import modalfuse.models.gbm  # noqa: F401
+        import modalfuse.models.gbm
+        import modalfuse.models.neural  # noqa: F401
 
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known: {sorted(MODEL_KINDS)}")

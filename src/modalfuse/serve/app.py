@@ -12,6 +12,9 @@ from modalfuse import __version__
 from modalfuse.config import Settings
 from modalfuse.features.image import ImageError
 from modalfuse.predict import PredictionInputError, Predictor
+from modalfuse.serve.model_source import load_served_predictor
+from modalfuse.serve.routes import admin as admin_routes
+from modalfuse.serve.routes import card as card_routes
 from modalfuse.serve.routes import explain as explain_routes
 from modalfuse.serve.routes import model as model_routes
 from modalfuse.serve.routes import predict as predict_routes
@@ -60,11 +63,10 @@ class BodyTooLarge(Exception):
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
     settings = settings or Settings()
+    model_source: dict = {"model_version": predictor.model_version} if predictor else {}
     if predictor is None:
-        if settings.bundle is None:
-            raise ValueError("no model bundle: set MODALFUSE_BUNDLE or pass --bundle")
-        predictor = Predictor.from_path(settings.bundle, max_image_bytes=settings.max_image_bytes,
-                                        max_image_pixels=settings.max_image_pixels)
+        # MODALFUSE_MODEL_URI (models:/NAME@champion) or MODALFUSE_BUNDLE; see model_source.py
+        predictor, model_source = load_served_predictor(settings)
     app = FastAPI(
         title="modalfuse API",
         version=__version__,
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     )
     app.state.predictor = predictor
     app.state.settings = settings
+    app.state.model_source = model_source  # replaced with the predictor by /admin/reload
 
     @app.exception_handler(ImageError)
     async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
@@ -92,6 +95,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
 
     example = predictor.bundle.meta.get("example")
     app.include_router(model_routes.router)
+    app.include_router(card_routes.router)
+    app.include_router(admin_routes.build_router())
     app.include_router(predict_routes.build_router(record_model(predictor.spec), example))
     app.include_router(explain_routes.build_router(record_model(predictor.spec), example,
                                                    predictor.labels))
