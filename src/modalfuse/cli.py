@@ -218,9 +218,10 @@ def predict(
     bundle: BundleOpt = None,
     dataset: DatasetOpt = "pokemon",
     chunk_size: int = 256,
-    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actor pool; "
-                                        "output is a Parquet folder, input may be s3://)")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster for --engine ray (default: local Ray)")] = None,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors; "
+                                        "writes a Parquet folder; input may be s3://)")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster for --engine ray "
+                                                "(default: a local Ray)")] = None,
     actors: Annotated[int, typer.Option(help="Predictor actors for --engine ray")] = 2,
 ) -> None:
     """Batch predictions: exactly one output row per input row; bad rows get an error."""

@@ -1,0 +1,1 @@
+"""Batch scoring beyond one machine: the Ray Data engine and its benchmark."""
