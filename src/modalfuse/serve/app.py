@@ -100,5 +100,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.include_router(predict_routes.build_router(record_model(predictor.spec), example))
     app.include_router(explain_routes.build_router(record_model(predictor.spec), example,
                                                    predictor.labels))
+    from modalfuse.ui.app import mount_ui  # gradio is heavy: imported when an app is built
+
+    mount_ui(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

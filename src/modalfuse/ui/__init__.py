@@ -1,0 +1,1 @@
+"""The Gradio UI, mounted into the API process at /ui (see `modalfuse.ui.app`)."""

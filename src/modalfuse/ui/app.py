@@ -1,0 +1,379 @@
+"""The Gradio UI at /ui: predict and explain one record, score a batch file, see the model.
+
+It is built from the API app itself and calls that app's Predictor and Explainer, so what
+the UI shows is what `/v1/predict` and `/v1/explain` answer, for the same model_version.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI
+from PIL import Image
+
+from modalfuse.batch import BatchInputError, read_rows, score_frame
+from modalfuse.config import DatasetSpec, FieldKind, FieldSpec, Settings
+from modalfuse.explain import Explainer
+from modalfuse.predict import PredictionInputError, Predictor, table_records
+
+log = logging.getLogger("modalfuse.ui")
+
+UI_PATH = "/ui"
+MAX_ZIP_BYTES = 200_000_000  # uncompressed
+MAX_ZIP_FILES = 20_000
+MAX_UI_BATCH_ROWS = 20_000
+IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"]
+
+
+class UploadError(ValueError):
+    """An uploaded file that cannot be used; the message says what is allowed."""
+
+
+# ---- one record ----------------------------------------------------------------------
+
+def record_from_inputs(spec: DatasetSpec, values: list[Any]) -> dict[str, Any]:
+    """UI widget values (in spec.fields order) -> a raw record; empty widgets are left out."""
+    record: dict[str, Any] = {}
+    for f, v in zip(spec.fields, values, strict=True):
+        if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+            continue
+        record[f.name] = list(v) if f.kind == FieldKind.multi and isinstance(v, list | tuple) else v
+    return record
+
+
+def input_values(spec: DatasetSpec, record: dict[str, Any]) -> list[Any]:
+    """A raw record -> widget values in spec.fields order (multi-valued fields as lists)."""
+    out: list[Any] = []
+    for f in spec.fields:
+        v = record.get(f.name)
+        if isinstance(v, float) and np.isnan(v):
+            v = None
+        if f.kind == FieldKind.multi:
+            v = [s for s in v.split("|") if s] if isinstance(v, str) else list(v or [])
+        elif f.kind == FieldKind.boolean:
+            v = bool(v) if v is not None else False
+        out.append(v)
+    return out
+
+
+def explain_one(explainer: Explainer, sprite: bytes | None, values: list[Any], top_k: int = 5
+                ) -> tuple[str, dict[str, float] | None, Image.Image | None,
+                           dict[str, float] | None, pd.DataFrame]:
+    """(status, top-k probabilities, heatmap overlay, modality share, contributions table)."""
+    spec = explainer.predictor.spec
+    empty = pd.DataFrame(columns=["field", "value", "contribution"])
+    if not sprite:
+        return ("**Upload an image first** (PNG, JPEG, GIF, WebP or BMP).", None, None, None,
+                empty)
+    record = record_from_inputs(spec, values)
+    try:
+        e = explainer.explain(record, sprite)
+    except PredictionInputError as err:
+        problems = "\n".join(f"- **{k}**: {v}" for k, v in err.errors[0].items())
+        return f"**This input cannot be scored:**\n{problems}", None, None, None, empty
+    top = dict(sorted(e.prediction["probabilities"].items(), key=lambda kv: -kv[1])[:top_k])
+    heat = Image.open(io.BytesIO(e.overlay_png(scale=3)))
+    share = {"image": e.image_share, "table": e.table_share}
+    rows = [{"field": f, "value": _show(e.values.get(f)), "contribution": round(v, 4)}
+            for f, v in e.top_contributions()]
+    rows.append({"field": f"{spec.image_column} (whole image)", "value": "",
+                 "contribution": round(e.image_contribution, 4)})
+    table = pd.DataFrame(rows).sort_values("contribution", key=np.abs, ascending=False)
+    status = (f"Predicted **{e.label}** ({e.probability:.1%}) by model `{e.model_version}`. "
+              f"With nothing known the model gives {e.label} {e.base_value:.1%}; the fields "
+              f"add {sum(e.contributions.values()):+.1%} and the image "
+              f"{e.image_contribution:+.1%}. Red patches of the heatmap support {e.label}, "
+              "blue ones speak against it.")
+    return status, top, heat, share, table
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "(missing)"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+# ---- batch ---------------------------------------------------------------------------
+
+def extract_images(zip_path: Path, dest: Path, max_bytes: int = MAX_ZIP_BYTES,
+                   max_files: int = MAX_ZIP_FILES) -> int:
+    """Unpack the image files of a zip into dest; refuses paths leaving dest and zip bombs."""
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UploadError(f"the images file is not a readable zip archive: {e}") from None
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        if len(members) > max_files:
+            raise UploadError(f"the zip holds {len(members)} files; the limit is {max_files}")
+        total = sum(m.file_size for m in members)
+        if total > max_bytes:
+            raise UploadError(f"the zip unpacks to {total} bytes; the limit is {max_bytes}")
+        root = dest.resolve()
+        count = 0
+        for m in members:
+            target = (root / m.filename).resolve()
+            if not target.is_relative_to(root):
+                raise UploadError(f"zip entry {m.filename!r} points outside the archive")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(m) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+            count += 1
+    return count
+
+
+def score_upload(predictor: Predictor, table_path: str | None, zip_path: str | None,
+                 out_dir: Path, progress: Any = None) -> tuple[str, str | None, pd.DataFrame]:
+    """(summary, path of the predictions CSV, preview) for an uploaded table + zip of images."""
+    spec = predictor.spec
+    if not table_path:
+        return "**Upload a table** (.csv or .parquet) with one row per record.", None, pd.DataFrame()
+    if not zip_path:
+        return (f"**Upload a zip of the images** named in the `{spec.image_column}` column.",
+                None, pd.DataFrame())
+    try:
+        rows = read_rows(Path(table_path))
+        if spec.image_column not in rows.columns:
+            raise BatchInputError(f"the table has no image column {spec.image_column!r}; "
+                                  f"its columns are {list(rows.columns)}")
+        if len(rows) > MAX_UI_BATCH_ROWS:
+            raise BatchInputError(f"the table has {len(rows)} rows; the UI scores up to "
+                                  f"{MAX_UI_BATCH_ROWS} (use `modalfuse predict` for more)")
+        images_dir = out_dir / "images"
+        images_dir.mkdir(parents=True, exist_ok=True)
+        extract_images(Path(zip_path), images_dir)
+    except (BatchInputError, UploadError) as e:
+        return f"**This upload cannot be scored:** {e}", None, pd.DataFrame()
+    parts = []
+    chunks = range(0, len(rows), 256)
+    for start in (progress.tqdm(chunks, desc="scoring") if progress is not None else chunks):
+        chunk = rows.iloc[start:start + 256].reset_index(drop=True)
+        parts.append(score_frame(predictor, chunk, images_dir))
+    result = (pd.concat(parts, ignore_index=True) if parts
+              else score_frame(predictor, rows.iloc[:0], images_dir))
+    result.insert(0, "row", np.arange(len(result)))
+    out = out_dir / "predictions.csv"
+    result.to_csv(out, index=False)
+    errors = int(result["error"].notna().sum())
+    summary = (f"Scored **{len(result)}** rows with model `{predictor.model_version}`: "
+               f"{len(result) - errors} predicted, {errors} with an error (see the `error` "
+               "column).")
+    preview_cols = [c for c in (spec.id_column, "row", "predicted", "error") if c in result]
+    return summary, str(out), result[preview_cols].head(50)
+
+
+# ---- model ---------------------------------------------------------------------------
+
+def model_markdown(predictor: Predictor) -> str:
+    meta = predictor.bundle.meta
+    ds = meta.get("dataset", {})
+    lines = [f"### Model `{predictor.model_version}`",
+             f"- kind: `{meta.get('model', {}).get('kind')}`; created {meta.get('created_at')}",
+             f"- dataset: `{ds.get('name')}` version `{ds.get('version')}`; "
+             f"{ds.get('train_rows')} training rows, {ds.get('test_rows')} test rows",
+             f"- classes ({len(predictor.labels)}): {', '.join(predictor.labels)}", ""]
+    metrics = meta.get("metrics") or {}
+    cv, test = metrics.get("cv") or {}, metrics.get("test") or {}
+    if cv or test:
+        lines += ["| metric | grouped CV (mean ± sd) | test |", "| --- | --- | --- |"]
+        for key in ("accuracy", "macro_f1", "ece", "log_loss"):
+            c = cv.get(key)
+            cv_text = f"{c['mean']:.3f} ± {c['sd']:.3f}" if c else "-"
+            test_text = f"{test[key]:.3f}" if key in test else "-"
+            lines.append(f"| {key} | {cv_text} | {test_text} |")
+        lines.append("\n(the metrics saved in the bundle by `modalfuse train`)")
+    return "\n".join(lines)
+
+
+async def model_card_markdown(app: FastAPI) -> str:
+    """The model card the API publishes at GET /v1/model/card, if it publishes one."""
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://ui") as client:
+            r = await client.get("/v1/model/card")
+    except Exception as e:  # the card is optional; the tab must still render
+        log.warning("model card request failed: %s", e)
+        return f"The model card could not be read: {e}"
+    if r.status_code == 404:
+        return "No model card is published for this model (GET /v1/model/card: 404)."
+    if r.status_code != 200:
+        return f"The model card is not available (GET /v1/model/card: {r.status_code})."
+    if "json" not in r.headers.get("content-type", ""):
+        return r.text  # the card is markdown
+    card = r.json()
+    if isinstance(card, dict) and isinstance(card.get("markdown"), str):
+        return card["markdown"]
+    return "```json\n" + json.dumps(card, indent=2, default=str) + "\n```"
+
+
+# ---- the app -------------------------------------------------------------------------
+
+def _widget(f: FieldSpec, vocab: list[str], value: Any) -> gr.components.Component:
+    label = f"{f.name}" + (" *" if f.required else "")
+    info = f.description or None
+    if f.kind == FieldKind.numeric:
+        rng = f" ({f.min:g}-{f.max:g})" if f.min is not None and f.max is not None else ""
+        return gr.Number(value=value, label=label, info=(info or "") + rng)
+    if f.kind == FieldKind.boolean:
+        return gr.Checkbox(value=bool(value), label=label, info=info)
+    choices = list(f.categories or [v for v in vocab if v != "__other__"])
+    if f.kind == FieldKind.categorical:
+        return gr.Dropdown(choices=choices, value=value, label=label, info=info,
+                           allow_custom_value=not f.categories)
+    return gr.Dropdown(choices=choices, value=value or [], multiselect=True, label=label,
+                       info=info, allow_custom_value=not f.categories)
+
+
+def dataset_rows(predictor: Predictor, settings: Settings) -> tuple[pd.DataFrame, Path] | None:
+    """The bundle's dataset table, if that dataset is present under the data folder."""
+    name = predictor.bundle.meta.get("dataset", {}).get("name") or predictor.spec.name
+    root = settings.dataset_dir(name)
+    spec = predictor.spec
+    try:
+        table = pd.read_parquet(root / spec.table)
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    if spec.image_column not in table or not (root / "images").is_dir():
+        return None
+    return table, root / "images"
+
+
+def header_markdown(predictor: Predictor) -> str:
+    spec = predictor.spec
+    return (f"## modalfuse · predict **{spec.target}** of a `{spec.name}` record\n"
+            f"Model `{predictor.model_version}` — the same one the API serves.")
+
+
+def build_ui(app: FastAPI) -> gr.Blocks:
+    """The UI of an API app. Every call reads the app's current Predictor and Explainer, so
+    after an /admin/reload the UI explains the newly served model too."""
+    from modalfuse.serve.routes.explain import explainer_for
+
+    predictor: Predictor = app.state.predictor  # for the input form: the spec does not change
+    settings: Settings = app.state.settings
+    spec = predictor.spec
+    vocab = predictor.bundle.preprocessor.tabular_.vocab_ or {}
+    example = predictor.bundle.meta.get("example") or {}
+    start = input_values(spec, example.get("fields", {}))
+    data = dataset_rows(predictor, settings)
+    display = spec.display_column or spec.id_column
+    names: list[str] = []
+    if data is not None:
+        names = [str(v) for v in data[0][display]]
+
+    with gr.Blocks(title=f"modalfuse · {spec.name}", analytics_enabled=False) as demo:
+        header = gr.Markdown(header_markdown(predictor), elem_id="mf-header")
+        with gr.Tab("Predict", id="predict"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    if names:
+                        species = gr.Dropdown(choices=names, value=None, label=f"Prefill from "
+                                              f"the dataset ({display})", elem_id="mf-species")
+                    example_btn = gr.Button("Load the bundle's example", size="sm")
+                    sprite = gr.File(label="Image (PNG, JPEG, GIF, WebP, BMP)", type="binary",
+                                     file_types=IMAGE_TYPES, elem_id="mf-sprite")
+                    with gr.Accordion("Fields (* required)", open=True):
+                        widgets = []
+                        pairs = list(zip(spec.fields, start, strict=True))
+                        for i in range(0, len(pairs), 3):  # three to a row keeps it on screen
+                            with gr.Row():
+                                widgets += [_widget(f, vocab.get(f.name, []), v)
+                                            for f, v in pairs[i:i + 3]]
+                    go = gr.Button("Predict and explain", variant="primary", elem_id="mf-go")
+                with gr.Column(scale=1):
+                    status = gr.Markdown("Upload an image, check the fields, then press "
+                                         "**Predict and explain**.", elem_id="mf-status")
+                    top = gr.Label(num_top_classes=5, label="Top classes", elem_id="mf-top")
+                    heat = gr.Image(label="Heatmap (occlusion) over the normalized image",
+                                    type="pil", format="png", interactive=False,
+                                    elem_id="mf-heatmap")
+                    share = gr.Label(label="Share of the prediction: image vs table",
+                                     elem_id="mf-share")
+                    contrib = gr.Dataframe(label="Contributions (probability points)",
+                                           interactive=False, elem_id="mf-contrib")
+
+            def _predict(sprite_bytes, *values):
+                return explain_one(explainer_for(app), sprite_bytes, list(values))
+
+            go.click(_predict, [sprite, *widgets], [status, top, heat, share, contrib])
+
+            def _example():
+                tmp = Path(tempfile.mkdtemp(prefix="modalfuse-ui-"))
+                path = None
+                if example.get("image_base64"):
+                    import base64
+
+                    path = tmp / "example.png"
+                    path.write_bytes(base64.b64decode(example["image_base64"]))
+                return [str(path) if path else None, *start]
+
+            example_btn.click(_example, [], [sprite, *widgets])
+            if names and data is not None:
+                table, images_dir = data
+
+                def _prefill(name):
+                    if not name:
+                        return [gr.update()] * (1 + len(widgets))
+                    row = table[table[display].astype(str) == name].iloc[0]
+                    rec = table_records(spec, row.to_frame().T)[0]
+                    return [str(images_dir / str(row[spec.image_column])),
+                            *input_values(spec, rec)]
+
+                species.change(_prefill, [species], [sprite, *widgets])
+
+        with gr.Tab("Batch", id="batch"):
+            gr.Markdown(f"Score a table (.csv or .parquet, one row per record, the image file "
+                        f"name in column `{spec.image_column}`) with a zip of the images. Bad "
+                        "rows get an `error`; every other row is scored.")
+            with gr.Row():
+                table_file = gr.File(label="Table (.csv, .parquet)", type="filepath",
+                                     file_types=[".csv", ".parquet"])
+                zip_file = gr.File(label="Images (.zip)", type="filepath", file_types=[".zip"])
+            run = gr.Button("Score the file", variant="primary")
+            batch_status = gr.Markdown()
+            batch_out = gr.File(label="Predictions (CSV)")
+            batch_preview = gr.Dataframe(label="First rows", interactive=False)
+
+            def _batch(tpath, zpath, progress=gr.Progress()):
+                out_dir = Path(tempfile.mkdtemp(prefix="modalfuse-batch-"))
+                return score_upload(app.state.predictor, tpath, zpath, out_dir, progress)
+
+            run.click(_batch, [table_file, zip_file], [batch_status, batch_out, batch_preview])
+
+        with gr.Tab("Model", id="model"):
+            model_md = gr.Markdown(model_markdown(predictor), elem_id="mf-model")
+            card = gr.Markdown("Press the button to read the model card, if one is published.")
+            card_btn = gr.Button("Show the model card", size="sm")
+
+            async def _card():
+                return await model_card_markdown(app)
+
+            card_btn.click(_card, [], [card])
+
+        def _current():
+            return header_markdown(app.state.predictor), model_markdown(app.state.predictor)
+
+        demo.load(_current, [], [header, model_md])
+    return demo
+
+
+def mount_ui(app: FastAPI, path: str = UI_PATH) -> FastAPI:
+    """Mount the UI into the API app (same process, same Predictor)."""
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    return gr.mount_gradio_app(app, build_ui(app), path=path, theme=theme, ssr_mode=False,
+                               footer_links=["api"], mcp_server=False)
