@@ -12,6 +12,7 @@ from modalfuse import __version__
 from modalfuse.config import Settings
 from modalfuse.features.image import ImageError
 from modalfuse.predict import PredictionInputError, Predictor
+from modalfuse.serve import production
 from modalfuse.serve.model_source import load_served_predictor
 from modalfuse.serve.routes import admin as admin_routes
 from modalfuse.serve.routes import card as card_routes
@@ -104,4 +105,6 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
 
     mount_ui(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # After BodyLimit, so request ids and metrics wrap every answer (413s too).
+    production.install(app, settings, predictor)
     return app

@@ -433,9 +433,12 @@ class JobWorker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="modalfuse-jobs", daemon=True)
-        self._thread.start()
+    def ensure_started(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="modalfuse-jobs",
+                                            daemon=True)
+            self._thread.start()
 
     def wake(self) -> None:
         self._wake.set()

@@ -1,0 +1,1 @@
+"""Monitoring: the prediction log, drift against the training reference, training-serving skew."""

@@ -1,0 +1,16 @@
+"""ASGI entry for process managers: `uvicorn --factory modalfuse.serve.asgi:app`.
+
+Settings come from MODALFUSE_* variables; logs are JSON lines on stderr.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from modalfuse.serve.app import create_app
+from modalfuse.serve.logging import configure_logging
+
+
+def app() -> FastAPI:
+    configure_logging()
+    return create_app()

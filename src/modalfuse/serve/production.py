@@ -1,0 +1,70 @@
+"""Wires the production layer into an app: metrics, request ids, prediction log, async jobs.
+
+`install` is called once by `create_app`; the worker threads start with the app's lifespan
+(and on first use), and stop with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from modalfuse.config import Settings
+from modalfuse.monitor.drift import feature_names
+from modalfuse.monitor.predlog import PredictionLog
+from modalfuse.predict import PredictionEvent, Predictor
+from modalfuse.serve.jobs import JobStore, JobWorker
+from modalfuse.serve.metrics import ObservabilityMiddleware, ServiceMetrics
+from modalfuse.serve.routes import jobs as jobs_routes
+from modalfuse.serve.routes import monitoring as monitoring_routes
+
+
+def _tagged(fn: Callable[[PredictionEvent], None]) -> Callable[[PredictionEvent], None]:
+    def observer(event: PredictionEvent) -> None:
+        fn(event)
+
+    observer._modalfuse_serving = True  # type: ignore[attr-defined]
+    return observer
+
+
+def install(app: FastAPI, settings: Settings, predictor: Predictor) -> None:
+    metrics = ServiceMetrics()
+    app.state.metrics = metrics
+    # A predictor serves one app at a time: drop observers an earlier app left on it.
+    predictor.observers[:] = [o for o in predictor.observers
+                              if not getattr(o, "_modalfuse_serving", False)]
+    predictor.observers.append(_tagged(metrics.observe_prediction))
+    plog: PredictionLog | None = None
+    if settings.log_predictions:
+        plog = PredictionLog(settings.data_dir / "monitoring" / "predictions.db",
+                             feature_names=feature_names(predictor),
+                             on_drop=metrics.log_dropped.inc)
+        predictor.observers.append(_tagged(plog.observe))
+    app.state.prediction_log = plog
+    store = JobStore(settings.data_dir / "jobs").open()
+    worker = JobWorker(store, predictor, lease_s=settings.job_lease_s)
+    app.state.job_store, app.state.job_worker = store, worker
+
+    app.include_router(jobs_routes.router)
+    app.include_router(monitoring_routes.router)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+
+    previous = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        worker.ensure_started()
+        if plog is not None:
+            plog.start()
+        try:
+            async with previous(a) as state:
+                yield state
+        finally:
+            worker.stop()
+            if plog is not None:
+                plog.stop()
+
+    app.router.lifespan_context = lifespan

@@ -1,0 +1,44 @@
+"""Monitoring routes: a drift/skew summary of logged predictions and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
+
+from modalfuse.monitor.drift import NoReferenceError, drift_summary, load_or_build_reference
+from modalfuse.serve.deps import PredictorDep, SettingsDep
+from modalfuse.serve.security import AuthDep
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/v1/monitoring/drift", summary="Data drift, prediction drift and feature skew of "
+            "the logged predictions against the training reference")
+def drift(request: Request, _: AuthDep, predictor: PredictorDep, settings: SettingsDep,
+          hours: Annotated[float | None, Query(gt=0, le=24 * 365,
+                                               description="only the last N hours")] = None,
+          limit: Annotated[int, Query(ge=1, le=1_000_000)] = 50_000) -> dict[str, Any]:
+    plog = getattr(request.app.state, "prediction_log", None)
+    if plog is None:
+        raise HTTPException(409, detail="prediction logging is off (MODALFUSE_LOG_PREDICTIONS)")
+    try:
+        reference = load_or_build_reference(predictor, settings.data_dir / "monitoring",
+                                            settings.dataset_dir(predictor.spec.name))
+    except NoReferenceError as e:
+        raise HTTPException(409, detail=str(e)) from None
+    since = time.time() - hours * 3600 if hours else None
+    logged = plog.read(model_version=predictor.model_version, since=since, limit=limit)
+    return drift_summary(predictor, reference, logged)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    m = request.app.state.metrics
+    store = getattr(request.app.state, "job_store", None)
+    if store is not None:
+        for state, n in store.counts().items():
+            m.jobs.labels(state).set(n)
+    return Response(m.render(), media_type=m.content_type)
