@@ -9,7 +9,7 @@ PORT ?= 8000
 # The real-data smoke test keeps its own data folder (and download cache) in the repo.
 SMOKE_DIR := $(CURDIR)/.cache/smoke
 
-.PHONY: run install data train serve test unit smoke lint clean help
+.PHONY: run install data train serve test unit smoke lint clean help browser-deps
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,7 +34,10 @@ serve: install ## start the API on $(HOST):$(PORT)
 
 run: data train serve ## everything: install, data, train, serve
 
-unit: install ## the pytest suite (no network)
+browser-deps: ## Debian's Chromium for the UI browser test (no-op when present)
+	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+unit: install browser-deps ## the pytest suite (no network)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests; rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
 
 smoke: install ## end-to-end on the real pinned sources with quick settings
