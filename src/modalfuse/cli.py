@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modalfuse import tracking_cli
 from modalfuse.config import Settings
 
 app = typer.Typer(help="modalfuse: image + tabular classification, end to end.",
@@ -157,6 +158,8 @@ def train(
     rounds: Annotated[int, typer.Option(help="boosting rounds")] = 300,
     seed: int = 42,
     no_cv: Annotated[bool, typer.Option(help="skip grouped CV (quick runs)")] = False,
+    no_track: Annotated[bool, typer.Option(help="don't log to MLflow nor register (also: "
+                                                "MODALFUSE_TRACKING=false)")] = False,
 ) -> None:
     """Train the baseline fused model (tabular + image statistics in LightGBM)."""
     from modalfuse.data.dataset import load_dataset
@@ -174,6 +177,8 @@ def train(
         _fail(str(e))
     _print_metrics(bundle.model_version, bundle.metrics)
     console.print(f"bundle: {bundle.path}")
+    if s.tracking and not no_track:
+        tracking_cli.track_trained(bundle, ds, s)
 
 
 def _print_metrics(version: str, metrics: dict) -> None:
@@ -248,6 +253,9 @@ def serve(
     port: Annotated[int, typer.Option(help="port")] = 8000,
     bundle: BundleOpt = None,
     dataset: DatasetOpt = "pokemon",
+    model_uri: Annotated[str | None, typer.Option(help="serve a registered model, e.g. "
+                                                  "models:/pokemon@champion (wins over --bundle)")]
+        = None,
 ) -> None:
     """Start the HTTP API (and its docs at /docs)."""
     import uvicorn
@@ -255,7 +263,7 @@ def serve(
     from modalfuse.serve.app import create_app
 
     path = _bundle_path(bundle, dataset)
-    application = create_app(Settings(bundle=path))
+    application = create_app(Settings(bundle=path, **({"model_uri": model_uri} if model_uri else {})))
     console.print(f"modalfuse API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     uvicorn.run(application, host=host, port=port, log_level="info")
 
@@ -279,6 +287,9 @@ def example(
     body = api_body(spec, table_records(spec, match)[0],
                     ds.image_bytes(match[spec.image_column].iloc[0]))
     typer.echo(json.dumps(body))
+
+
+tracking_cli.register(app)  # promote, rollback, trace, card, mlflow-ui
 
 
 def main() -> None:

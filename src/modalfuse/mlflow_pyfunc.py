@@ -1,0 +1,57 @@
+"""The MLflow face of a model bundle: a pyfunc whose `predict` goes through the Predictor.
+
+`mlflow.pyfunc.load_model("models:/NAME@champion")` (and `mlflow models serve`) therefore
+score exactly like the API: the bundle travels as the model's artifact and nothing here
+re-implements preprocessing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+# The key of the bundle folder among the pyfunc model's artifacts.
+BUNDLE_ARTIFACT = "bundle"
+IMAGE_COLUMN = "image_base64"
+
+
+class BundlePyfunc(PythonModel):
+    """Input: one row per record, the spec's fields as columns plus `image_base64`.
+
+    Output: one row per input row with `label`, `probabilities` (JSON) and `error` (JSON
+    of field -> message for a row that could not be scored, else empty).
+    """
+
+    def load_context(self, context: Any) -> None:
+        from modalfuse.predict import Predictor
+
+        self.predictor = Predictor.from_path(context.artifacts[BUNDLE_ARTIFACT])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+                ) -> pd.DataFrame:
+        from modalfuse.predict import table_records
+
+        if IMAGE_COLUMN not in model_input.columns:
+            raise ValueError(f"input needs an {IMAGE_COLUMN!r} column (the image in base64); "
+                             f"columns are {list(model_input.columns)}")
+        records = table_records(self.predictor.spec, model_input)
+        images: list[bytes | None] = []
+        for value in model_input[IMAGE_COLUMN]:
+            try:
+                images.append(base64.b64decode(str(value), validate=True))
+            except (binascii.Error, ValueError):
+                images.append(None)
+        rows = []
+        for res in self.predictor.predict(records, images):
+            rows.append({
+                "label": res.get("label"),
+                "probabilities": json.dumps(res["probabilities"]) if "probabilities" in res else "",
+                "error": json.dumps(res["error"]) if "error" in res else "",
+                "model_version": self.predictor.model_version,
+            })
+        return pd.DataFrame(rows)

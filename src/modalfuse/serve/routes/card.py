@@ -1,0 +1,24 @@
+"""The model card of the served model, as markdown."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+from modalfuse.model_card import bundle_card
+from modalfuse.serve.deps import PredictorDep
+
+router = APIRouter(tags=["model"])
+
+
+@router.get("/v1/model/card", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/markdown": {}}}},
+            summary="The served model's card: data, metrics, split audit, use and limits")
+def model_card(predictor: PredictorDep, request: Request) -> PlainTextResponse:
+    card = bundle_card(predictor.bundle)
+    source = getattr(request.app.state, "model_source", None) or {}
+    # The source is swapped just after the predictor on reload: only trust a matching one.
+    if source.get("model_version") == predictor.model_version and source.get("name"):
+        card = (f"> Served from `{source.get('uri')}`: registered model `{source['name']}` "
+                f"version {source['version']} (run `{source.get('run_id')}`).\n\n" + card)
+    return PlainTextResponse(card, media_type="text/markdown; charset=utf-8")

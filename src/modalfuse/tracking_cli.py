@@ -1,0 +1,182 @@
+"""CLI commands for tracking and the registry: promote, rollback, trace, card, mlflow-ui.
+
+Registered on the main app by `register(app)`; MLflow is imported inside the commands so
+`modalfuse serve` keeps its slim install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modalfuse.config import Settings
+
+if TYPE_CHECKING:
+    from modalfuse.bundle import ModelBundle
+    from modalfuse.data.dataset import Dataset
+
+console = Console()
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="registered model name (default: the dataset's name)")]
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def track_trained(bundle: ModelBundle, ds: Dataset, settings: Settings) -> None:
+    """Log a bundle `modalfuse train` just wrote, register it, and say where it went."""
+    from modalfuse.data.split import load_splits
+    from modalfuse.tracking import log_training, resolve_store
+
+    store = resolve_store(settings)
+    with console.status("logging the run to MLflow"):
+        run = log_training(bundle, ds, load_splits(ds), settings)
+    console.print(f"MLflow run {run.run_id} in {store.tracking_uri}")
+    console.print(f"registered [bold]{run.registered_name}[/] version {run.registered_version} "
+                  f"as [bold]{run.alias}[/]" + ("" if run.alias == "champion" else
+                                               "; compare it with `modalfuse promote`"))
+
+
+def promote(
+    dataset: DatasetOpt = "pokemon",
+    model: ModelOpt = None,
+    metric: Annotated[str, typer.Option(help="accuracy, macro_f1, weighted_f1, log_loss or ece")]
+        = "macro_f1",
+    margin: Annotated[float, typer.Option(help="how much better the challenger must be")] = 0.01,
+) -> None:
+    """Make the challenger champion if it beats the champion by MARGIN on the frozen test split."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.data.split import load_splits
+    from modalfuse.registry import RegistryError
+    from modalfuse.registry import promote as run_promote
+
+    s = Settings()
+    ds = load_dataset(s.dataset_dir(dataset))
+    try:
+        d = run_promote(s, model or dataset, ds, load_splits(ds), metric, margin)
+    except RegistryError as e:
+        _fail(str(e))
+    t = Table(title=f"{model or dataset}: challenger vs champion, test split of {ds.version}")
+    for col in ("metric", "challenger", "champion"):
+        t.add_column(col)
+    cands = [c for c in (d.challenger, d.champion)]
+    if d.challenger:
+        t.add_row("version", *[c.version if c else "-" for c in cands])
+        for key in ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece"):
+            t.add_row(key, *[f"{c.metrics[key]:.4f}" if c and key in c.metrics else "-"
+                             for c in cands])
+        console.print(t)
+    if d.promoted:
+        console.print(f"[green]promoted[/] version {d.challenger.version if d.challenger else '?'} "
+                      f"to champion: {d.reason}")
+    else:
+        console.print(f"[yellow]refused[/]: {d.reason}")
+        raise typer.Exit(1)
+
+
+def rollback(
+    dataset: DatasetOpt = "pokemon",
+    model: ModelOpt = None,
+    to: Annotated[str | None, typer.Option(help="version to make champion (default: the one "
+                                                 "the current champion replaced)")] = None,
+) -> None:
+    """Move the champion alias back to the previous champion (or to --to VERSION)."""
+    from modalfuse.registry import RegistryError
+    from modalfuse.registry import rollback as run_rollback
+
+    try:
+        old, new = run_rollback(Settings(), model or dataset, to)
+    except RegistryError as e:
+        _fail(str(e))
+    console.print(f"[green]rolled back[/] {model or dataset}: champion version {old} -> {new}; "
+                  "reload the API (POST /admin/reload) to serve it")
+
+
+def trace(
+    model_version: Annotated[str, typer.Argument(help="the model_version an API response "
+                                                      "carries, e.g. pokemon-lightgbm-0123abcd")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Trace a prediction's model version to its run, code commit, params and data version."""
+    from modalfuse.registry import trace as run_trace
+
+    s = Settings()
+    found = run_trace(s, model_version)
+    if not found:
+        _fail(f"no registered version has bundle {model_version!r} in the registry "
+              f"({_store_uri(s)})")
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    for f in found:
+        console.print(f"[bold]{f['registered_model']}[/] version {f['version']} "
+                      f"(aliases: {', '.join(f['aliases']) or '-'})")
+        for key in ("run_id", "experiment_id", "git_commit", "git_dirty", "dataset",
+                    "dataset_version", "splits_digest", "dvc_md5"):
+            console.print(f"  {key}: {f[key]}")
+        for di in f["inputs"]:
+            console.print(f"  input {di['name']} digest {di['digest']} from {di['source']}")
+        params = ", ".join(f"{k}={v}" for k, v in sorted(f["params"].items())
+                           if k.startswith(("train.", "split.")) and ".net." not in k)
+        console.print(f"  params: {params}")
+
+
+def card(
+    dataset: DatasetOpt = "pokemon",
+    bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="bundle folder "
+                                                "(default: the dataset's latest)")] = None,
+) -> None:
+    """Write the model card (model_card.md) of a bundle, scored on the frozen test split."""
+    from modalfuse.bundle import load_bundle
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.data.split import load_splits
+    from modalfuse.model_card import write_card
+
+    s = Settings()
+    ds = load_dataset(s.dataset_dir(dataset))
+    path, _ = write_card(load_bundle(bundle or s.bundle or s.default_bundle(dataset)), ds,
+                         load_splits(ds))
+    console.print(f"[green]wrote[/] {path}")
+
+
+def _store_uri(s: Settings) -> str:
+    from modalfuse.tracking import tracking_uri
+
+    return tracking_uri(s)
+
+
+def mlflow_ui(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 5000,
+) -> None:
+    """Open the MLflow UI on the embedded store (or MLFLOW_TRACKING_URI's)."""
+    from modalfuse.tracking import resolve_store
+
+    store = resolve_store(Settings())
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri,
+           "--host", host, "--port", str(port)]
+    if store.artifact_root:
+        store.artifact_root.mkdir(parents=True, exist_ok=True)
+        cmd += ["--default-artifact-root", store.artifact_root.as_uri()]
+    console.print(f"MLflow UI for {store.tracking_uri} on http://{host}:{port}")
+    raise typer.Exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY":
+                                                os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(promote)
+    app.command()(rollback)
+    app.command()(trace)
+    app.command()(card)
+    app.command("mlflow-ui")(mlflow_ui)
