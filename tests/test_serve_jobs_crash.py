@@ -1,0 +1,97 @@
+"""A real server killed with SIGKILL mid-job: after a restart the job finishes, one row per input row."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import httpx
+import pandas as pd
+
+from prod_helpers import API_KEY, AUTH, job_inputs, wait_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(env: dict, port: int, log) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "modalfuse.serve.asgi:app",
+         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    end = time.time() + 60
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not come up in 60 s")
+
+
+def test_kill_9_mid_job_then_restart_finishes_exactly_once(fixture_bundle, fixture_dataset,
+                                                           tmp_path):
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "MODALFUSE_BUNDLE": str(fixture_bundle.path),
+           "MODALFUSE_DATA_DIR": str(data_dir), "MODALFUSE_API_KEY": API_KEY,
+           "MODALFUSE_JOB_CHUNK_ROWS": "10", "MODALFUSE_JOB_LEASE_S": "1",
+           "MODALFUSE_LOG_PREDICTIONS": "false"}
+    n = 600
+    table, images, _ = job_inputs(fixture_dataset, n, bad_rows=(5, 444))
+    log = open(tmp_path / "server.log", "wb")
+    port = _free_port()
+    server = _start(env, port, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            r = c.post("/v1/jobs", headers={**AUTH, "Idempotency-Key": "crash-1"},
+                       files={"table": ("rows.csv", table), "images": ("img.zip", images)})
+            assert r.status_code == 201, r.text
+            job_id = r.json()["id"]
+            # Wait until the job is part-way through, then kill the server without warning.
+            end = time.time() + 60
+            while time.time() < end:
+                job = c.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
+                if 0 < job["done_rows"] < n // 2:
+                    break
+                assert job["state"] != "succeeded", "job finished before it could be killed"
+                time.sleep(0.01)
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        with sqlite3.connect(data_dir / "jobs" / "jobs.db") as db:
+            state, done = db.execute("SELECT state, done_rows FROM jobs WHERE id = ?",
+                                     (job_id,)).fetchone()
+        assert state == "running" and 0 < done < n, (state, done)
+
+        server = _start(env, port, log)
+        with httpx.Client(base_url=base, timeout=30) as c:
+            job = wait_for(c.get, job_id, timeout=120)
+            assert job["state"] == "succeeded", job
+            assert job["attempts"] >= 2 and job["done_rows"] == n and job["error_rows"] == 2
+            # A retried submission after the crash gets the same job, not a second one.
+            again = c.post("/v1/jobs", headers={**AUTH, "Idempotency-Key": "crash-1"},
+                           files={"table": ("rows.csv", table), "images": ("img.zip", images)})
+            assert again.status_code == 200 and again.json()["id"] == job_id
+            out = pd.read_parquet(io.BytesIO(c.get(f"/v1/jobs/{job_id}/result",
+                                                   headers=AUTH).content))
+        assert len(out) == n
+        assert out["row"].tolist() == list(range(n))
+        assert out["id"].tolist() == list(range(n))
+        assert out["error"].notna().sum() == 2
+        assert out["predicted"].notna().sum() == n - 2
+    finally:
+        server.kill()
+        server.wait(10)
+        log.close()
