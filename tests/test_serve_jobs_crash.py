@@ -50,7 +50,7 @@ def test_kill_9_mid_job_then_restart_finishes_exactly_once(fixture_bundle, fixtu
            "MODALFUSE_LOG_PREDICTIONS": "false"}
     n = 600
     table, images, _ = job_inputs(fixture_dataset, n, bad_rows=(5, 444))
-    log = open(tmp_path / "server.log", "wb")
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (outlives two servers)
     port = _free_port()
     server = _start(env, port, log)
     base = f"http://127.0.0.1:{port}"
