@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modalfuse import see_cli, tracking_cli
+from modalfuse import production_cli, see_cli, tracking_cli
 from modalfuse.config import Settings
 
 app = typer.Typer(help="modalfuse: image + tabular classification, end to end.",
@@ -291,6 +291,7 @@ def example(
 
 tracking_cli.register(app)  # promote, rollback, trace, card, mlflow-ui
 see_cli.register(app)  # eda, explain
+production_cli.register(app)  # monitor, bench serve
 
 
 def main() -> None:

@@ -1,0 +1,76 @@
+"""Operations commands: `modalfuse monitor` (drift + skew report) and `modalfuse bench serve`.
+
+Thin Typer wrappers over `modalfuse.monitor` and `modalfuse.serve.loadbench`; registered on
+the main app by `register(app)`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modalfuse.config import Settings
+
+console = Console()
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def monitor(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
+    = "pokemon",
+    bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="model bundle folder "
+                                                "(default: the dataset's latest)")] = None,
+    hours: Annotated[float | None, typer.Option(help="only predictions of the last N hours")]
+    = None,
+    out: Annotated[Path | None, typer.Option(help="report folder (default: "
+                                             "<data dir>/reports/monitoring/<time>)")] = None,
+) -> None:
+    """Drift (Evidently: fields and predictions) and skew (features) of logged predictions."""
+    from modalfuse.monitor.drift import NoReferenceError, load_or_build_reference
+    from modalfuse.monitor.predlog import PredictionLog
+    from modalfuse.monitor.report import monitor_report
+    from modalfuse.predict import Predictor
+
+    s = Settings()
+    predictor = Predictor.from_path(bundle or s.bundle or s.default_bundle(dataset))
+    try:
+        reference = load_or_build_reference(predictor, s.data_dir / "monitoring",
+                                            s.dataset_dir(predictor.spec.name))
+    except NoReferenceError as e:
+        _fail(str(e))
+    since = time.time() - hours * 3600 if hours else None
+    logged = PredictionLog(s.data_dir / "monitoring" / "predictions.db").read(
+        model_version=predictor.model_version, since=since)
+    folder = out or s.reports_dir / "monitoring" / time.strftime("%Y%m%d-%H%M%S")
+    summary = monitor_report(predictor, reference, logged, folder)
+    t = Table(title=f"monitoring, model {predictor.model_version}: {summary['status']}")
+    for col in ("check", "result"):
+        t.add_column(col)
+    t.add_row("rows", f"{summary['serving_rows']} serving vs {summary['reference_rows']} "
+                      "training (reference)")
+    if summary["serving_rows"]:
+        ev = summary["evidently"]
+        t.add_row("data drift (Evidently)", f"{ev['drifted_columns']:.0f} drifted columns, share "
+                                            f"{ev['share_drifted']:.2f}")
+        pd_ = summary["prediction_drift"]
+        t.add_row("prediction drift", f"PSI {pd_['psi']:.3f} ({pd_['status']})")
+        sk = summary["skew"]
+        worst = sk["top"][0]
+        t.add_row("feature skew", f"{len(sk['skewed_features'])} features over PSI "
+                                  f"{summary['thresholds']['psi_drift']}; worst "
+                                  f"{worst['feature']} PSI {worst['psi']:.3f}")
+    console.print(t)
+    console.print(f"report: {folder}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("monitor")(monitor)
