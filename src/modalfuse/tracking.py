@@ -238,7 +238,7 @@ def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Set
     """
     import mlflow
 
-    from modalfuse.mlflow_pyfunc import BUNDLE_ARTIFACT, BundlePyfunc
+    from modalfuse.mlflow_pyfunc import BUNDLE_ARTIFACT, BundlePyfunc, signature
     from modalfuse.model_card import write_card
 
     store = resolve_store(settings)
@@ -288,7 +288,7 @@ def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Set
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT, python_model=BundlePyfunc(),
             artifacts={BUNDLE_ARTIFACT: str(bundle.path)},
-            pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(), signature=signature(bundle.spec),
             tags={"modalfuse.bundle_version": bundle.model_version},
         )
         tracked = TrackedRun(run_id=run_id, experiment_id=run.info.experiment_id,
@@ -328,19 +328,25 @@ def _log_metrics(bundle: ModelBundle) -> None:
 
 
 def _log_dataset(ds: Dataset, splits: Splits, dvc: dict | None) -> None:
+    import warnings
+
     import mlflow
     from mlflow.data.pandas_dataset import from_pandas
 
     source = ds.root.resolve().as_uri()
     tags = {"dvc_md5": dvc["md5"]} if dvc else {}
-    full = from_pandas(ds.table, source=source, targets=ds.spec.target,
-                                   name=ds.spec.name, digest=ds.version)
+    with warnings.catch_warnings():
+        # MLflow registers the local-file source twice and warns that the URI is ambiguous.
+        warnings.simplefilter("ignore", UserWarning)
+        full = from_pandas(ds.table, source=source, targets=ds.spec.target,
+                           name=ds.spec.name, digest=ds.version)
     mlflow.log_input(full, context="dataset", tags={"version": ds.version, **tags})
     ids = ds.spec.id_column
     for split in ("train", "test"):
         rows = ds.table[ds.table[ids].isin(splits.ids(split))]
         digest = hashlib.sha256(f"{ds.version}:{split}:{splits_digest(splits)}".encode())
-        part = from_pandas(rows, source=source, targets=ds.spec.target,
-                                       name=f"{ds.spec.name}-{split}",
-                                       digest=digest.hexdigest()[:16])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            part = from_pandas(rows, source=source, targets=ds.spec.target,
+                               name=f"{ds.spec.name}-{split}", digest=digest.hexdigest()[:16])
         mlflow.log_input(part, context=split, tags={"dataset_version": ds.version})

@@ -62,8 +62,13 @@ def build_router() -> APIRouter:
                 raise HTTPException(409, detail=(
                     f"the new model {new.model_version} takes different inputs (dataset spec) "
                     f"than the served {old.model_version}; restart the API to change schemas"))
+            # Observers (metrics, prediction log) watch whatever model is served: carry them over.
+            new.observers[:] = list(getattr(old, "observers", []))
             request.app.state.predictor = new  # the swap: one atomic assignment
             request.app.state.model_source = source
+            worker = getattr(request.app.state, "job_worker", None)
+            if worker is not None and hasattr(worker, "predictor"):
+                worker.predictor = new  # jobs started later score with the new model
             return ReloadResponse(previous_model_version=old.model_version,
                                   model_version=new.model_version,
                                   changed=new.model_version != old.model_version, source=source)
