@@ -198,6 +198,10 @@ def evaluate(
     dataset: DatasetOpt = "pokemon",
     bundle: BundleOpt = None,
     split: Annotated[str, typer.Option(help="test (the frozen split) or train")] = "test",
+    out: Annotated[Path | None, typer.Option(help="folder for the confusion matrix and report "
+                                                  "(default: <bundle>/evaluation)")] = None,
+    metrics_file: Annotated[Path | None, typer.Option(help="also write the metrics as flat "
+                                                           "JSON (a DVC metrics file)")] = None,
 ) -> None:
     """Score a bundle on a split through the Predictor and print its metrics."""
     from modalfuse.data.dataset import load_dataset
@@ -209,9 +213,14 @@ def evaluate(
     ds = load_dataset(s.dataset_dir(dataset))
     path = _bundle_path(bundle, dataset)
     predictor = Predictor.from_path(path)
-    result = run_eval(predictor, ds, load_splits(ds).ids(split), path / "evaluation", split)
+    eval_dir = out or path / "evaluation"
+    result = run_eval(predictor, ds, load_splits(ds).ids(split), eval_dir, split)
     _print_metrics(predictor.model_version, {**predictor.bundle.metrics, split: result["metrics"]})
-    console.print(f"confusion matrix: {path / 'evaluation' / f'confusion_{split}.png'}")
+    console.print(f"confusion matrix: {eval_dir / f'confusion_{split}.png'}")
+    if metrics_file:
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        metrics_file.write_text(json.dumps({split: result["metrics"],
+                                            "model_version": predictor.model_version}, indent=2))
 
 
 @app.command()
