@@ -202,6 +202,30 @@ def dvc_data_version(path: Path) -> dict[str, str] | None:
     return None
 
 
+def content_version(root: Path) -> str:
+    """Recompute a dataset folder's content hash from its files, as `write_dataset` computes it."""
+    import pandas as pd
+
+    from modalfuse.config import DatasetSpec
+    from modalfuse.data.dataset import images_digest, table_digest
+
+    root = Path(root)
+    spec = DatasetSpec.load(root / "spec.json")
+    images = root / "images"
+    files = {p.relative_to(images).as_posix(): p.read_bytes()
+             for p in sorted(images.rglob("*")) if p.is_file()}
+    both = table_digest(pd.read_parquet(root / spec.table)) + images_digest(files)
+    return hashlib.sha256(both.encode()).hexdigest()[:16]
+
+
+def data_versions(ds: Dataset) -> dict[str, Any]:
+    """The dataset's versions side by side: its manifest, its files now, and DVC's lock."""
+    recomputed = content_version(ds.root)
+    return {"dataset": ds.spec.name, "manifest_version": ds.version,
+            "content_version": recomputed, "agree": recomputed == ds.version,
+            "dvc": dvc_data_version(ds.root)}
+
+
 def splits_digest(splits: Splits) -> str:
     t = splits.table.sort_values("id")
     return hashlib.sha256(t.to_csv(index=False).encode()).hexdigest()[:16]

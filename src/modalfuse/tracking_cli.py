@@ -1,4 +1,5 @@
-"""CLI commands for tracking and the registry: promote, rollback, trace, card, mlflow-ui.
+"""CLI commands for tracking and the registry: promote, rollback, trace, card, data-version,
+mlflow-ui.
 
 Registered on the main app by `register(app)`; MLflow is imported inside the commands so
 `modalfuse serve` keeps its slim install.
@@ -150,6 +151,23 @@ def card(
     console.print(f"[green]wrote[/] {path}")
 
 
+def data_version(dataset: DatasetOpt = "pokemon") -> None:
+    """Show that the dataset's files, its manifest and DVC's lock describe the same version."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.tracking import data_versions
+
+    v = data_versions(load_dataset(Settings().dataset_dir(dataset), validate=False))
+    console.print(f"dataset {v['dataset']}: manifest version {v['manifest_version']}, "
+                  f"content of the files now {v['content_version']}")
+    dvc = v["dvc"]
+    console.print(f"DVC: stage {dvc['stage']} output {dvc['path']} md5 {dvc['md5']} ({dvc['lock']})"
+                  if dvc else "DVC: not a pipeline output (no dvc.lock above the dataset)")
+    if not v["agree"]:
+        _fail("the files no longer match the manifest: the dataset was changed after it was "
+              "built; rebuild it (`dvc repro` or `modalfuse data build`)", 1)
+    console.print("[green]agree[/]: the files are the version the manifest names")
+
+
 def _store_uri(s: Settings) -> str:
     from modalfuse.tracking import tracking_uri
 
@@ -180,3 +198,4 @@ def register(app: typer.Typer) -> None:
     app.command()(trace)
     app.command()(card)
     app.command("mlflow-ui")(mlflow_ui)
+    app.command("data-version")(data_version)
