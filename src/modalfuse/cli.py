@@ -16,6 +16,7 @@ from rich.table import Table
 
 from modalfuse import production_cli, see_cli, tracking_cli
 from modalfuse.config import Settings
+from modalfuse.scale import bench_batch
 
 app = typer.Typer(help="modalfuse: image + tabular classification, end to end.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -301,6 +302,10 @@ def example(
 tracking_cli.register(app)  # promote, rollback, trace, card, mlflow-ui
 see_cli.register(app)  # eda, explain
 production_cli.register(app)  # monitor, bench serve
+# One `bench` group for every benchmark; each area adds its command to it.
+bench_app = typer.Typer(help="Benchmarks: measured numbers, saved as JSON + markdown.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+bench_app.command("batch")(bench_batch.bench_batch)
 
 
 def main() -> None:

@@ -103,8 +103,23 @@ def _uri(path: str, file: str) -> str:
     return file
 
 
-def read_input(path: str | Path):
-    """The input rows as a Ray Dataset, plus their column names.
+def input_columns(path: str | Path) -> tuple[str, list[str], list[str]]:
+    """(format, files, column names) of the input, checked before any Ray work starts."""
+    import pyarrow.parquet as pq
+
+    path = str(path)
+    kind, files = _input_files(path)
+    if kind == "csv":
+        return kind, files, _csv_header(path, files[0])
+    filesystem, _ = _fs_path(path)
+    try:
+        return kind, files, list(pq.read_schema(files[0], filesystem=filesystem).names)
+    except Exception as e:  # pyarrow raises many types for a broken file
+        raise BatchInputError(f"cannot read {files[0]}: {e}") from None
+
+
+def read_input(path: str | Path, kind: str, files: list[str], names: list[str]):
+    """The input rows as a Ray Dataset.
 
     CSV columns are read as text and typed inside the actors exactly as `pandas.read_csv`
     types them, so a bad value deep in a large file becomes that row's error instead of
@@ -114,21 +129,12 @@ def read_input(path: str | Path):
     import ray.data
     from pyarrow import csv
 
-    path = str(path)
-    kind, files = _input_files(path)
-    uris = [_uri(path, f) for f in files]
+    uris = [_uri(str(path), f) for f in files]
     if kind == "parquet":
-        try:
-            ds = ray.data.read_parquet(uris)
-            names = list(ds.schema().names)
-        except Exception as e:  # pyarrow raises many types for a broken file
-            raise BatchInputError(f"cannot read {path}: {e}") from None
-        return ds, names, kind
-    names = _csv_header(path, files[0])
+        return ray.data.read_parquet(uris)
     convert = csv.ConvertOptions(column_types={n: pa.string() for n in names},
                                  null_values=PANDAS_NA_VALUES, strings_can_be_null=True)
-    ds = ray.data.read_csv(uris, convert_options=convert)
-    return ds, names, kind
+    return ray.data.read_csv(uris, convert_options=convert)
 
 
 def _typed_like_pandas(batch: pd.DataFrame) -> pd.DataFrame:
@@ -164,12 +170,13 @@ class PredictorActor:
         return table
 
 
-def _with_row_index(ds):
+def _with_row_index(ds, cfg: RayBatchConfig):
     """(ds with the input position of every row, row count).
 
     Ray Data keeps no order unless asked, so the input is materialized in order once
     (tabular fields only: images are read later, in the actors) and each block gets its
-    offset; positions then survive any reordering in the actor pool.
+    offset; positions then survive any reordering in the actor pool. Blocks are also cut
+    to a size that gives every actor several, since one block is one actor call.
     """
     import ray
     import ray.data
@@ -181,24 +188,27 @@ def _with_row_index(ds):
         blocks = ds.to_arrow_refs()
     finally:
         ctx.execution_options.preserve_order = keep
-    sizes = ray.get([_num_rows.remote(b) for b in blocks])
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int) if sizes else []
-    indexed = [_add_row_index.remote(b, int(o)) for b, o in zip(blocks, offsets, strict=True)]
-    return ray.data.from_arrow_refs(indexed), int(sum(sizes))
-
-
-def _remote(fn):
-    import ray
-
-    return ray.remote(num_cpus=0.1)(fn)
+    sizes = [int(x) for x in ray.get([_num_rows.remote(b) for b in blocks])]
+    n = sum(sizes)
+    per_block = int(np.clip(-(-n // (4 * cfg.actors)), cfg.batch_size, 16 * cfg.batch_size))
+    indexed, offset = [], 0
+    for block, size in zip(blocks, sizes, strict=True):
+        pieces = max(1, -(-size // per_block))
+        refs = _add_row_index.remote_n(pieces, block, offset, per_block)
+        indexed.extend(refs)
+        offset += size
+    return ray.data.from_arrow_refs(indexed), n
 
 
 def _num_rows_impl(block: pa.Table) -> int:
     return block.num_rows
 
 
-def _add_row_index_impl(block: pa.Table, offset: int) -> pa.Table:
-    return block.append_column(_ROW_TMP, pa.array(np.arange(offset, offset + block.num_rows)))
+def _add_row_index_impl(block: pa.Table, offset: int, per_block: int):
+    """The block with its rows' input positions, cut into pieces of at most per_block rows."""
+    block = block.append_column(_ROW_TMP, pa.array(np.arange(offset, offset + block.num_rows)))
+    pieces = [block.slice(i, per_block) for i in range(0, max(block.num_rows, 1), per_block)]
+    return pieces[0] if len(pieces) == 1 else tuple(pieces)
 
 
 class _LazyRemote:
@@ -207,10 +217,19 @@ class _LazyRemote:
     def __init__(self, fn):
         self.fn, self.remote_fn = fn, None
 
-    def remote(self, *args):
+    def _get(self):
+        import ray
+
         if self.remote_fn is None:
-            self.remote_fn = _remote(self.fn)
-        return self.remote_fn.remote(*args)
+            self.remote_fn = ray.remote(num_cpus=0.1)(self.fn)
+        return self.remote_fn
+
+    def remote(self, *args):
+        return self._get().remote(*args)
+
+    def remote_n(self, n: int, *args) -> list:
+        refs = self._get().options(num_returns=n).remote(*args)
+        return [refs] if n == 1 else list(refs)
 
 
 _num_rows = _LazyRemote(_num_rows_impl)
@@ -249,14 +268,14 @@ def ray_predict_file(bundle: Path | str, input_path: Path | str, images_dir: Pat
                          f"and cpus_per_actor ({cfg.cpus_per_actor}) > 0")
     bundle = Path(bundle).resolve()
     spec = load_bundle(bundle).spec  # fails here, clearly, not in every actor
+    kind, files, names = input_columns(input_path)
+    if spec.image_column not in names:
+        raise BatchInputError(f"input has no image column {spec.image_column!r}; columns: {names}")
     started = _start_ray(cfg)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = True
-        ds, names, kind = read_input(str(input_path))
-        if spec.image_column not in names:
-            raise BatchInputError(
-                f"input has no image column {spec.image_column!r}; columns: {names}")
-        ds, n = _with_row_index(ds)
+        ds = read_input(input_path, kind, files, names)
+        ds, n = _with_row_index(ds, cfg)
         scored = ds.map_batches(
             PredictorActor,
             fn_constructor_kwargs={"bundle": str(bundle),
