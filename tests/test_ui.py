@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ from modalfuse.ui.app import (
     input_values,
     model_card_markdown,
     model_markdown,
+    prefill,
     record_from_inputs,
     score_upload,
 )
@@ -118,3 +120,13 @@ def test_model_tab_shows_version_metrics_and_card(app, predictor):
     assert predictor.model_version in md and "accuracy" in md
     card = asyncio.run(model_card_markdown(app))
     assert card.strip() and "could not be read" not in card
+
+
+def test_prefill_copies_a_species_image_and_its_fields(predictor, fixture_dataset):
+    spec, table = predictor.spec, fixture_dataset.table
+    row = table.iloc[3]
+    path, values = prefill(table, fixture_dataset.image_dir, spec, "name", row["name"])
+    assert Path(path).read_bytes() == fixture_dataset.image_bytes(row[spec.image_column])
+    assert record_from_inputs(spec, values)["hp"] == row["hp"]
+    with pytest.raises(UploadError, match="no row with name 'Nobody'"):
+        prefill(table, fixture_dataset.image_dir, spec, "name", "Nobody")

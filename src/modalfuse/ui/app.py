@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pandas as pd
 from fastapi import FastAPI
 from PIL import Image
 
-from modalfuse.batch import BatchInputError, read_rows, score_frame
+from modalfuse.batch import BatchInputError, load_image, read_rows, score_frame
 from modalfuse.config import DatasetSpec, FieldKind, FieldSpec, Settings
 from modalfuse.explain import Explainer
 from modalfuse.predict import PredictionInputError, Predictor, table_records
@@ -33,10 +34,26 @@ MAX_ZIP_BYTES = 200_000_000  # uncompressed
 MAX_ZIP_FILES = 20_000
 MAX_UI_BATCH_ROWS = 20_000
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"]
+SCRATCH_MAX_AGE_S = 3600
 
 
 class UploadError(ValueError):
     """An uploaded file that cannot be used; the message says what is allowed."""
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh folder for one UI request under the system temp folder (gradio serves files
+    only from there or its cache); earlier requests' folders older than an hour are removed."""
+    base = Path(tempfile.gettempdir()) / "modalfuse-ui"
+    base.mkdir(exist_ok=True)
+    now = time.time()
+    for old in base.iterdir():
+        try:
+            if now - old.stat().st_mtime > SCRATCH_MAX_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue  # removed by a concurrent request
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
 # ---- one record ----------------------------------------------------------------------
@@ -64,6 +81,22 @@ def input_values(spec: DatasetSpec, record: dict[str, Any]) -> list[Any]:
             v = bool(v) if v is not None else False
         out.append(v)
     return out
+
+
+def prefill(table: pd.DataFrame, images_dir: Path, spec: DatasetSpec, display: str,
+            name: str) -> tuple[str, list[Any]]:
+    """(path of a copy of the row's image, widget values) of the dataset row called `name`."""
+    rows = table[table[display].astype(str) == str(name)]
+    if rows.empty:
+        raise UploadError(f"no row with {display} {name!r} in the dataset")
+    row = rows.iloc[:1]
+    image_name = row[spec.image_column].iloc[0]
+    data = load_image(images_dir, image_name)
+    if data is None:
+        raise UploadError(f"the image {image_name!r} of {name!r} is missing from the dataset")
+    path = scratch_dir("prefill-") / Path(str(image_name)).name
+    path.write_bytes(data)
+    return str(path), input_values(spec, table_records(spec, row)[0])
 
 
 def explain_one(explainer: Explainer, sprite: bytes | None, values: list[Any], top_k: int = 5
@@ -163,6 +196,7 @@ def score_upload(predictor: Predictor, table_path: str | None, zip_path: str | N
         parts.append(score_frame(predictor, chunk, images_dir))
     result = (pd.concat(parts, ignore_index=True) if parts
               else score_frame(predictor, rows.iloc[:0], images_dir))
+    shutil.rmtree(images_dir, ignore_errors=True)  # only the predictions are kept
     result.insert(0, "row", np.arange(len(result)))
     out = out_dir / "predictions.csv"
     result.to_csv(out, index=False)
@@ -275,7 +309,9 @@ def build_ui(app: FastAPI) -> gr.Blocks:
     if data is not None:
         names = [str(v) for v in data[0][display]]
 
-    with gr.Blocks(title=f"modalfuse · {spec.name}", analytics_enabled=False) as demo:
+    # delete_cache: gradio's copies of uploads and results go after an hour.
+    with gr.Blocks(title=f"modalfuse · {spec.name}", analytics_enabled=False,
+                   delete_cache=(SCRATCH_MAX_AGE_S, SCRATCH_MAX_AGE_S)) as demo:
         header = gr.Markdown(header_markdown(predictor), elem_id="mf-header")
         with gr.Tab("Predict", id="predict"):
             with gr.Row():
@@ -303,8 +339,10 @@ def build_ui(app: FastAPI) -> gr.Blocks:
                                     elem_id="mf-heatmap")
                     share = gr.Label(label="Share of the prediction: image vs table",
                                      elem_id="mf-share")
-                    contrib = gr.Dataframe(label="Contributions (probability points)",
-                                           interactive=False, elem_id="mf-contrib")
+                    contrib = gr.Dataframe(
+                        value=pd.DataFrame(columns=["field", "value", "contribution"]),
+                        label="Contributions (probability points)", interactive=False,
+                        elem_id="mf-contrib")
 
             def _predict(sprite_bytes, *values):
                 return explain_one(explainer_for(app), sprite_bytes, list(values))
@@ -312,7 +350,7 @@ def build_ui(app: FastAPI) -> gr.Blocks:
             go.click(_predict, [sprite, *widgets], [status, top, heat, share, contrib])
 
             def _example():
-                tmp = Path(tempfile.mkdtemp(prefix="modalfuse-ui-"))
+                tmp = scratch_dir("example-")
                 path = None
                 if example.get("image_base64"):
                     import base64
@@ -328,10 +366,11 @@ def build_ui(app: FastAPI) -> gr.Blocks:
                 def _prefill(name):
                     if not name:
                         return [gr.update()] * (1 + len(widgets))
-                    row = table[table[display].astype(str) == name].iloc[0]
-                    rec = table_records(spec, row.to_frame().T)[0]
-                    return [str(images_dir / str(row[spec.image_column])),
-                            *input_values(spec, rec)]
+                    try:
+                        path, values = prefill(table, images_dir, spec, display, name)
+                    except UploadError as e:
+                        raise gr.Error(str(e)) from None
+                    return [path, *values]
 
                 species.change(_prefill, [species], [sprite, *widgets])
 
@@ -341,15 +380,18 @@ def build_ui(app: FastAPI) -> gr.Blocks:
                         "rows get an `error`; every other row is scored.")
             with gr.Row():
                 table_file = gr.File(label="Table (.csv, .parquet)", type="filepath",
-                                     file_types=[".csv", ".parquet"])
-                zip_file = gr.File(label="Images (.zip)", type="filepath", file_types=[".zip"])
-            run = gr.Button("Score the file", variant="primary")
-            batch_status = gr.Markdown()
-            batch_out = gr.File(label="Predictions (CSV)")
-            batch_preview = gr.Dataframe(label="First rows", interactive=False)
+                                     file_types=[".csv", ".parquet"], elem_id="mf-batch-table")
+                zip_file = gr.File(label="Images (.zip)", type="filepath", file_types=[".zip"],
+                                   elem_id="mf-batch-zip")
+            run = gr.Button("Score the file", variant="primary", elem_id="mf-batch-go")
+            batch_status = gr.Markdown(elem_id="mf-batch-status")
+            batch_out = gr.File(label="Predictions (CSV)", interactive=False,
+                                elem_id="mf-batch-out")
+            batch_preview = gr.Dataframe(value=pd.DataFrame(columns=["row", "predicted", "error"]),
+                                         label="First rows", interactive=False)
 
             def _batch(tpath, zpath, progress=gr.Progress()):
-                out_dir = Path(tempfile.mkdtemp(prefix="modalfuse-batch-"))
+                out_dir = scratch_dir("batch-")
                 return score_upload(app.state.predictor, tpath, zpath, out_dir, progress)
 
             run.click(_batch, [table_file, zip_file], [batch_status, batch_out, batch_preview])
