@@ -20,24 +20,11 @@ BUNDLE_ARTIFACT = "bundle"
 IMAGE_COLUMN = "image_base64"
 
 
-def signature(spec: Any) -> Any:
-    """The pyfunc's input/output schema, from the dataset spec (multi-valued fields as 'a|b')."""
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
-
-    from modalfuse.config import FieldKind
-
-    kinds = {FieldKind.numeric: "double", FieldKind.boolean: "boolean",
-             FieldKind.categorical: "string", FieldKind.multi: "string"}
-    inputs: list[Any] = [ColSpec(kinds[f.kind], f.name, required=f.required) for f in spec.fields]
-    inputs.append(ColSpec("string", IMAGE_COLUMN))
-    outputs: list[Any] = [ColSpec("string", c, required=False)
-               for c in ("label", "probabilities", "error", "model_version")]
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
-
-
 class BundlePyfunc(PythonModel):
     """Input: one row per record, the spec's fields as columns plus `image_base64`.
+
+    No MLflow signature: MLflow's schema check would refuse integers for float fields,
+    while the Predictor validates every row itself and reports bad ones as errors.
 
     Output: one row per input row with `label`, `probabilities` (JSON) and `error` (JSON
     of field -> message for a row that could not be scored, else empty).

@@ -262,7 +262,7 @@ def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Set
     """
     import mlflow
 
-    from modalfuse.mlflow_pyfunc import BUNDLE_ARTIFACT, BundlePyfunc, signature
+    from modalfuse.mlflow_pyfunc import BUNDLE_ARTIFACT, BundlePyfunc
     from modalfuse.model_card import write_card
 
     store = resolve_store(settings)
@@ -312,7 +312,7 @@ def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Set
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT, python_model=BundlePyfunc(),
             artifacts={BUNDLE_ARTIFACT: str(bundle.path)},
-            pip_requirements=pip_requirements(), signature=signature(bundle.spec),
+            pip_requirements=pip_requirements(),
             tags={"modalfuse.bundle_version": bundle.model_version},
         )
         tracked = TrackedRun(run_id=run_id, experiment_id=run.info.experiment_id,
