@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+MLFLOW_PORT ?= 5000
 # The real-data smoke test keeps its own data folder (and download cache) in the repo.
 SMOKE_DIR := $(CURDIR)/.cache/smoke
 
-.PHONY: run install data train serve test unit smoke lint clean help browser-deps
+.PHONY: run install data train serve mlflow-ui pipeline test unit smoke lint clean help browser-deps
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,6 +34,12 @@ serve: install ## start the API on $(HOST):$(PORT)
 	$(BIN)/modalfuse serve --host $(HOST) --port $(PORT)
 
 run: data train serve ## everything: install, data, train, serve
+
+mlflow-ui: install ## MLflow UI (runs, registry) on the embedded store at $(HOST):$(MLFLOW_PORT)
+	$(BIN)/modalfuse mlflow-ui --host $(HOST) --port $(MLFLOW_PORT)
+
+pipeline: install ## the DVC pipeline (dvc.yaml): reruns only the stages whose inputs changed
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 browser-deps: ## Debian's Chromium for the UI browser test (no-op when present)
 	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
