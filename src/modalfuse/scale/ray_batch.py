@@ -176,7 +176,9 @@ def _with_row_index(ds, cfg: RayBatchConfig):
     Ray Data keeps no order unless asked, so the input is materialized in order once
     (tabular fields only: images are read later, in the actors) and each block gets its
     offset; positions then survive any reordering in the actor pool. Blocks are also cut
-    to a size that gives every actor several, since one block is one actor call.
+    to a size that gives every actor several, since one block is one actor call. The
+    driver does this one block at a time: a remote task per block cost more in worker
+    start-up than the few milliseconds of work it holds.
     """
     import ray
     import ray.data
@@ -185,55 +187,26 @@ def _with_row_index(ds, cfg: RayBatchConfig):
     keep = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True
     try:
-        blocks = ds.to_arrow_refs()
+        mat = ds.materialize()
     finally:
         ctx.execution_options.preserve_order = keep
-    sizes = [int(x) for x in ray.get([_num_rows.remote(b) for b in blocks])]
-    n = sum(sizes)
+    n = mat.count()  # from block metadata, no extra pass
     per_block = int(np.clip(-(-n // (4 * cfg.actors)), cfg.batch_size, 16 * cfg.batch_size))
-    indexed, offset = [], 0
-    for block, size in zip(blocks, sizes, strict=True):
-        pieces = max(1, -(-size // per_block))
-        refs = _add_row_index.remote_n(pieces, block, offset, per_block)
-        indexed.extend(refs)
-        offset += size
+    indexed: list = []
+    offset = 0
+    for ref in mat.to_arrow_refs():
+        block = ray.get(ref)
+        indexed.extend(ray.put(piece) for piece in _index_pieces(block, offset, per_block))
+        offset += block.num_rows
+    if offset != n:
+        raise RuntimeError(f"read {offset} rows but the dataset reports {n}")
     return ray.data.from_arrow_refs(indexed), n
 
 
-def _num_rows_impl(block: pa.Table) -> int:
-    return block.num_rows
-
-
-def _add_row_index_impl(block: pa.Table, offset: int, per_block: int):
+def _index_pieces(block: pa.Table, offset: int, per_block: int) -> list[pa.Table]:
     """The block with its rows' input positions, cut into pieces of at most per_block rows."""
     block = block.append_column(_ROW_TMP, pa.array(np.arange(offset, offset + block.num_rows)))
-    pieces = [block.slice(i, per_block) for i in range(0, max(block.num_rows, 1), per_block)]
-    return pieces[0] if len(pieces) == 1 else tuple(pieces)
-
-
-class _LazyRemote:
-    """A Ray remote function made on first use, so importing this module needs no Ray."""
-
-    def __init__(self, fn):
-        self.fn, self.remote_fn = fn, None
-
-    def _get(self):
-        import ray
-
-        if self.remote_fn is None:
-            self.remote_fn = ray.remote(num_cpus=0.1)(self.fn)
-        return self.remote_fn
-
-    def remote(self, *args):
-        return self._get().remote(*args)
-
-    def remote_n(self, n: int, *args) -> list:
-        refs = self._get().options(num_returns=n).remote(*args)
-        return [refs] if n == 1 else list(refs)
-
-
-_num_rows = _LazyRemote(_num_rows_impl)
-_add_row_index = _LazyRemote(_add_row_index_impl)
+    return [block.slice(i, per_block) for i in range(0, block.num_rows, per_block)]
 
 
 def _start_ray(cfg: RayBatchConfig) -> bool:
