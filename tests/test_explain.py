@@ -107,6 +107,23 @@ def test_credited_inputs_move_the_explanation(explainer, rows):
     assert not np.array_equal(e3.heatmap, e.heatmap)
 
 
+def test_a_background_of_training_rows_keeps_the_guarantees(predictor, fixture_dataset,
+                                                          fixture_splits, rows):
+    ds = fixture_dataset
+    train = ds.table.set_index(ds.spec.id_column).loc[fixture_splits.ids("train")[:4]].reset_index()
+    bg = Explainer(predictor, permutations=8,
+                   background=(table_records(ds.spec, train), ds.row_images(train)))
+    records, images = rows
+    e = bg.explain(records[0], images[0], heatmap=False)
+    expected_base = predictor.predict_proba(table_records(ds.spec, train), ds.row_images(train))
+    k = predictor.labels.index(e.label)
+    assert e.base_value == pytest.approx(float(expected_base[:, k].mean()), abs=1e-9)
+    total = sum(e.contributions.values()) + e.image_contribution
+    assert total == pytest.approx(e.probability - e.base_value, abs=1e-9)
+    with pytest.raises(ValueError, match="background is empty"):
+        Explainer(predictor, background=([], []))
+
+
 def test_bad_input_and_labels_are_refused_clearly(explainer, rows):
     records, images = rows
     with pytest.raises(PredictionInputError) as err:

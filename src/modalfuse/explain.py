@@ -29,12 +29,16 @@ TABULAR_ATTRS = ("tabular", "tabular_dense")
 METHOD = (
     "Shapley values of the explained class's probability, estimated with antithetic "
     "permutation sampling over the players (each used input field, and the image). A "
-    "player that is absent takes its reference value: the training median for numeric "
-    "and boolean fields, no value for categorical and multi-valued fields, an empty "
-    "(fully transparent) canvas for the image. Contributions sum exactly to "
-    "probability - base_value. Heatmap: drop in the class's probability when one square "
-    "patch of the normalized image is made transparent (occlusion)."
+    "player that is absent takes its reference value: with a background (training rows), "
+    "each background row's value, averaged over the rows; without one, the training "
+    "median for numeric and boolean fields, no value for categorical and multi-valued "
+    "fields, an empty (fully transparent) canvas for the image. Contributions sum exactly "
+    "to probability - base_value. Heatmap: drop in the class's probability when one "
+    "square patch of the normalized image is made transparent (occlusion)."
 )
+# Bundle metadata key for an explanation background: a list of request bodies
+# ({"fields": ..., "image_base64": ...}) of training rows, like the bundle's `example`.
+BACKGROUND_KEY = "explain_background"
 
 
 @dataclass
@@ -100,11 +104,15 @@ class Explainer:
 
     `permutations` sets the Shapley estimate's precision (even; antithetic pairs), `patch`
     the heatmap's resolution in pixels of the normalized image. The sampling is seeded, so
-    the same input always gets the same explanation.
+    the same input always gets the same explanation. `background` (records, image bytes)
+    of training rows makes absent inputs take real values (interventional Shapley, cost
+    times the number of rows); without it, a neutral reference built from the fitted
+    Preprocessor is used, which needs no data where the model is served.
     """
 
     def __init__(self, predictor: Predictor, permutations: int = 24, patch: int = 8,
-                 seed: int = 0):
+                 seed: int = 0,
+                 background: tuple[Sequence[dict[str, Any]], Sequence[bytes | None]] | None = None):
         if permutations < 2 or permutations % 2:
             raise ValueError(f"permutations must be an even number >= 2, got {permutations}")
         if patch < 1 or predictor.spec.image_size % patch:
@@ -114,8 +122,21 @@ class Explainer:
         self.permutations = permutations
         self.patch = patch
         self.seed = seed
+        self.background = background
         self.players_, self.column_player_ = self._players()
         self.reference_ = self._reference()
+
+    @classmethod
+    def for_bundle(cls, predictor: Predictor, **kwargs: Any) -> Explainer:
+        """The explainer of a served bundle: its stored background if it has one."""
+        rows = predictor.bundle.meta.get(BACKGROUND_KEY) or []
+        background = None
+        if rows:
+            import base64
+
+            background = ([r["fields"] for r in rows],
+                          [base64.b64decode(r["image_base64"]) for r in rows])
+        return cls(predictor, background=background, **kwargs)
 
     @property
     def model_version(self) -> str:
@@ -143,7 +164,16 @@ class Explainer:
         return players, np.array([index[o] for o in owner], dtype=int)
 
     def _reference(self) -> FeatureBatch:
-        """The input where nothing is known, encoded by the bundle's own Preprocessor."""
+        """Reference rows, encoded by the bundle's own Preprocessor: the background rows, or
+        the one input where nothing is known."""
+        if self.background is not None:
+            records, images = self.background
+            if not len(records):
+                raise ValueError("background is empty; give training rows or None")
+            prep = self.predictor.prepare(list(records), list(images), allow_extra=True)
+            if prep.errors or prep.batch is None:
+                raise ValueError(f"background rows are invalid: {prep.errors}")
+            return prep.batch
         spec = self.predictor.spec
         pre = self.predictor.bundle.preprocessor
         medians = pre.tabular_.medians_ or {}
@@ -160,18 +190,22 @@ class Explainer:
         return pre.transform(records_frame(spec, [ref]), blank)
 
     def _mix(self, x: FeatureBatch, masks: np.ndarray) -> FeatureBatch:
-        """One row per coalition: present players from `x`, absent ones from the reference."""
+        """len(reference) rows per coalition, coalition-major: present players from `x`,
+        absent ones from each reference row."""
         r = self.reference_
+        b = len(r)
+        masks = np.repeat(masks, b, axis=0)
         img = masks[:, -1]
         cols = masks[:, self.column_player_] if len(self.column_player_) else masks[:, :0]
         parts = {}
         for f in fields(FeatureBatch):
             xa, ra = getattr(x, f.name), getattr(r, f.name)
+            ref = np.tile(ra, (len(masks) // b,) + (1,) * (ra.ndim - 1))
             if f.name in TABULAR_ATTRS:
-                parts[f.name] = np.where(cols, xa[:1], ra[:1]).astype(xa.dtype)
+                parts[f.name] = np.where(cols, xa[:1], ref).astype(xa.dtype)
             else:
                 shape = (-1,) + (1,) * (xa.ndim - 1)
-                parts[f.name] = np.where(img.reshape(shape), xa[:1], ra[:1]).astype(xa.dtype)
+                parts[f.name] = np.where(img.reshape(shape), xa[:1], ref).astype(xa.dtype)
         return FeatureBatch(**parts)
 
     def _label_index(self, proba: np.ndarray, label: str | None) -> int:
@@ -199,6 +233,7 @@ class Explainer:
         flat = masks.reshape(-1, n)
         unique, inverse = np.unique(flat, axis=0, return_inverse=True)
         p = self.predictor.bundle.model.predict_proba(self._mix(x, unique))[:, k]
+        p = p.reshape(len(unique), len(self.reference_)).mean(axis=1)
         values = p[inverse.ravel()].reshape(len(orders), n + 1)
         phi = np.zeros(n)
         for o, perm in enumerate(orders):

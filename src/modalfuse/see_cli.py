@@ -61,9 +61,15 @@ def explain(
     row_id: Annotated[str | None, typer.Option("--id", help="explain this one row of the "
                                                            "dataset (its id)")] = None,
     out_dir: Annotated[Path, typer.Option(help="folder for the PNG plots")] = Path("docs"),
-    permutations: Annotated[int, typer.Option(help="permutations of the Shapley estimate")] = 24,
+    permutations: Annotated[int, typer.Option(help="permutations of the Shapley estimate")] = 12,
+    background: Annotated[int, typer.Option(help="training rows absent inputs are drawn from "
+                                                 "(0: the neutral reference the API uses "
+                                                 "when its bundle has no background)")] = 8,
+    seed: Annotated[int, typer.Option(help="seed of the background sample")] = 0,
 ) -> None:
     """Explain the model: one row (--id) or global importance plots (--global) in PNG."""
+    import numpy as np
+
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
     from modalfuse.explain import Explainer
@@ -76,8 +82,17 @@ def explain(
     s = Settings()
     ds = load_dataset(s.dataset_dir(dataset))
     predictor = Predictor.from_path(bundle or s.bundle or s.default_bundle(dataset))
-    explainer = Explainer(predictor, permutations=permutations)
     spec = ds.spec
+    splits = load_splits(ds)
+    bg = None
+    if background > 0:
+        # Training rows only: the explained rows (test by default) never serve as reference.
+        train_ids = splits.ids("train")
+        pick = np.random.default_rng(seed).choice(train_ids, min(background, len(train_ids)),
+                                                  replace=False)
+        bg_rows = ds.table.set_index(spec.id_column).loc[np.sort(pick)].reset_index()
+        bg = (table_records(spec, bg_rows), ds.row_images(bg_rows))
+    explainer = Explainer(predictor, permutations=permutations, background=bg)
     out_dir.mkdir(parents=True, exist_ok=True)
     if row_id is not None:
         key = ds.table[spec.id_column].astype(str)
@@ -97,21 +112,23 @@ def explain(
         path.write_bytes(e.overlay_png(scale=4))
         console.print(f"image share {e.image_share:.2f}; heatmap: {path}")
         return
-    ids = load_splits(ds).ids(split)
+    ids = splits.ids(split)
     rows = ds.table.set_index(spec.id_column).loc[ids].reset_index()
     records, images = table_records(spec, rows), ds.row_images(rows)
     with Progress(console=console) as progress:
         task = progress.add_task(f"explaining {len(rows)} {split} rows", total=len(rows))
         explanations = explainer.explain_many(records, images, heatmap=False,
                                               progress=lambda: progress.advance(task))
+    reference = (f"absent inputs drawn from {background} training rows" if background
+                 else "neutral reference")
     paths = global_plots(explanations, rows[spec.target].astype(str).to_numpy(), spec.image_column,
-                         predictor.model_version, split, dataset, out_dir)
+                         predictor.model_version, split, dataset, out_dir, reference)
     for p in paths:
         console.print(f"[green]wrote[/] {p}")
 
 
 def global_plots(explanations, truth, image_name: str, model_version: str,
-                 split: str, dataset: str, out_dir: Path) -> list[Path]:
+                 split: str, dataset: str, out_dir: Path, reference: str = "") -> list[Path]:
     """Two PNGs: mean |contribution| per input, and the image's share per true class."""
     import matplotlib
     import pandas as pd
@@ -126,8 +143,8 @@ def global_plots(explanations, truth, image_name: str, model_version: str,
     colours = ["#d9a400" if n == image_name else "#4a7bb7" for n in imp.index[::-1]]
     ax.barh(imp.index[::-1], imp.to_numpy()[::-1], color=colours)
     ax.set_xlabel("mean |Shapley value| of the predicted class's probability")
-    ax.set_title(f"global importance, {len(explanations)} {split} rows\nmodel {model_version}",
-                 fontsize=10)
+    ax.set_title(f"global importance, {len(explanations)} {split} rows; {reference}\n"
+                 f"model {model_version}", fontsize=10)
     p1 = out_dir / f"explain_global_{dataset}.png"
     fig.savefig(p1, dpi=90, bbox_inches="tight")
     plt.close(fig)

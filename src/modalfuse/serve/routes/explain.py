@@ -21,7 +21,7 @@ def explainer_for(app: FastAPI) -> Explainer:
     """The app's explainer, made on first use from the app's Predictor."""
     explainer = getattr(app.state, "explainer", None)
     if explainer is None or explainer.predictor is not app.state.predictor:
-        explainer = Explainer(app.state.predictor)
+        explainer = Explainer.for_bundle(app.state.predictor)
         app.state.explainer = explainer
     return explainer
 
