@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -51,6 +52,8 @@ class Store:
 def quiet_mlflow() -> None:
     """Opt out of MLflow's usage telemetry (it would phone home) unless the user chose otherwise."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Our own progress shows; MLflow's per-file download bars only add noise to a CLI run.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def resolve_store(settings: Settings) -> Store:
@@ -309,12 +312,20 @@ def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Set
         mlflow.log_dict({**env, "git": git, "libraries": meta.get("libraries", {})},
                         "environment/environment.json")
         mlflow.log_artifact(str(card_path), "model_card")
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT, python_model=BundlePyfunc(),
-            artifacts={BUNDLE_ARTIFACT: str(bundle.path)},
-            pip_requirements=pip_requirements(),
-            tags={"modalfuse.bundle_version": bundle.model_version},
-        )
+        # MLflow logs warnings that do not apply here (pickled-by-reference model class, no
+        # signature because the Predictor validates rows itself): keep the CLI output clean.
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        pyfunc_log.setLevel(logging.ERROR)
+        try:
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT, python_model=BundlePyfunc(),
+                artifacts={BUNDLE_ARTIFACT: str(bundle.path)},
+                pip_requirements=pip_requirements(),
+                tags={"modalfuse.bundle_version": bundle.model_version},
+            )
+        finally:
+            pyfunc_log.setLevel(level)
         tracked = TrackedRun(run_id=run_id, experiment_id=run.info.experiment_id,
                              model_uri=info.model_uri)
     if register:
@@ -360,11 +371,12 @@ def _log_dataset(ds: Dataset, splits: Splits, dvc: dict | None) -> None:
     source = ds.root.resolve().as_uri()
     tags = {"dvc_md5": dvc["md5"]} if dvc else {}
     with warnings.catch_warnings():
-        # MLflow registers the local-file source twice and warns that the URI is ambiguous.
+        # MLflow warns that a local URI matches two source types and that integer columns
+        # cannot hold missing values; neither applies to a digest-identified table.
         warnings.simplefilter("ignore", UserWarning)
         full = from_pandas(ds.table, source=source, targets=ds.spec.target,
                            name=ds.spec.name, digest=ds.version)
-    mlflow.log_input(full, context="dataset", tags={"version": ds.version, **tags})
+        mlflow.log_input(full, context="dataset", tags={"version": ds.version, **tags})
     ids = ds.spec.id_column
     for split in ("train", "test"):
         rows = ds.table[ds.table[ids].isin(splits.ids(split))]
@@ -373,4 +385,4 @@ def _log_dataset(ds: Dataset, splits: Splits, dvc: dict | None) -> None:
             warnings.simplefilter("ignore", UserWarning)
             part = from_pandas(rows, source=source, targets=ds.spec.target,
                                name=f"{ds.spec.name}-{split}", digest=digest.hexdigest()[:16])
-        mlflow.log_input(part, context=split, tags={"dataset_version": ds.version})
+            mlflow.log_input(part, context=split, tags={"dataset_version": ds.version})
