@@ -6,11 +6,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from modalfuse.config import Settings
 from modalfuse.monitor.drift import feature_names
@@ -28,6 +32,22 @@ def _tagged(fn: Callable[[PredictionEvent], None]) -> Callable[[PredictionEvent]
 
     observer._modalfuse_serving = True  # type: ignore[attr-defined]
     return observer
+
+
+def _json_safe(v: Any) -> Any:
+    """NaN and infinities as strings: they are not JSON, and echoing one back must not 500."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, but safe to render when the bad input was NaN or infinite."""
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
 def install(app: FastAPI, settings: Settings, predictor: Predictor) -> None:
@@ -48,6 +68,7 @@ def install(app: FastAPI, settings: Settings, predictor: Predictor) -> None:
     worker = JobWorker(store, predictor, lease_s=settings.job_lease_s)
     app.state.job_store, app.state.job_worker = store, worker
 
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.include_router(jobs_routes.router)
     app.include_router(monitoring_routes.router)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
