@@ -42,7 +42,10 @@ def open_image(data: bytes, max_pixels: int = 4_000_000) -> Image.Image:
             img.load()
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"image refused as a decompression bomb ({e}); the limit is "
+                         f"{max_pixels} pixels") from None
+    except UnidentifiedImageError:
         raise ImageError(
             f"bytes are not a readable image; allowed formats: {list(ALLOWED_FORMATS)}"
         ) from None

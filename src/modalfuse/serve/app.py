@@ -40,18 +40,35 @@ class BodyLimit:
                                            f"{self.max_bytes}"}, status_code=413)
             await resp(scope, receive, send)
             return
-        received = 0
+        received, responded, started = 0, False, False
+
+        async def guarded_send(message: dict) -> None:
+            nonlocal started
+            if responded:
+                return  # the 413 is already out; whatever the app answers after it is dropped
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
         async def limited() -> dict:
-            nonlocal received
+            nonlocal received, responded
+            if responded:
+                return {"type": "http.disconnect"}
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise BodyTooLarge
+                if started:
+                    raise BodyTooLarge
+                # FastAPI turns any error raised while it reads a body into a 400, so the 413
+                # is sent from here and the app is told the client has gone.
+                resp = JSONResponse({"detail": f"request body exceeds {self.max_bytes} bytes"},
+                                    status_code=413)
+                await resp(scope, receive, send)
+                responded = True
+                return {"type": "http.disconnect"}
             return message
 
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, guarded_send)
         except BodyTooLarge:
             resp = JSONResponse({"detail": f"request body exceeds {self.max_bytes} bytes"},
                                 status_code=413)
