@@ -21,7 +21,9 @@ DEFAULT_PARAMS = {
     "bagging_freq": 1,
     "lambda_l2": 1.0,
     "verbosity": -1,
-    "num_threads": 2,
+    # One thread: on 517 rows a second thread gains little, and OpenMP spin-waits turn
+    # into a large slowdown whenever the cores are shared (CI, a busy laptop).
+    "num_threads": 1,
     "deterministic": True,
     "force_row_wise": True,
 }
