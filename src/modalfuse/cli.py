@@ -299,6 +299,29 @@ def example(
     typer.echo(json.dumps(body))
 
 
+report_app = typer.Typer(help="Regenerate the measured documents under docs/.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("decisions")
+def report_decisions(
+    dataset: DatasetOpt = "pokemon",
+    out: Annotated[Path, typer.Option(help="markdown file to write")] = Path("docs/decisions.md"),
+    seed: int = 42,
+) -> None:
+    """Measure the data and modelling decisions (grouped vs random CV, abilities, image stats)."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.data.split import load_splits
+    from modalfuse.decisions import measure, to_markdown
+
+    ds = load_dataset(_settings().dataset_dir(dataset))
+    m = measure(ds, load_splits(ds), seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(to_markdown(m, f"modalfuse report decisions --dataset {dataset} --seed {seed}"))
+    (out.with_suffix(".json")).write_text(json.dumps(m, indent=2, default=float))
+    console.print(f"[green]wrote[/] {out}")
+
+
 tracking_cli.register(app)  # promote, rollback, trace, card, mlflow-ui
 see_cli.register(app)  # eda, explain
 production_cli.register(app)  # monitor, bench serve
