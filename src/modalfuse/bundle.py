@@ -26,7 +26,13 @@ from modalfuse.models.base import Model, load_model
 BUNDLE_FORMAT = 1
 BUNDLE_FILE = "bundle.json"
 # Libraries whose version changes what a saved model means, per model kind.
-KIND_LIBRARIES = {"lightgbm": ["lightgbm"], "onnx": ["onnxruntime"]}
+KIND_LIBRARIES = {"lightgbm": ["lightgbm"], "onnx": ["onnxruntime"], "onnx_net": ["onnxruntime"]}
+
+
+def model_kinds(model_meta: dict) -> list[str]:
+    """The kind of a model and of every part nested in it (fused models hold parts)."""
+    return [model_meta.get("kind", ""),
+            *[k for p in model_meta.get("parts", []) for k in model_kinds(p)]]
 
 
 class BundleError(RuntimeError):
@@ -129,7 +135,7 @@ def _check_compatible(meta: dict, path: Path) -> None:
             f"{__version__} reads format {BUNDLE_FORMAT}; install the modalfuse version that "
             f"wrote it ({meta.get('modalfuse_version')}) or retrain with this one"
         )
-    kinds = [meta["model"]["kind"], *[p.get("kind", "") for p in meta["model"].get("parts", [])]]
+    kinds = model_kinds(meta["model"])
     for lib in {lib for k in kinds for lib in KIND_LIBRARIES.get(k, [])}:
         wrote, have = meta.get("libraries", {}).get(lib), _version(lib)
         if wrote is None:

@@ -7,7 +7,6 @@ is scored once, at the end, through the Predictor from raw rows.
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import time
@@ -27,11 +26,13 @@ from modalfuse.features.image import normalize_image
 from modalfuse.features.preprocess import FeatureBatch, Preprocessor
 from modalfuse.features.tabular import parse_record, records_frame
 from modalfuse.models.gbm import GBMModel
-from modalfuse.predict import Predictor, table_records
+from modalfuse.models.netconfig import NetConfig
+from modalfuse.predict import Predictor, api_body, table_records
 
 
 class TrainConfig(BaseModel):
-    model: str = Field(default="gbm", description="model kind to train")
+    # gbm is the skeleton's LightGBM; the others (fusion.MODEL_NAMES) are trained by fusion.py.
+    model: str = Field(default="gbm", description="model to train: gbm or one of fusion.MODEL_NAMES")
     exclude_fields: list[str] = Field(default_factory=list)
     use_image_stats: bool = True
     num_boost_round: int = Field(default=300, ge=1)
@@ -40,6 +41,7 @@ class TrainConfig(BaseModel):
     min_category_count: int = Field(default=2, ge=1)
     seed: int = 42
     cv: bool = True
+    net: NetConfig = Field(default_factory=NetConfig, description="neural model settings")
 
 
 @dataclass
@@ -119,23 +121,18 @@ def git_commit() -> str | None:
 
 def request_example(ds: Dataset, ids: np.ndarray) -> dict:
     """A valid /v1/predict body: a real row of the dataset with its image in base64."""
-    from modalfuse.config import FieldKind
-
     row = ds.table.set_index(ds.spec.id_column).loc[ids[:1]].reset_index()
-    fields = parse_record(ds.spec, table_records(ds.spec, row)[0])
-    for f in ds.spec.fields:
-        if f.kind == FieldKind.multi:
-            fields[f.name] = [v for v in str(fields[f.name] or "").split("|") if v]
-    fields = {k: v for k, v in fields.items() if v is not None}
-    image = base64.b64encode(ds.image_bytes(row[ds.spec.image_column].iloc[0])).decode()
-    return {"fields": fields, "image_base64": image}
+    return api_body(ds.spec, table_records(ds.spec, row)[0],
+                    ds.image_bytes(row[ds.spec.image_column].iloc[0]))
 
 
 def train(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig | None = None,
           evaluate_test: bool = True) -> ModelBundle:
     cfg = cfg or TrainConfig()
     if cfg.model != "gbm":
-        raise ValueError(f"unknown model {cfg.model!r}; available: ['gbm']")
+        from modalfuse.fusion import train_fusion
+
+        return train_fusion(ds, splits, out_dir, cfg, evaluate_test)
     unknown = sorted(set(cfg.exclude_fields) - {f.name for f in ds.spec.fields})
     if unknown:
         raise ValueError(f"cannot exclude unknown fields {unknown}; "

@@ -1,0 +1,254 @@
+"""Served model kinds for neural and fused models: ONNX networks, stacking, CNN-embedding GBMs, calibration.
+
+Nothing here imports torch: networks are trained and exported by `models/cnn.py`, and
+served from their ONNX files by ONNX Runtime, so the slim serving install can run them.
+A composite kind stores each of its parts in its own sub-folder of the bundle, with the
+part's meta under `parts`, and loads them through the same kind registry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from modalfuse.features.image_tensor import image_tensor
+from modalfuse.features.preprocess import FeatureBatch
+from modalfuse.features.tabular import NotFittedError
+from modalfuse.models.base import Model, load_model, register
+
+NET_INPUTS = ("image", "tabular")
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def log_proba(p: np.ndarray) -> np.ndarray:
+    # Clip so a part that is certain (p = 0 for a class) cannot veto it with -inf.
+    return np.log(np.clip(p, 1e-7, 1.0))
+
+
+def net_feeds(batch: FeatureBatch, inputs: list[str], image_size: int) -> dict[str, np.ndarray]:
+    """The arrays a network's named inputs take, from a FeatureBatch (the same code trains it)."""
+    feeds: dict[str, np.ndarray] = {}
+    for name in inputs:
+        if name == "image":
+            feeds[name] = image_tensor(batch.images, image_size)
+        elif name == "tabular":
+            feeds[name] = np.ascontiguousarray(batch.tabular_dense, dtype=np.float32)
+        else:
+            raise ValueError(f"unknown network input {name!r}; known: {list(NET_INPUTS)}")
+    return feeds
+
+
+def _save_part(model: Model, directory: Path, name: str) -> dict:
+    sub = directory / name
+    sub.mkdir(parents=True, exist_ok=True)
+    return {"name": name, "dir": name, **model.save(sub)}
+
+
+def _load_part(directory: Path, meta: dict) -> Model:
+    return load_model(directory / meta["dir"], meta)
+
+
+@register
+class OnnxNetModel:
+    """A network exported to ONNX: named inputs from the FeatureBatch, outputs `logits` (+ `embedding`)."""
+
+    kind: ClassVar[str] = "onnx_net"
+
+    def __init__(self, onnx_bytes: bytes, inputs: list[str], image_size: int,
+                 outputs: list[str] | None = None, num_threads: int = 1):
+        self.onnx_bytes = onnx_bytes
+        self.inputs = list(inputs)
+        self.image_size = image_size
+        self.outputs = list(outputs or ["logits"])
+        self.num_threads = num_threads
+        self._session = None
+
+    @property
+    def session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            # One intra-op thread: requests are small and the API runs several workers.
+            opts.intra_op_num_threads = self.num_threads
+            opts.inter_op_num_threads = 1
+            self._session = ort.InferenceSession(self.onnx_bytes, opts,
+                                                 providers=["CPUExecutionProvider"])
+        return self._session
+
+    def run(self, batch: FeatureBatch) -> dict[str, np.ndarray]:
+        feeds = net_feeds(batch, self.inputs, self.image_size)
+        values = self.session.run(self.outputs, feeds)
+        return dict(zip(self.outputs, values, strict=True))
+
+    def logits(self, batch: FeatureBatch) -> np.ndarray:
+        return np.asarray(self.run(batch)["logits"], dtype=np.float64)
+
+    def embedding(self, batch: FeatureBatch) -> np.ndarray:
+        if "embedding" not in self.outputs:
+            raise ValueError(f"this network has no 'embedding' output; outputs: {self.outputs}")
+        return np.asarray(self.run(batch)["embedding"], dtype=np.float64)
+
+    def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
+        return softmax(self.logits(batch))
+
+    def save(self, directory: Path) -> dict:
+        (directory / "net.onnx").write_bytes(self.onnx_bytes)
+        return {"kind": self.kind, "file": "net.onnx", "inputs": self.inputs,
+                "image_size": self.image_size, "outputs": self.outputs}
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict) -> OnnxNetModel:
+        return cls((directory / meta["file"]).read_bytes(), meta["inputs"], meta["image_size"],
+                   meta["outputs"])
+
+
+@register
+class StackingModel:
+    """Late fusion: a log-linear pool of the parts' probabilities, fitted on out-of-fold predictions.
+
+    z_c = sum_m w_m log p_m,c + b_c. With a handful of weights and one bias per class it
+    cannot memorise the few hundred out-of-fold rows it is fitted on; the biases let it
+    rebalance rare classes for macro-F1.
+    """
+
+    kind: ClassVar[str] = "stacking"
+
+    def __init__(self, parts: dict[str, Model], l2: float = 1.0, balanced: bool = True):
+        self.parts = dict(parts)
+        self.l2 = l2
+        self.balanced = balanced
+        self.weights_: np.ndarray | None = None
+        self.bias_: np.ndarray | None = None
+
+    def fit_meta(self, part_probas: list[np.ndarray], y: np.ndarray) -> StackingModel:
+        """Fit the pool on out-of-fold part probabilities (never on rows the parts trained on)."""
+        from scipy.optimize import minimize
+
+        logs = np.stack([log_proba(p) for p in part_probas])  # (m, n, c)
+        m, n, c = logs.shape
+        if self.balanced:
+            counts = np.bincount(y, minlength=c).astype(float)
+            sw = (n / (c * np.maximum(counts, 1)))[y]
+        else:
+            sw = np.ones(n)
+        sw = sw / sw.sum()
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            w, b = theta[:m], theta[m:]
+            z = np.tensordot(w, logs, axes=1) + b
+            p = softmax(z)
+            nll = -np.sum(sw * np.log(np.clip(p[np.arange(n), y], 1e-12, 1)))
+            g = p.copy()
+            g[np.arange(n), y] -= 1
+            g *= sw[:, None]
+            grad_w = np.einsum("nc,mnc->m", g, logs)
+            grad_b = g.sum(axis=0) + 2 * self.l2 * b / n
+            return nll + self.l2 * float(b @ b) / n, np.concatenate([grad_w, grad_b])
+
+        theta0 = np.concatenate([np.ones(m), np.zeros(c)])
+        res = minimize(loss, theta0, jac=True, method="L-BFGS-B")
+        self.weights_, self.bias_ = res.x[:m], res.x[m:]
+        return self
+
+    def combine(self, part_probas: list[np.ndarray]) -> np.ndarray:
+        if self.weights_ is None or self.bias_ is None:
+            raise NotFittedError("StackingModel is not fitted; call fit_meta() first")
+        z = sum(w * log_proba(p) for w, p in zip(self.weights_, part_probas, strict=True))
+        return softmax(z + self.bias_)
+
+    def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
+        return self.combine([part.predict_proba(batch) for part in self.parts.values()])
+
+    def save(self, directory: Path) -> dict:
+        if self.weights_ is None or self.bias_ is None:
+            raise NotFittedError("StackingModel is not fitted; call fit_meta() first")
+        parts = [_save_part(model, directory, name) for name, model in self.parts.items()]
+        return {"kind": self.kind, "parts": parts, "weights": self.weights_.tolist(),
+                "bias": self.bias_.tolist(), "l2": self.l2, "balanced": self.balanced}
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict) -> StackingModel:
+        m = cls({p["name"]: _load_part(directory, p) for p in meta["parts"]}, meta["l2"],
+                meta["balanced"])
+        m.weights_, m.bias_ = np.array(meta["weights"]), np.array(meta["bias"])
+        return m
+
+
+@register
+class EmbeddingGBMModel:
+    """CNN embeddings as features: LightGBM on tabular + image statistics + the network's embedding."""
+
+    kind: ClassVar[str] = "gbm_embed"
+
+    def __init__(self, embedder: OnnxNetModel, gbm: Model):
+        self.embedder = embedder
+        self.gbm = gbm
+
+    @staticmethod
+    def with_embedding(batch: FeatureBatch, emb: np.ndarray) -> FeatureBatch:
+        # The GBM reads image statistics; the embedding rides along as more of them.
+        return FeatureBatch(batch.tabular, batch.tabular_dense,
+                            np.hstack([batch.image_stats, emb]), batch.images)
+
+    def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
+        return self.gbm.predict_proba(self.with_embedding(batch, self.embedder.embedding(batch)))
+
+    def save(self, directory: Path) -> dict:
+        return {"kind": self.kind, "parts": [_save_part(self.embedder, directory, "embedder"),
+                                             _save_part(self.gbm, directory, "gbm")]}
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict) -> EmbeddingGBMModel:
+        parts = {p["name"]: _load_part(directory, p) for p in meta["parts"]}
+        embedder = parts["embedder"]
+        assert isinstance(embedder, OnnxNetModel)
+        return cls(embedder, parts["gbm"])
+
+
+@register
+class CalibratedModel:
+    """Temperature scaling of any model's probabilities; T is fitted on held-out (out-of-fold) rows."""
+
+    kind: ClassVar[str] = "calibrated"
+
+    def __init__(self, inner: Model, temperature: float = 1.0):
+        self.inner = inner
+        self.temperature = temperature
+
+    def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
+        return apply_temperature(self.inner.predict_proba(batch), self.temperature)
+
+    def save(self, directory: Path) -> dict:
+        return {"kind": self.kind, "temperature": self.temperature,
+                "parts": [_save_part(self.inner, directory, "inner")]}
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict) -> CalibratedModel:
+        return cls(_load_part(directory, meta["parts"][0]), meta["temperature"])
+
+
+def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(log_proba(p) / temperature)
+
+
+def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
+    """The temperature that minimises the log loss of held-out probabilities (a 1-D search)."""
+    from scipy.optimize import minimize_scalar
+
+    logs = log_proba(p)
+    n = len(y)
+
+    def nll(log_t: float) -> float:
+        q = softmax(logs / np.exp(log_t))
+        return float(-np.mean(np.log(np.clip(q[np.arange(n), y], 1e-12, 1))))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
