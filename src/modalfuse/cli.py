@@ -273,7 +273,10 @@ def serve(
     from modalfuse.serve.app import create_app
 
     path = _bundle_path(bundle, dataset)
-    application = create_app(Settings(bundle=path, **({"model_uri": model_uri} if model_uri else {})))
+    settings = Settings(bundle=path)
+    if model_uri:  # only when given: MODALFUSE_MODEL_URI from the environment stays otherwise
+        settings = settings.model_copy(update={"model_uri": model_uri})
+    application = create_app(settings)
     console.print(f"modalfuse API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     uvicorn.run(application, host=host, port=port, log_level="info")
 

@@ -183,7 +183,7 @@ def mlflow_ui(
 
     store = resolve_store(Settings())
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri,
-           "--host", host, "--port", str(port)]
+           "--host", host, "--port", str(port), "--workers", "1"]
     if store.artifact_root:
         store.artifact_root.mkdir(parents=True, exist_ok=True)
         cmd += ["--default-artifact-root", store.artifact_root.as_uri()]
