@@ -205,7 +205,7 @@ def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_s
         assert new == registry["good"].model_version != first
         assert results and all(code == 200 for code, _ in results), results[:5]
         assert {v for _, v in results} <= {first, new}
-        assert results[-1][1] == new
+        assert httpx.post(url + "/v1/predict", json=body).json()["model_version"] == new
         assert httpx.get(url + "/health").json()["model_version"] == new
 
         # A worse challenger is refused, and says why; the champion stays.
