@@ -35,7 +35,10 @@ STRING_COLUMNS = ("predicted", "error", "model_version")
 class RayBatchConfig:
     """How the job runs: pool size, CPUs per actor, rows per batch, and where Ray is."""
 
-    address: str | None = None  # None: start a local Ray for this job
+    # None: start a local Ray for this job. A cluster started by `ray start --head` uses
+    # token authentication: its drivers need RAY_AUTH_MODE=token and the cluster's token.
+    # Workers must see the bundle and images folders at the same paths (shared storage).
+    address: str | None = None
     actors: int = 2
     cpus_per_actor: float = 1.0
     batch_size: int = 256
