@@ -327,11 +327,12 @@ def report_decisions(
 
 tracking_cli.register(app)  # promote, rollback, trace, card, mlflow-ui
 see_cli.register(app)  # eda, explain
-production_cli.register(app)  # monitor, bench serve
+production_cli.register(app)  # monitor
 # One `bench` group for every benchmark; each area adds its command to it.
 bench_app = typer.Typer(help="Benchmarks: measured numbers, saved as JSON + markdown.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 bench_app.command("batch")(bench_batch.bench_batch)
+bench_app.command("serve")(production_cli.bench_serve)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ the main app by `register(app)`.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -72,5 +73,43 @@ def monitor(
     console.print(f"report: {folder}")
 
 
+def bench_serve(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
+    = "pokemon",
+    bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="model bundle folder "
+                                                "(default: the dataset's latest)")] = None,
+    requests_c1: Annotated[int, typer.Option(help="requests at concurrency 1", min=10)] = 300,
+    requests_c16: Annotated[int, typer.Option(help="requests at concurrency 16", min=16)] = 800,
+    no_mlflow: Annotated[bool, typer.Option(help="skip the `mlflow models serve` peer")] = False,
+    out: Annotated[Path, typer.Option(help="folder for serve.json and serve.md")]
+    = Path("docs/benchmarks"),
+) -> None:
+    """Load-test the HTTP API at concurrency 1 and 16 next to MLflow serving and the Predictor."""
+    from modalfuse.serve.loadbench import run_serve_bench, to_markdown
+
+    s = Settings()
+    path = bundle or s.bundle or s.default_bundle(dataset)
+    with console.status("benchmarking") as status:
+        res = run_serve_bench(path, requests_c1=requests_c1, requests_c16=requests_c16,
+                              include_mlflow=not no_mlflow,
+                              progress=lambda msg: status.update(f"benchmarking: {msg}"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(res, indent=2))
+    md = to_markdown(res)
+    (out / "serve.md").write_text(md)
+    t = Table(title=f"bench serve, model {res['model_version']}")
+    for col in ("target", "c", "p50 ms", "p99 ms", "req/s", "errors"):
+        t.add_column(col)
+    for r in res["results"]:
+        t.add_row(r["target"], str(r["concurrency"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                  f"{r['throughput_rps']:.0f}", str(r["errors"]))
+    console.print(t)
+    for key, chk in res["checks"].items():
+        mark = "[green]pass[/]" if chk["pass"] else "[red]miss[/]"
+        console.print(f"{mark} {key}: {chk['value']:.2f} (target {res['targets'][key]})")
+    console.print(f"wrote {out / 'serve.json'} and {out / 'serve.md'}")
+
+
 def register(app: typer.Typer) -> None:
+    """`monitor`; `bench serve` is added to the shared `bench` group in cli.py."""
     app.command("monitor")(monitor)
