@@ -8,6 +8,7 @@ back. `fetch_bundle` turns `models:/NAME@alias` (or `/VERSION`) into a local bun
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -87,12 +88,13 @@ def register_version(client: MlflowClient, name: str, model_uri: str, run_id: st
 
 
 def fetch_bundle(uri: str, settings: Settings) -> tuple[Path, dict[str, Any]]:
-    """Download the bundle of a registered version (cached by version) and say where it came from."""
+    """Download the bundle of a registered version (cached per registry and version) and say
+    where it came from."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from modalfuse.bundle import BUNDLE_FILE
-    from modalfuse.tracking import using_store
+    from modalfuse.tracking import registry_uri, using_store
 
     name, alias, version = parse_model_uri(uri)
     client = _client(settings)
@@ -100,11 +102,11 @@ def fetch_bundle(uri: str, settings: Settings) -> tuple[Path, dict[str, Any]]:
         mv = (client.get_model_version_by_alias(name, alias) if alias
               else client.get_model_version(name, str(version)))
     except MlflowException as e:
-        from modalfuse.tracking import registry_uri
-
         raise RegistryError(f"cannot resolve {uri} in the registry at "
                             f"{registry_uri(settings)}: {e.message}") from None
-    dest = settings.mlflow_dir / "serving" / f"{name}-v{mv.version}"
+    # Keyed by registry too: version 3 of one registry is not version 3 of another.
+    where = hashlib.sha256(registry_uri(settings).encode()).hexdigest()[:8]
+    dest = settings.mlflow_dir / "serving" / f"{name}-v{mv.version}-{where}"
     if not any(dest.glob(f"artifacts/*/{BUNDLE_FILE}")):
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-v{mv.version}-", dir=dest.parent))
