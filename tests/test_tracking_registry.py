@@ -177,6 +177,7 @@ def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_s
         d = promote(s, "pokemon", fixture_dataset, fixture_splits, "macro_f1", 0.05)
         assert d.promoted, d.reason
         assert d.challenger.metrics["macro_f1"] >= d.champion.metrics["macro_f1"] + 0.05
+        assert Path(d.plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
         # Reload under load: every request answers 200, from the old model or the new one.
         body = json.loads((registry["good"].path / "bundle.json").read_text())["example"]

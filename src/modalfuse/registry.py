@@ -133,7 +133,9 @@ class Candidate:
     version: str
     bundle_version: str
     dataset_version: str | None
+    run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +146,7 @@ class PromotionDecision:
     margin: float
     challenger: Candidate | None = None
     champion: Candidate | None = None
+    plot: str | None = None  # PNG comparing the two, per class
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,11 +161,40 @@ def _score(uri: str, settings: Settings, ds: Dataset, splits: Splits) -> Candida
     bundle = load_bundle(path)
     dv = bundle.meta.get("dataset", {}).get("version")
     cand = Candidate(version=info["version"], bundle_version=bundle.model_version,
-                     dataset_version=dv)
+                     dataset_version=dv, run_id=info["run_id"])
     if dv == ds.version:
         result = evaluate(Predictor(bundle), ds, splits.ids("test"), None, "test")
         cand.metrics = {k: float(v) for k, v in result["metrics"].items() if k != "n"}
+        cand.per_class = result["per_class"]
     return cand
+
+
+def plot_comparison(name: str, challenger: Candidate, champion: Candidate, metric: str,
+                    path: Path) -> Path:
+    """Per-class F1 of challenger and champion side by side, the gate's metric in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = sorted(set(challenger.per_class) | set(champion.per_class))
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(labels) + 2), 4.5))
+    for offset, c, who in ((-0.2, champion, "champion"), (0.2, challenger, "challenger")):
+        f1 = [c.per_class.get(lab, {}).get("f1", 0.0) for lab in labels]
+        ax.bar(x + offset, f1, width=0.4,
+               label=f"{who} v{c.version} ({metric} {c.metrics.get(metric, float('nan')):.3f})")
+    ax.set_xticks(x, labels, rotation=60, ha="right")
+    ax.set_ylabel("F1 on the frozen test split")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{name}: challenger v{challenger.version} vs champion v{champion.version}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def promote(settings: Settings, name: str, ds: Dataset, splits: Splits,
@@ -195,6 +227,10 @@ def promote(settings: Settings, name: str, ds: Dataset, splits: Splits,
                        f"{c.dataset_version}, but the frozen data here is version {ds.version}: "
                        "the two cannot be compared on the same data; retrain it on this version",
                 metric, margin, challenger, champion)
+    plot = plot_comparison(name, challenger, champion, metric, settings.reports_dir
+                           / f"promotion_{name}_v{challenger.version}_vs_v{champion.version}.png")
+    if challenger.run_id:
+        client.log_artifact(challenger.run_id, str(plot), "promotion")
     a, b = challenger.metrics[metric], champion.metrics[metric]
     gain = (a - b) if HIGHER_IS_BETTER[metric] else (b - a)
     better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
@@ -209,6 +245,7 @@ def promote(settings: Settings, name: str, ds: Dataset, splits: Splits,
                    f"dataset version {ds.version}: {gain:+.4f} ({better} is better) is below the "
                    f"margin {margin}; champion stays version {champ.version}",
             metric, margin, challenger, champion)
+    decision.plot = str(plot)
     _apply(client, name, decision, champ.version)
     return decision
 

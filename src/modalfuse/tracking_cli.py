@@ -78,6 +78,8 @@ def promote(
             t.add_row(key, *[f"{c.metrics[key]:.4f}" if c and key in c.metrics else "-"
                              for c in cands])
         console.print(t)
+    if d.plot:
+        console.print(f"per-class comparison: {d.plot}")
     if d.promoted:
         console.print(f"[green]promoted[/] version {d.challenger.version if d.challenger else '?'} "
                       f"to champion: {d.reason}")
