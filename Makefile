@@ -10,7 +10,7 @@ MLFLOW_PORT ?= 5000
 # The real-data smoke test keeps its own data folder (and download cache) in the repo.
 SMOKE_DIR := $(CURDIR)/.cache/smoke
 
-.PHONY: run install data train serve mlflow-ui pipeline test unit smoke lint clean help browser-deps
+.PHONY: run install data train serve mlflow-ui pipeline test unit smoke lint clean help browser-deps container-test
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,6 +54,9 @@ smoke: install ## end-to-end on the real pinned sources with quick settings
 	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/python scripts/smoke_check.py
 
 test: lint unit smoke ## lint, unit/data/model tests, then the real-data smoke
+
+container-test: install ## hadolint, debootstrap base, build + run the serve image with podman, call it
+	docker/container-test.sh $(SMOKE_DIR)/models/pokemon/latest
 
 lint: install ## ruff and mypy
 	$(BIN)/ruff check src tests scripts

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# CI for the serve image: lint the Dockerfile, build a bookworm base with debootstrap, build
+# the serve target with podman, run it with a model bundle, call /health and /v1/predict,
+# check size, user and healthcheck, and remove everything it started.
+# Usage: docker/container-test.sh [bundle-folder]   (default: the real-data smoke bundle)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUNDLE=${1:-.cache/smoke/models/pokemon/latest}
+IMAGE=localhost/modalfuse:serve-test
+BASE=localhost/modalfuse-base:bookworm
+NAME=modalfuse-serve-test-$$
+PORT=${PORT:-18000}
+MAX_MB=400
+HADOLINT=${HADOLINT:-.venv/bin/hadolint}
+step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
+
+[ -f "$BUNDLE/bundle.json" ] || { echo "no model bundle at $BUNDLE (run make smoke first)" >&2; exit 2; }
+
+step "hadolint"
+"$HADOLINT" --failure-threshold warning docker/Dockerfile
+
+step "container tools"
+missing=()
+for tool in podman buildah runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap >/dev/null
+fi
+# No overlay or systemd here: vfs storage, runc, cgroupfs, and explicit file limits.
+mkdir -p /etc/containers
+if ! grep -qs 'driver = "vfs"' /etc/containers/storage.conf; then
+    cat > /etc/containers/storage.conf <<'CONF'
+[storage]
+driver = "vfs"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
+CONF
+fi
+if ! grep -qs 'cgroup_manager = "cgroupfs"' /etc/containers/containers.conf; then
+    cat > /etc/containers/containers.conf <<'CONF'
+[containers]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+fi
+
+cleanup() {
+    podman rm -f "$NAME" >/dev/null 2>&1 || true
+    podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+step "base image (debootstrap, cached)"
+docker/build-base.sh "$BASE"
+
+step "wheels"
+docker/wheels.sh serve
+
+step "build serve image"
+VERSION=$(.venv/bin/python -c "import modalfuse; print(modalfuse.__version__)")
+podman build --format docker --target serve --build-arg BASE_IMAGE="$BASE" \
+    --build-arg MODALFUSE_VERSION="$VERSION" \
+    -f docker/Dockerfile -t "$IMAGE" docker
+
+size_mb=$(( $(podman image inspect "$IMAGE" --format '{{.Size}}') / 1000000 ))
+user=$(podman image inspect "$IMAGE" --format '{{.Config.User}}')
+health=$(podman image inspect "$IMAGE" --format '{{json .Config.Healthcheck}}')
+echo "image size ${size_mb} MB (limit ${MAX_MB}), user '${user}', healthcheck ${health}"
+[ "$size_mb" -le "$MAX_MB" ] || { echo "image is ${size_mb} MB, over ${MAX_MB} MB" >&2; exit 1; }
+case "$user" in ""|0|0:*|root|root:*) echo "image runs as root ('${user}')" >&2; exit 1 ;; esac
+[ "$health" != "null" ] || { echo "image has no HEALTHCHECK" >&2; exit 1; }
+if podman run --rm --entrypoint python "$IMAGE" -c "import torch" >/dev/null 2>&1; then
+    echo "torch is importable in the serve image" >&2; exit 1
+fi
+
+step "run"
+podman run -d --name "$NAME" --network host \
+    -e MODALFUSE_API_KEY=container-test-key-0123456789 \
+    -e PORT="$PORT" \
+    -v "$(realpath "$BUNDLE"):/models/latest:ro" \
+    "$IMAGE" uvicorn --factory modalfuse.serve.asgi:app --host 127.0.0.1 --port "$PORT" >/dev/null
+for _ in $(seq 1 60); do
+    if curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then break; fi
+    sleep 1
+done
+
+step "call /health and /v1/predict"
+.venv/bin/python - "$PORT" <<'PY'
+import json, sys, urllib.request
+
+base = f"http://127.0.0.1:{sys.argv[1]}"
+health = json.load(urllib.request.urlopen(base + "/health", timeout=10))
+assert health["status"] == "ok", health
+schema = json.load(urllib.request.urlopen(base + "/openapi.json", timeout=10))
+body = schema["components"]["schemas"]["PredictRequest"]["examples"][0]
+req = urllib.request.Request(base + "/v1/predict", json.dumps(body).encode(),
+                             {"Content-Type": "application/json", "X-Request-ID": "ci-1"})
+with urllib.request.urlopen(req, timeout=30) as r:
+    pred = json.load(r)
+    assert r.headers["x-request-id"] == "ci-1"
+assert pred["label"] and pred["model_version"] == health["model_version"], pred
+print(f"health ok, model {health['model_version']}; predicted {pred['label']} "
+      f"({pred['top'][0]['probability']:.2f})")
+PY
+podman healthcheck run "$NAME" && echo "HEALTHCHECK passes"
+podman logs "$NAME" 2>&1 | tail -n 3
+
+step "done"
+echo "container-test passed in ${SECONDS}s"
