@@ -1,0 +1,171 @@
+"""`modalfuse bench models`: every model variant through the same Predictor on the frozen test split.
+
+Quality (accuracy, macro-F1, ECE), latency at batch 1 (whole Predictor, and the model alone
+on prepared features), throughput at batch 64 and size on disk, with ratios to a baseline
+measured in the same run. Timings interleave the variants round by round, so a machine that
+gets busier during the run slows every variant alike instead of whichever came last.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modalfuse.data.dataset import Dataset
+from modalfuse.data.split import Splits
+from modalfuse.evaluate import classification_metrics
+from modalfuse.features.preprocess import FeatureBatch
+from modalfuse.optimize import file_size, onnx_parts
+from modalfuse.predict import Predictor, table_records
+
+
+@dataclass
+class Variant:
+    name: str
+    path: Path
+    predictor: Predictor
+    single: list[float] = field(default_factory=list)  # seconds per batch-1 Predictor call
+    model_single: list[float] = field(default_factory=list)  # seconds per batch-1 model call
+    batch_seconds: float = 0.0
+    batch_rows: int = 0
+
+
+def parse_variant(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"variant {text!r} is not NAME=BUNDLE_PATH (e.g. fp32=models/opt/fp32)")
+    return name, Path(path)
+
+
+def _prepared(predictor: Predictor, record: dict[str, Any], image: bytes) -> FeatureBatch:
+    batch = predictor.prepare([record], [image]).batch
+    if batch is None:
+        raise ValueError("a test row failed to prepare")
+    return batch
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.array(xs) * 1000, q))
+
+
+def bench_models(variants: list[tuple[str, Path]], ds: Dataset, splits: Splits,
+                 baseline: str | None = None, rounds: int = 3, batch: int = 64,
+                 versus: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Measure every variant on the test split; ratios are to `baseline` (default: the first)."""
+    from rich.progress import Progress
+
+    names = [n for n, _ in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must be distinct, got {names}")
+    baseline = baseline or names[0]
+    if baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not a variant; variants: {names}")
+    for a, b in versus or []:
+        if a not in names or b not in names:
+            raise ValueError(f"--versus {a}={b}: both must be variants; variants: {names}")
+    vs = [Variant(n, p, Predictor.from_path(p)) for n, p in variants]
+    ids = splits.ids("test")
+    table = ds.table.set_index(ds.spec.id_column).loc[ids].reset_index()
+    records, images = table_records(ds.spec, table), ds.row_images(table)
+    rows: dict[str, dict[str, Any]] = {}
+    for v in vs:
+        proba = v.predictor.predict_proba(records, images)  # also warms sessions up
+        pos = {lab: i for i, lab in enumerate(v.predictor.labels)}
+        y = table[ds.spec.target].map(pos).to_numpy()
+        if np.isnan(y.astype(float)).any():
+            raise ValueError(f"{v.name}: test labels unknown to the model")
+        m = classification_metrics(proba, y.astype(int), v.predictor.labels)
+        bundle = v.predictor.bundle
+        rows[v.name] = {"variant": v.name, "bundle": str(v.path), "model_version": v.predictor.model_version,
+                        "kind": bundle.meta["model"]["kind"],
+                        "how": bundle.meta.get("training", {}).get("optimized", {}).get("method", "trained"),
+                        "n_test": len(ids), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                        "ece": m["ece"], "size_bytes": file_size(v.path),
+                        "onnx_parts": [p for p, _ in onnx_parts(bundle.model)]}
+    single_prepared = [[_prepared(v.predictor, r, im) for r, im in zip(records, images, strict=True)]
+                       for v in vs]
+    with Progress(transient=True) as progress:
+        task = progress.add_task("timing variants", total=rounds * len(vs))
+        for _ in range(rounds):
+            for v, prepared in zip(vs, single_prepared, strict=True):
+                model = v.predictor.bundle.model
+                for r, im, fb in zip(records, images, prepared, strict=True):
+                    t0 = time.perf_counter()
+                    v.predictor.predict_proba([r], [im])
+                    t1 = time.perf_counter()
+                    model.predict_proba(fb)
+                    v.model_single += [time.perf_counter() - t1]
+                    v.single.append(t1 - t0)
+                for i in range(0, len(records) - batch + 1, batch):
+                    t0 = time.perf_counter()
+                    v.predictor.predict_proba(records[i:i + batch], images[i:i + batch])
+                    v.batch_seconds += time.perf_counter() - t0
+                    v.batch_rows += batch
+                progress.advance(task)
+    for v in vs:
+        rows[v.name].update({
+            "p50_ms": _pct(v.single, 50), "p99_ms": _pct(v.single, 99),
+            "model_p50_ms": _pct(v.model_single, 50), "model_p99_ms": _pct(v.model_single, 99),
+            "throughput_rps": v.batch_rows / v.batch_seconds if v.batch_seconds else float("nan"),
+        })
+    base = rows[baseline]
+    for r in rows.values():
+        r.update(_ratios(r, base))
+    pairs = [{"variant": a, "reference": b, **_ratios(rows[a], rows[b]),
+              "macro_f1_kept": rows[a]["macro_f1"] / rows[b]["macro_f1"] if rows[b]["macro_f1"] else None}
+             for a, b in versus or []]
+    return {"baseline": baseline, "rounds": rounds, "batch": batch, "n_test": len(ids),
+            "dataset": ds.spec.name, "dataset_version": ds.version,
+            "rows": list(rows.values()), "versus": pairs}
+
+
+def _ratios(r: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    return {"macro_f1_delta_pts": 100 * (r["macro_f1"] - base["macro_f1"]),
+            "speedup_p50": base["p50_ms"] / r["p50_ms"],
+            "model_speedup_p50": base["model_p50_ms"] / r["model_p50_ms"],
+            "throughput_ratio": r["throughput_rps"] / base["throughput_rps"],
+            "size_ratio": r["size_bytes"] / base["size_bytes"]}
+
+
+COLUMNS = [("variant", "variant", "{}"), ("how", "how", "{}"), ("accuracy", "acc", "{:.3f}"),
+           ("macro_f1", "macro-F1", "{:.3f}"), ("macro_f1_delta_pts", "ΔF1 (pts)", "{:+.1f}"),
+           ("ece", "ECE", "{:.3f}"), ("p50_ms", "p50 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
+           ("speedup_p50", "× p50", "{:.2f}"), ("model_p50_ms", "model p50 ms", "{:.3f}"),
+           ("model_speedup_p50", "× model", "{:.2f}"), ("throughput_rps", "rows/s @64", "{:.0f}"),
+           ("throughput_ratio", "× rows/s", "{:.2f}"), ("size_bytes", "size KiB", "{}"),
+           ("size_ratio", "× size", "{:.2f}")]
+
+
+def _cell(key: str, fmt: str, value: Any) -> str:
+    if key == "size_bytes":
+        return f"{value / 1024:.0f}"
+    return fmt.format(value)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for r in report["rows"]:
+        lines.append("| " + " | ".join(_cell(k, f, r[k]) for k, _, f in COLUMNS) + " |")
+    out = "\n".join(lines) + "\n"
+    if report["versus"]:
+        out += ("\n| variant | vs | macro-F1 kept | × p50 | × model p50 | × rows/s | × size |\n"
+                "|---|---|---|---|---|---|---|\n")
+        for p in report["versus"]:
+            out += (f"| {p['variant']} | {p['reference']} | {p['macro_f1_kept']:.1%} | "
+                    f"{p['speedup_p50']:.2f} | {p['model_speedup_p50']:.2f} | "
+                    f"{p['throughput_ratio']:.2f} | {p['size_ratio']:.2f} |\n")
+    return out
+
+
+def save_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    j, md = out / "bench_models.json", out / "bench_models.md"
+    j.write_text(json.dumps(report, indent=2, default=float))
+    md.write_text(to_markdown(report))
+    return j, md
