@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modalfuse import production_cli, see_cli, tracking_cli
+from modalfuse import optimize_cli, production_cli, see_cli, tracking_cli
 from modalfuse.config import Settings
 from modalfuse.scale import bench_batch
 
@@ -333,6 +333,7 @@ bench_app = typer.Typer(help="Benchmarks: measured numbers, saved as JSON + mark
 app.add_typer(bench_app, name="bench")
 bench_app.command("batch")(bench_batch.bench_batch)
 bench_app.command("serve")(production_cli.bench_serve)
+optimize_cli.register(app, bench_app)  # tune, optimize ..., bench models
 
 
 def main() -> None:
