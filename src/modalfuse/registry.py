@@ -187,9 +187,9 @@ def plot_comparison(name: str, challenger: Candidate, champion: Candidate, metri
                label=f"{who} v{c.version} ({metric} {c.metrics.get(metric, float('nan')):.3f})")
     ax.set_xticks(x, labels, rotation=60, ha="right")
     ax.set_ylabel("F1 on the frozen test split")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.2)  # room for the legend above the bars
     ax.set_title(f"{name}: challenger v{challenger.version} vs champion v{champion.version}")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", ncol=2, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -290,6 +290,12 @@ def rollback(settings: Settings, name: str, to_version: str | None = None) -> tu
     return str(champ.version), str(target)
 
 
+def _aliases_of(client: MlflowClient, name: str, version: str) -> list[str]:
+    # Search results do not carry aliases in every store; the registered model does.
+    aliases = client.get_registered_model(name).aliases or {}
+    return sorted(a for a, v in aliases.items() if str(v) == version)
+
+
 def trace(settings: Settings, model_version: str) -> list[dict[str, Any]]:
     """Registered versions whose bundle is `model_version` (what the API reports), with lineage."""
     client = _client(settings)
@@ -305,7 +311,7 @@ def trace(settings: Settings, model_version: str) -> list[dict[str, Any]]:
                                "context": {t.key: t.value for t in di.tags}})
         out.append({
             "registered_model": mv.name, "version": str(mv.version),
-            "aliases": list(getattr(mv, "aliases", []) or []),
+            "aliases": _aliases_of(client, mv.name, str(mv.version)),
             "run_id": mv.run_id, "experiment_id": run.info.experiment_id if run else None,
             "git_commit": tags.get("mlflow.source.git.commit"),
             "git_dirty": tags.get("modalfuse.git_dirty"),
