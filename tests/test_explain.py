@@ -169,3 +169,49 @@ def test_explain_route_serves_the_same_model(predictor):
         r = client.post("/v1/explain", json=body)
         assert r.status_code == 422, (body, r.text)
         assert r.json()["detail"][0]["msg"]
+
+
+class _OneModalityModel:
+    """A model kind that reads only one FeatureBatch representation (as a CNN or a neural
+    tabular model would): the explainer must credit that modality and nothing else."""
+
+    kind = "test-one-modality"
+
+    def __init__(self, attr: str, n_classes: int, seed: int = 0):
+        self.attr, self.n_classes, self.seed = attr, n_classes, seed
+
+    def predict_proba(self, batch):
+        x = getattr(batch, self.attr).reshape(len(batch), -1).astype(np.float64)
+        if self.attr == "images":
+            x = x[:, ::97] / 255.0  # a fixed sample of pixels: cheap and deterministic
+        w = np.random.default_rng(self.seed).normal(size=(x.shape[1], self.n_classes))
+        z = x @ w
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("attr", ["images", "tabular_dense"])
+def test_any_model_kind_gets_credit_only_where_it_looks(predictor, rows, attr):
+    import dataclasses
+
+    from modalfuse.predict import Predictor
+
+    bundle = dataclasses.replace(predictor.bundle,
+                                 model=_OneModalityModel(attr, len(predictor.labels)))
+    explainer = Explainer(Predictor(bundle), permutations=8)
+    records, images = rows
+    e = explainer.explain(records[0], images[0])
+    total = sum(e.contributions.values()) + e.image_contribution
+    assert total == pytest.approx(e.probability - e.base_value, abs=1e-9)
+    if attr == "images":
+        assert all(v == 0.0 for v in e.contributions.values()) and e.image_share == 1.0
+        assert np.abs(e.heatmap).max() > 0
+        changed = {**records[0], "hp": 200, "color": "Purple"}
+        assert _same(e, explainer.explain(changed, images[0]))
+    else:
+        assert e.image_contribution == 0.0 and e.table_share == 1.0
+        assert np.abs(e.heatmap).max() < 1e-12  # the pixels it ignores move nothing
+        other = explainer.explain(records[0], images[1])
+        # Equal up to float rounding: batches of another size may round the last bit apart.
+        assert other.label == e.label and other.image_contribution == 0.0
+        assert all(abs(other.contributions[f] - v) < 1e-12 for f, v in e.contributions.items())

@@ -240,7 +240,7 @@ class Explainer:
             phi[perm] += np.diff(values[o])
         return phi / len(orders), float(values[0, 0]), float(values[0, -1])
 
-    def occlusion(self, frame: pd.DataFrame, x: FeatureBatch, k: int, p_full: float) -> np.ndarray:
+    def occlusion(self, frame: pd.DataFrame, x: FeatureBatch, k: int) -> np.ndarray:
         """Probability drop of class k when each patch is made transparent; 0 where empty."""
         size, s = self.predictor.spec.image_size, self.patch
         grid = size // s
@@ -257,12 +257,20 @@ class Explainer:
         heat = np.zeros((grid, grid))
         if not occluded:
             return heat
+        # Row 0 is the intact image: every row then goes through the same batch, and the
+        # table part is the instance's own encoded row, so only the pixels differ.
+        n = len(occluded) + 1
         pre = self.predictor.bundle.preprocessor
-        batch = pre.transform(pd.concat([frame] * len(occluded), ignore_index=True),
-                              np.stack(occluded))
-        p = self.predictor.bundle.model.predict_proba(batch)[:, k]
-        for (i, j), v in zip(cells, p, strict=True):
-            heat[i, j] = p_full - v
+        pixels = pre.transform(pd.concat([frame] * n, ignore_index=True),
+                               np.stack([image, *occluded]))
+        parts = {}
+        for f in fields(FeatureBatch):
+            xa = getattr(x, f.name)
+            parts[f.name] = (np.repeat(xa[:1], n, axis=0) if f.name in TABULAR_ATTRS
+                             else getattr(pixels, f.name))
+        p = self.predictor.bundle.model.predict_proba(FeatureBatch(**parts))[:, k]
+        for (i, j), v in zip(cells, p[1:], strict=True):
+            heat[i, j] = p[0] - v
         return heat
 
     def explain(self, record: dict[str, Any], image: bytes | None, label: str | None = None,
@@ -279,7 +287,7 @@ class Explainer:
         parsed = parse_record(predictor.spec, record, allow_extra)
         frame = records_frame(predictor.spec, [parsed])
         grid = predictor.spec.image_size // self.patch
-        heat = self.occlusion(frame, x, k, float(proba[k])) if heatmap else np.zeros((grid, grid))
+        heat = self.occlusion(frame, x, k) if heatmap else np.zeros((grid, grid))
         fields_ = self.players_[:-1]
         return Explanation(
             label=predictor.labels[k],
