@@ -6,6 +6,7 @@ main app by `register(app)`.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -43,10 +44,13 @@ def eda(
         def step(name: str) -> None:
             progress.update(task, advance=1, description=name.replace("_", " "))
 
+        started = time.perf_counter()
         path = write_report(ds, target, step)
+        seconds = time.perf_counter() - started
     info = report_summary(path)
     console.print(f"[green]wrote[/] {path}: {info['sections']} sections, {info['figures']} "
-                  f"figures, {info['bytes'] / 1e6:.2f} MB (dataset version {ds.version})")
+                  f"figures, {info['bytes'] / 1e6:.2f} MB in {seconds:.0f} s (dataset version "
+                  f"{ds.version})")
 
 
 def explain(
@@ -99,7 +103,9 @@ def explain(
         if row_id not in set(key):
             _fail(f"no row with {spec.id_column} {row_id!r} in {dataset}")
         row = ds.table[key == row_id]
+        started = time.perf_counter()
         e = explainer.explain(table_records(spec, row)[0], ds.row_images(row)[0])
+        seconds = time.perf_counter() - started
         t = Table(title=f"{spec.id_column} {row_id}: {e.label} {e.probability:.3f} "
                         f"(base {e.base_value:.3f}), model {e.model_version}")
         for col in ("input", "value", "contribution"):
@@ -110,7 +116,9 @@ def explain(
         console.print(t)
         path = out_dir / f"explain_{dataset}_{row_id}.png"
         path.write_bytes(e.overlay_png(scale=4))
-        console.print(f"image share {e.image_share:.2f}; heatmap: {path}")
+        console.print(f"image share {e.image_share:.2f}; explained in {seconds:.2f} s "
+                      f"({permutations} permutations, background {background} rows); "
+                      f"heatmap: {path}")
         return
     ids = splits.ids(split)
     rows = ds.table.set_index(spec.id_column).loc[ids].reset_index()
