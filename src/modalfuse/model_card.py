@@ -23,8 +23,12 @@ MIN_CLASS_SUPPORT = 5
 MIN_SLICE_ROWS = 10
 
 
-def card_facts(bundle: ModelBundle, ds: Dataset, splits: Splits) -> dict[str, Any]:
-    """Everything the card says, scored on the frozen test split through the Predictor."""
+def card_facts(bundle: ModelBundle, ds: Dataset, splits: Splits,
+               slice_field: str | None = None) -> dict[str, Any]:
+    """Everything the card says, scored on the frozen test split through the Predictor.
+
+    Per-slice metrics use `slice_field`, else the dataset spec's `slice_field`.
+    """
     from modalfuse.evaluate import classification_metrics, per_class_report, predict_dataset_rows
     from modalfuse.predict import Predictor
 
@@ -36,9 +40,13 @@ def card_facts(bundle: ModelBundle, ds: Dataset, splits: Splits) -> dict[str, An
     pos = {lab: i for i, lab in enumerate(bundle.labels)}
     y = rows[spec.target].map(lambda v: pos.get(v, -1)).to_numpy()
     known = y >= 0
-    slices: dict[str, Any] = {"field": spec.slice_field, "values": []}
-    if spec.slice_field and spec.slice_field in rows.columns:
-        for value, idx in rows[known].groupby(spec.slice_field).indices.items():
+    field = slice_field or spec.slice_field
+    if field and field not in rows.columns:
+        raise ValueError(f"slice field {field!r} is not a column of {spec.name}; columns: "
+                         f"{list(rows.columns)}")
+    slices: dict[str, Any] = {"field": field, "values": []}
+    if field:
+        for value, idx in rows[known].groupby(field).indices.items():
             sel = np.flatnonzero(known)[idx]
             m = classification_metrics(proba[sel], y[sel], bundle.labels)
             slices["values"].append({"value": _plain(value), "n": len(sel),
@@ -166,9 +174,10 @@ def limitations(facts: dict[str, Any]) -> list[str]:
     return out
 
 
-def write_card(bundle: ModelBundle, ds: Dataset, splits: Splits) -> tuple[Path, dict[str, Any]]:
+def write_card(bundle: ModelBundle, ds: Dataset, splits: Splits,
+               slice_field: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Compute the card's facts and write `model_card.md` into the bundle folder."""
-    facts = card_facts(bundle, ds, splits)
+    facts = card_facts(bundle, ds, splits, slice_field)
     path = bundle.path / CARD_FILE
     path.write_text(render_card(facts))
     return path, facts

@@ -139,6 +139,9 @@ def card(
     dataset: DatasetOpt = "pokemon",
     bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="bundle folder "
                                                 "(default: the dataset's latest)")] = None,
+    slice_field: Annotated[str | None, typer.Option(help="report metrics per value of this "
+                                                    "column (default: the spec's slice_field)")]
+        = None,
 ) -> None:
     """Write the model card (model_card.md) of a bundle, scored on the frozen test split."""
     from modalfuse.bundle import load_bundle
@@ -148,8 +151,11 @@ def card(
 
     s = Settings()
     ds = load_dataset(s.dataset_dir(dataset))
-    path, _ = write_card(load_bundle(bundle or s.bundle or s.default_bundle(dataset)), ds,
-                         load_splits(ds))
+    try:
+        path, _ = write_card(load_bundle(bundle or s.bundle or s.default_bundle(dataset)), ds,
+                             load_splits(ds), slice_field)
+    except ValueError as e:
+        _fail(str(e))
     console.print(f"[green]wrote[/] {path}")
 
 
