@@ -44,14 +44,15 @@ def measure_latency(predictor, ds: Dataset, ids: np.ndarray, n: int = 40) -> dic
 
 
 def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg,
-                 models: tuple[str, ...] = MODEL_NAMES) -> dict:
+                 models: tuple[str, ...] = MODEL_NAMES, fitter: CrossFitter | None = None) -> dict:
     from modalfuse.predict import Predictor
 
     for m in models:
         check_model_name(m)
     train_ids = splits.ids("train")
-    labels = sorted(ds.table.set_index(ds.spec.id_column).loc[train_ids, ds.spec.target].unique())
-    fitter = CrossFitter(ds, splits, cfg, labels)
+    if fitter is None:
+        labels = sorted(ds.table.set_index(ds.spec.id_column).loc[train_ids, ds.spec.target].unique())
+        fitter = CrossFitter(ds, splits, cfg, labels)
     results = []
     for name in models:
         started = time.perf_counter()

@@ -43,11 +43,12 @@ MODEL_HELP = {
     "gbm_tabular": "tabular only: LightGBM on the Pokédex record",
     "gbm": "LightGBM on tabular + hand-made image statistics (concatenation baseline)",
     "cnn": "image only: sprite CNN trained from scratch",
-    "stacking": "late fusion: calibrated log-linear pool of gbm + cnn, fitted out of fold",
+    "stacking": "late fusion: log-linear pool of gbm, gbm_tabular and cnn, fitted out of fold",
     "intermediate": "intermediate fusion: CNN embedding ⊕ tabular MLP -> shared head",
     "gbm_embed": "LightGBM on tabular + image statistics + CNN embedding",
 }
-STACKING_PARTS = ("gbm", "cnn")
+# Two GBMs (with and without image statistics) disagree usefully; the CNN adds the sprite.
+STACKING_PARTS = ("gbm", "gbm_tabular", "cnn")
 NET_MODELS = ("cnn", "intermediate", "gbm_embed", "stacking")
 
 Excluded = frozenset[int]
@@ -200,7 +201,8 @@ class CrossFitter:
     def _fit_stacking(self, excluded: Excluded) -> Model:
         rows = self.rows(excluded)
         oof = [self.heldout(part, excluded)[1] for part in STACKING_PARTS]
-        model = StackingModel({part: self.fit(part, excluded) for part in STACKING_PARTS})
+        model = StackingModel({part: self.fit(part, excluded) for part in STACKING_PARTS},
+                              l2=10.0, balanced=False)
         return model.fit_meta(oof, self.raw.y[rows])
 
     # -- out-of-fold predictions ---------------------------------------------------------------

@@ -9,21 +9,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modalfuse.models.netconfig import NetConfig
+
 console = Console()
 
 # The CV champion of docs/ablation.md; `modalfuse train` trains it unless told otherwise.
 DEFAULT_MODEL = "stacking"
 
 
+MODEL_OPTION_HELP = "gbm (the LightGBM baseline) or one of: " + ", ".join(
+    ["gbm_tabular", "cnn", "stacking", "intermediate", "gbm_embed"])
+
+
 def net_config(image_size: int | None = None, epochs: int | None = None,
-               device: str | None = None, checkpoint: Path | None = None) -> dict:
-    """NetConfig overrides from command-line options (None keeps the default)."""
+               device: str | None = None, checkpoint: Path | None = None) -> NetConfig:
+    """NetConfig from command-line options (None keeps the default)."""
     over = {"image_size": image_size, "epochs": epochs, "device": device, "checkpoint": checkpoint}
-    return {k: v for k, v in over.items() if v is not None}
+    return NetConfig.model_validate({k: v for k, v in over.items() if v is not None})
 
 
 def ablation(dataset: str, out: Path | None, doc: Path | None, models: list[str] | None,
-             seed: int, net: dict, rounds: int) -> dict:
+             seed: int, net: NetConfig, rounds: int = 300) -> dict:
     """Run the ablation, print its table, save JSON + PNG (+ the markdown doc when asked)."""
     from pydantic import ValidationError
 
@@ -33,15 +39,13 @@ def ablation(dataset: str, out: Path | None, doc: Path | None, models: list[str]
     from modalfuse.data.split import load_splits
     from modalfuse.fusion import MODEL_NAMES
     from modalfuse.models.cnn import DeviceError
-    from modalfuse.models.netconfig import NetConfig
     from modalfuse.train import TrainConfig
 
     s = Settings()
     ds = load_dataset(s.dataset_dir(dataset))
     out = out or s.reports_dir / "ablation" / dataset
     try:
-        cfg = TrainConfig(model="stacking", seed=seed, num_boost_round=rounds,
-                          net=NetConfig(**net))
+        cfg = TrainConfig(model="stacking", seed=seed, num_boost_round=rounds, net=net)
         report = run_ablation(ds, load_splits(ds), out, cfg, tuple(models or MODEL_NAMES))
     except (ValueError, DeviceError, ValidationError) as e:
         console.print(f"[bold red]error:[/] {e}")
@@ -54,7 +58,9 @@ def ablation(dataset: str, out: Path | None, doc: Path | None, models: list[str]
         parts = ["modalfuse evaluate --ablation", f"--dataset {dataset}", f"--seed {seed}"]
         if models:
             parts += [f"--model {m}" for m in models]
-        parts += [f"--{k.replace('_', '-')} {v}" for k, v in net.items()]
+        defaults = NetConfig().model_dump()
+        parts += [f"--{k} {v}" for k, v in net.model_dump().items()
+                  if k in ("epochs", "device") and v != defaults[k]]
         if rounds != 300:
             parts.append(f"--rounds {rounds}")
         parts.append(f"--doc {doc}")

@@ -8,7 +8,6 @@ Augmentation (kornia) runs inside the training loop, on training rows only.
 from __future__ import annotations
 
 import io
-import logging
 import random
 import warnings
 from dataclasses import dataclass
@@ -138,6 +137,11 @@ def fit_network(net: nn.Module, images: TrainingImages, tabular: np.ndarray | No
                 description: str = "network") -> nn.Module:
     """Seeded training with class-balanced loss, AdamW and a one-cycle schedule; returns eval-mode net."""
     seed_everything(seed)
+    # Re-draw the initial weights from the seed: the result depends on `seed` alone, not on
+    # whatever the global generator did before the network was built.
+    for module in net.modules():
+        if module is not net and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
     device = resolve_device(cfg.device)
     if cfg.checkpoint is not None:
         state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
@@ -209,16 +213,16 @@ def export_onnx(net: nn.Module, feeds: dict[str, np.ndarray]) -> bytes:
 
     names = list(getattr(net, "input_names"))  # noqa: B009
     example = tuple(torch.from_numpy(feeds[n][:2]) for n in names)
-    batch = torch.export.Dim("batch", min=1)
-    dynamic = tuple({0: batch} for _ in names)
-    # The exporter logs about optional torchvision ops this project never uses.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    dynamic = {n: {0: "batch"} for n in [*names, "logits", "embedding"]}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(tmp) / "net.onnx"
+        # The TorchScript exporter: these plain conv nets need nothing newer, and it exports
+        # in about a second where the dynamo exporter takes 25-35 s on two cores, once per
+        # fitted network (a stacked model fits six). Parity with torch is tested to 1e-5.
         torch.onnx.export(net.eval().cpu(), example, str(path), input_names=names,
-                          output_names=["logits", "embedding"], dynamic_shapes=dynamic,
-                          external_data=False, verbose=False)
+                          output_names=["logits", "embedding"], dynamic_axes=dynamic,
+                          opset_version=17, dynamo=False)
         data = path.read_bytes()
     return data
 

@@ -11,12 +11,12 @@ DEVICES = ("cpu", "cuda", "auto")
 
 
 class NetConfig(BaseModel):
-    image_size: int = Field(default=48, ge=8, le=256, description="pixels the network sees")
-    epochs: int = Field(default=40, ge=1)
+    image_size: int = Field(default=32, ge=8, le=256, description="pixels the network sees")
+    epochs: int = Field(default=24, ge=1)
     batch_size: int = Field(default=64, ge=2)
     lr: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
-    width: int = Field(default=24, ge=4, description="channels of the first conv block")
+    width: int = Field(default=16, ge=4, description="channels of the first conv block")
     embed_dim: int = Field(default=64, ge=4)
     dropout: float = Field(default=0.3, ge=0, lt=1)
     label_smoothing: float = Field(default=0.05, ge=0, lt=1)
