@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modalfuse import optimize_cli, production_cli, see_cli, tracking_cli
+from modalfuse import fusion_cli, optimize_cli, production_cli, see_cli, tracking_cli
 from modalfuse.config import Settings
 from modalfuse.scale import bench_batch
 
@@ -161,8 +161,12 @@ def train(
     no_cv: Annotated[bool, typer.Option(help="skip grouped CV (quick runs)")] = False,
     no_track: Annotated[bool, typer.Option(help="don't log to MLflow nor register (also: "
                                                 "MODALFUSE_TRACKING=false)")] = False,
+    model: Annotated[str, typer.Option(help=fusion_cli.MODEL_OPTION_HELP)] = fusion_cli.DEFAULT_MODEL,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto (neural models)")] = "cpu",
+    epochs: Annotated[int | None, typer.Option(help="training epochs (neural models)")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="local image-trunk weights")] = None,
 ) -> None:
-    """Train the baseline fused model (tabular + image statistics in LightGBM)."""
+    """Train a model (default: the CV champion of docs/ablation.md) on the training split."""
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
     from modalfuse.train import TrainConfig
@@ -170,9 +174,10 @@ def train(
 
     s = _settings()
     ds = load_dataset(s.dataset_dir(dataset))
-    cfg = TrainConfig(exclude_fields=exclude_field or [], use_image_stats=not no_image_stats,
-                      num_boost_round=rounds, seed=seed, cv=not no_cv)
     try:
+        cfg = TrainConfig(exclude_fields=exclude_field or [], use_image_stats=not no_image_stats,
+                          num_boost_round=rounds, seed=seed, cv=not no_cv, model=model,
+                          net=fusion_cli.net_config(epochs=epochs, device=device, checkpoint=checkpoint))
         bundle = run_train(ds, load_splits(ds), out or s.default_bundle(dataset), cfg)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
@@ -203,8 +208,19 @@ def evaluate(
                                                   "(default: <bundle>/evaluation)")] = None,
     metrics_file: Annotated[Path | None, typer.Option(help="also write the metrics as flat "
                                                            "JSON (a DVC metrics file)")] = None,
+    ablation: Annotated[bool, typer.Option(help="train and compare every model (tabular, "
+                                                "image, each fusion) instead")] = False,
+    model: Annotated[list[str] | None, typer.Option(help="ablation: only these models")] = None,
+    doc: Annotated[Path | None, typer.Option(help="ablation: write this markdown doc")] = None,
+    device: Annotated[str | None, typer.Option(help="ablation: cpu, cuda or auto")] = None,
+    epochs: Annotated[int | None, typer.Option(help="ablation: network epochs")] = None,
+    seed: Annotated[int, typer.Option(help="ablation: training seed")] = 42,
 ) -> None:
-    """Score a bundle on a split through the Predictor and print its metrics."""
+    """Score a bundle on a split through the Predictor and print its metrics (or --ablation)."""
+    if ablation:
+        fusion_cli.ablation(dataset, out, doc, model, seed,
+                            fusion_cli.net_config(epochs=epochs, device=device))
+        return
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
     from modalfuse.evaluate import evaluate as run_eval
