@@ -6,7 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modalfuse import __version__
 from modalfuse.config import Settings
@@ -42,14 +42,14 @@ class BodyLimit:
             return
         received, responded, started = 0, False, False
 
-        async def guarded_send(message: dict) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
             if responded:
                 return  # the 413 is already out; whatever the app answers after it is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        async def limited() -> dict:
+        async def limited() -> Message:
             nonlocal received, responded
             if responded:
                 return {"type": "http.disconnect"}
