@@ -1,0 +1,65 @@
+"""The serving install: a fresh venv with only the `serve` extra (no torch) scores a fused bundle."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"image_size": 16, "width": 4, "embed_dim": 8, "epochs": 1, "batch_size": 32,
+        "views_per_epoch": 1}
+
+SCRIPT = textwrap.dedent("""
+    import base64, importlib.util, json, sys
+    assert importlib.util.find_spec("torch") is None, "torch is importable in the serve venv"
+    from modalfuse.predict import Predictor
+    req = json.load(open(sys.argv[2]))
+    pred = Predictor.from_path(sys.argv[1])
+    images = [base64.b64decode(b) for b in req["images"]]
+    out = pred.predict(req["records"], images)
+    proba = pred.predict_proba(req["records"], images).tolist()
+    print(json.dumps({"out": out, "proba": proba, "version": pred.model_version,
+                      "torch": "torch" in sys.modules}))
+""")
+
+
+def test_serve_extra_scores_a_fused_bundle_without_torch(fixture_dataset, fixture_splits,
+                                                         tmp_path):
+    from modalfuse.predict import Predictor, table_records
+    from modalfuse.train import TrainConfig, train
+
+    bundle = train(fixture_dataset, fixture_splits, tmp_path / "stacking",
+                   TrainConfig(model="stacking", seed=1, num_boost_round=15, cv=False, net=TINY),
+                   evaluate_test=False)
+    rows = fixture_dataset.table.set_index("id").loc[fixture_splits.ids("test")[:3]].reset_index()
+    records = table_records(fixture_dataset.spec, rows)
+    images = fixture_dataset.row_images(rows)
+    req = tmp_path / "request.json"
+    req.write_text(json.dumps({"records": records,
+                               "images": [base64.b64encode(b).decode() for b in images]},
+                              default=str))
+
+    venv = tmp_path / "serve-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    install = subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", "--no-compile", f"{REPO}[serve]"],
+        capture_output=True, text=True, timeout=1200)
+    assert install.returncode == 0, install.stderr[-3000:]
+    (tmp_path / "score.py").write_text(SCRIPT)
+    run = subprocess.run([str(py), str(tmp_path / "score.py"), str(bundle.path), str(req)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    assert got["version"] == bundle.model_version
+    assert all(o["label"] in bundle.labels for o in got["out"])
+    # the slim install gives the same probabilities as the training install
+    want = Predictor(bundle).predict_proba(records, images)
+    np.testing.assert_allclose(np.array(got["proba"]), want, atol=1e-6)
