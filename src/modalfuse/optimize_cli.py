@@ -154,6 +154,73 @@ def optimize_all(
         console.print(f"[green]wrote[/] {name}: {b.path}")
 
 
+@optimize_app.command("select")
+def select(
+    k: Annotated[int, typer.Option(help="tabular columns to keep")] = 30,
+    method: Annotated[str, typer.Option(help="gain (LightGBM) or mutual_info")] = "gain",
+    rounds: Annotated[int, typer.Option(help="boosting rounds of the scored model")] = 300,
+    out: Annotated[Path | None, typer.Option(help="folder for selection.json/.md "
+                                                  "(default: <data>/reports/selection)")] = None,
+    doc: Annotated[Path | None, typer.Option(help="also write the table into this markdown doc")] = None,
+    dataset: DatasetOpt = "pokemon",
+    seed: int = 42,
+) -> None:
+    """In-fold feature selection: grouped CV with vs without top-k tabular columns."""
+    import json
+
+    from modalfuse.select import selection_cv, to_markdown
+    from modalfuse.train import TrainConfig
+
+    s, ds, splits = _data(dataset)
+    try:
+        report = selection_cv(ds, splits, TrainConfig(num_boost_round=rounds, seed=seed), k, method)
+    except ValueError as e:
+        _fail(str(e))
+    md = to_markdown(report)
+    console.print(md)
+    out = out or s.reports_dir / "selection"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "selection.json").write_text(json.dumps(report, indent=2))
+    (out / "selection.md").write_text(md)
+    if doc is not None:
+        write_doc_table(doc, "feature-selection", f"modalfuse optimize select --k {k} --method "
+                        f"{method} --rounds {rounds} --seed {seed}", md)
+        console.print(f"[green]updated[/] {doc}")
+
+
+def tune(
+    time_budget: Annotated[str, typer.Option(help="wall-clock budget: 90s, 10m, 1h")] = "10m",
+    trials: Annotated[int | None, typer.Option(help="stop after this many trials (default: budget)")] = None,
+    family: Annotated[list[str] | None, typer.Option(help="model families to search: gbm, "
+                                                          "gbm_tabular, intermediate")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna RDB URL shared by workers (default: "
+                                                     "sqlite under the data dir)")] = None,
+    study_name: Annotated[str | None, typer.Option(help="join this study (workers share it)")] = None,
+    out: Annotated[Path | None, typer.Option(help="winner bundle folder")] = None,
+    no_register: Annotated[bool, typer.Option(help="do not log/register the winner")] = False,
+    dataset: DatasetOpt = "pokemon",
+    seed: int = 42,
+) -> None:
+    """HPO over model families on the grouped CV folds of the training split; winner -> challenger."""
+    from modalfuse.tune import parse_duration, train_winner
+    from modalfuse.tune import tune as run
+
+    s, ds, splits = _data(dataset)
+    try:
+        budget = parse_duration(time_budget)
+        result, _ = run(ds, splits, s, budget, trials, tuple(family or ("gbm", "gbm_tabular")),
+                        storage, study_name, seed, track=s.tracking)
+        result = train_winner(result, ds, splits, out or s.models_dir / ds.spec.name / "tuned", s,
+                              register=s.tracking and not no_register)
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
+    console.print(f"study {result.study_name} ({result.storage}): {result.n_complete} complete, "
+                  f"{result.n_pruned} pruned; best CV macro-F1 {result.best_value:.3f}")
+    console.print(f"best: {result.best_params}")
+    console.print(f"winner bundle: {result.bundle_path}" +
+                  (f", registered {result.registered}" if result.registered else ""))
+
+
 def bench_models(
     variant: Annotated[list[str], typer.Option(help="NAME=BUNDLE_PATH, repeat for every variant")],
     baseline: Annotated[str | None, typer.Option(help="variant the ratios are to "
@@ -215,4 +282,5 @@ def write_doc_table(doc: Path, marker: str, command: str, table: str) -> None:
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.add_typer(optimize_app, name="optimize")
+    app.command("tune")(tune)
     bench_app.command("models")(bench_models)

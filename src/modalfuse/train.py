@@ -37,6 +37,8 @@ class TrainConfig(BaseModel):
     use_image_stats: bool = True
     num_boost_round: int = Field(default=300, ge=1)
     learning_rate: float = Field(default=0.05, gt=0, le=1)
+    gbm_params: dict[str, float | int] = Field(default_factory=dict,
+                                               description="more LightGBM parameters (HPO)")
     class_weight: str | None = "balanced"
     min_category_count: int = Field(default=2, ge=1)
     seed: int = 42
@@ -76,7 +78,7 @@ def fit_fold(ds: Dataset, raw: RawData, train_idx: np.ndarray, cfg: TrainConfig,
     pre.fit(raw.frame.iloc[train_idx].reset_index(drop=True))
     batch = features(pre, raw, train_idx)
     model = GBMModel(use_image_stats=cfg.use_image_stats, num_boost_round=cfg.num_boost_round,
-                     params={"learning_rate": cfg.learning_rate}, seed=cfg.seed,
+                     params={"learning_rate": cfg.learning_rate, **cfg.gbm_params}, seed=cfg.seed,
                      class_weight=cfg.class_weight)
     names = pre.tabular_names + (pre.image_stat_names if cfg.use_image_stats else [])
     model.fit(batch, raw.y[train_idx], n_classes, feature_names=_safe_names(names))

@@ -1,0 +1,231 @@
+"""HPO / AutoML with Optuna: model family and hyperparameters chosen on the grouped CV folds of
+the training split only; poor trials pruned fold by fold; the study kept in an RDB storage.
+
+Tuning reads a copy of the dataset cut to its training split (`select.training_only`), so
+the test split is never even loaded. Every trial is a nested MLflow run under one parent
+run; the winner is retrained on the whole training part by `train`, bundled and registered
+(it becomes `challenger` when a champion exists).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modalfuse.config import Settings
+from modalfuse.data.dataset import Dataset
+from modalfuse.data.split import Splits
+from modalfuse.evaluate import classification_metrics
+from modalfuse.select import training_only
+from modalfuse.train import TrainConfig
+
+FAMILIES = ("gbm", "gbm_tabular", "intermediate")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1.5h' or plain seconds -> seconds."""
+    m = _DURATION.match(str(text))
+    if not m or float(m[1]) <= 0:
+        raise ValueError(f"time budget {text!r} is not a positive duration like 90s, 10m or 1h")
+    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
+
+
+def default_storage(settings: Settings) -> str:
+    return f"sqlite:///{(settings.data_dir / 'optuna' / 'studies.db').resolve()}"
+
+
+def suggest_config(trial: Any, families: tuple[str, ...], base: TrainConfig) -> TrainConfig:
+    """The trial's model family and hyperparameters (a define-by-run, conditional space)."""
+    family = trial.suggest_categorical("family", list(families))
+    if family in ("gbm", "gbm_tabular"):
+        return base.model_copy(update={
+            "model": "gbm", "use_image_stats": family == "gbm",
+            "num_boost_round": trial.suggest_int("num_boost_round", 100, 500, step=50),
+            "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
+            "gbm_params": {
+                "num_leaves": trial.suggest_int("num_leaves", 7, 63, log=True),
+                "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 3, 30, log=True),
+                "feature_fraction": trial.suggest_float("feature_fraction", 0.3, 1.0),
+                "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
+            }})
+    if family == "intermediate":
+        net = base.net.model_copy(update={
+            "lr": trial.suggest_float("net_lr", 1e-3, 1e-2, log=True),
+            "width": trial.suggest_categorical("net_width", [8, 16]),
+            "dropout": trial.suggest_float("net_dropout", 0.0, 0.5),
+            "epochs": trial.suggest_int("net_epochs", max(1, base.net.epochs // 2), base.net.epochs),
+        })
+        return base.model_copy(update={"model": "intermediate", "net": net})
+    raise ValueError(f"unknown model family {family!r}; choose from {list(FAMILIES)}")
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    storage: str
+    best_value: float
+    best_params: dict[str, Any]
+    best_config: TrainConfig
+    n_complete: int
+    n_pruned: int
+    parent_run_id: str | None
+    ids_seen: set = field(default_factory=set)  # every row id a trial fitted or scored on
+    bundle_path: Path | None = None
+    registered: str | None = None
+
+
+class FoldScorer:
+    """Scores a TrainConfig fold by fold on the training-only data; records the ids it reads."""
+
+    def __init__(self, ds: Dataset, splits: Splits):
+        from modalfuse.train import load_raw
+
+        self.ds, self.splits = training_only(ds, splits), splits
+        self.labels = sorted(self.ds.table[ds.spec.target].unique())
+        self.raw = load_raw(self.ds, self.labels)
+        self.folds = splits.folds()
+        self.ids_seen: set = set()
+
+    def scores(self, cfg: TrainConfig):
+        """Yield (fold, macro-F1) as each fold finishes, so poor trials can stop early."""
+        from modalfuse.train import features, fit_fold
+
+        fitter = None
+        if cfg.model != "gbm":
+            from modalfuse.fusion import CrossFitter
+
+            fitter = CrossFitter(self.ds, self.splits, cfg, self.labels, raw=self.raw)
+        for k, (tr_ids, va_ids) in enumerate(self.folds):
+            self.ids_seen.update(tr_ids.tolist())
+            self.ids_seen.update(va_ids.tolist())
+            tr, va = self.raw.rows(tr_ids), self.raw.rows(va_ids)
+            if fitter is None:
+                pre, model = fit_fold(self.ds, self.raw, tr, cfg, len(self.labels))
+                p = model.predict_proba(features(pre, self.raw, va))
+            else:
+                held = frozenset({fitter.folds[k]})
+                p = fitter.fit(cfg.model, held).predict_proba(fitter.batch(held, va))
+            yield k, classification_metrics(p, self.raw.y[va], self.labels)["macro_f1"]
+
+
+def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | None = 600.0,
+         n_trials: int | None = None, families: tuple[str, ...] = ("gbm", "gbm_tabular"),
+         storage: str | None = None, study_name: str | None = None, seed: int = 42,
+         base: TrainConfig | None = None, track: bool = True) -> tuple[TuneResult, Any]:
+    """Run (or join) a study; returns its result and the Optuna study."""
+    import optuna
+    from rich.console import Console
+
+    bad = sorted(set(families) - set(FAMILIES))
+    if bad or not families:
+        raise ValueError(f"unknown model families {bad or families}; choose from {list(FAMILIES)}")
+    if time_budget is None and n_trials is None:
+        raise ValueError("give a time budget or a number of trials, or the study never ends")
+    base = base or TrainConfig(seed=seed)
+    storage = storage or default_storage(settings)
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    study_name = study_name or f"{ds.spec.name}-{'-'.join(families)}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name, storage=optuna.storages.RDBStorage(storage), direction="maximize",
+        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed),
+        # Compare a trial's running CV mean with other trials' at the same fold, from fold 2 on.
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    scorer = FoldScorer(ds, splits)
+    console = Console()
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = suggest_config(trial, families, base)
+        if not track:
+            return _run_trial(trial, cfg, scorer)
+        import mlflow
+
+        from modalfuse.tracking import trial_run
+
+        with trial_run(trial.params, run_name=f"{study_name}-trial-{trial.number}") as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            try:
+                value = _run_trial(trial, cfg, scorer)
+            except optuna.TrialPruned:
+                mlflow.set_tag("optuna.state", "PRUNED")
+                pruned = True
+            else:
+                mlflow.set_tag("optuna.state", "COMPLETE")
+                mlflow.log_metric("cv_macro_f1_mean", value)
+                pruned = False
+        if pruned:
+            raise optuna.TrialPruned()
+        console.print(f"trial {trial.number}: {trial.params.get('family')} CV macro-F1 {value:.3f}")
+        return value
+
+    parent_id = None
+    started = time.perf_counter()
+    if track:
+        import mlflow
+
+        from modalfuse.tracking import training_run
+
+        with training_run(settings, ds.spec.name, run_name=f"tune-{study_name}",
+                          tags={"modalfuse.tune.study": study_name, "modalfuse.tune.storage":
+                                _redact(storage)}) as parent:
+            parent_id = parent.info.run_id
+            study.optimize(objective, n_trials=n_trials, timeout=time_budget)
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if done:
+                mlflow.log_metric("best_cv_macro_f1", study.best_value)
+                mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
+    else:
+        study.optimize(objective, n_trials=n_trials, timeout=time_budget)
+    states = [t.state for t in study.trials]
+    if optuna.trial.TrialState.COMPLETE not in states:
+        raise RuntimeError(f"no trial of study {study_name!r} completed in the budget "
+                           f"({time.perf_counter() - started:.0f}s); give it more time")
+    best = study.best_trial
+    result = TuneResult(study_name, _redact(storage), float(study.best_value), dict(best.params),
+                        suggest_config(optuna.trial.FixedTrial(best.params), families, base),
+                        states.count(optuna.trial.TrialState.COMPLETE),
+                        states.count(optuna.trial.TrialState.PRUNED), parent_id, scorer.ids_seen)
+    return result, study
+
+
+def _run_trial(trial: Any, cfg: TrainConfig, scorer: FoldScorer) -> float:
+    import mlflow
+    import optuna
+
+    scores: list[float] = []
+    for k, f1 in scorer.scores(cfg):
+        scores.append(f1)
+        if mlflow.active_run() is not None:
+            mlflow.log_metric("cv_fold_macro_f1", f1, step=k)
+        trial.report(float(np.mean(scores)), step=k)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return float(np.mean(scores))
+
+
+def _redact(url: str) -> str:
+    # A PostgreSQL URL may carry a password; never log it.
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def train_winner(result: TuneResult, ds: Dataset, splits: Splits, out: Path, settings: Settings,
+                 register: bool = True) -> TuneResult:
+    """Retrain the best configuration on the whole training part, bundle it, register it."""
+    from modalfuse.train import train
+
+    cfg = result.best_config.model_copy(update={"cv": True})
+    bundle = train(ds, splits, out, cfg)
+    result.bundle_path = bundle.path
+    if register:
+        from modalfuse.tracking import log_training
+
+        tracked = log_training(bundle, ds, splits, settings, run_name=f"tune-winner-{result.study_name}")
+        result.registered = f"{tracked.registered_name} v{tracked.registered_version} @{tracked.alias}"
+    return result
