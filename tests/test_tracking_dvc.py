@@ -55,7 +55,7 @@ def pipeline_repo(fixture_dataset, tmp_path_factory) -> tuple[Path, dict]:
                       "--group-column family_id --spec data/build/cache/spec.json"),
         },
         "split": {"seed": 0, "test_size": 0.2, "folds": 2},
-        "train": {"rounds": 5, "seed": 0},
+        "train": {"model": "gbm", "rounds": 5, "seed": 0},
     })
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -80,7 +80,8 @@ def test_dvc_repro_runs_all_then_nothing_then_only_dependents(pipeline_repo):
     metrics = json.loads((d / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.3
     lock = yaml.safe_load((d / "dvc.lock").read_text())["stages"]
-    assert lock["train"]["params"]["params.yaml"]["train"] == {"rounds": 5, "seed": 0}
+    assert lock["train"]["params"]["params.yaml"]["train"] == {"model": "gbm", "rounds": 5,
+                                                               "seed": 0}
 
     # An unchanged tree: nothing runs.
     again = run([dvc, "repro"], d, env)

@@ -132,8 +132,9 @@ def test_training_run_registers_into_server(registry, fixture_dataset):
             for a in ("--exclude-field", f.name)]
     # The CLI reads the dataset from the session data dir; the server gets the run.
     env = {"MODALFUSE_DATA_DIR": str(fixture_dataset.root.parent.parent)}
-    res = CliRunner().invoke(app, ["train", "--out", str(registry["out"] / "weak"), "--rounds",
-                                   "5", "--no-cv", "--no-image-stats", "--seed", "0", *excl],
+    res = CliRunner().invoke(app, ["train", "--out", str(registry["out"] / "weak"), "--model",
+                                   "gbm", "--rounds", "5", "--no-cv", "--no-image-stats",
+                                   "--seed", "0", *excl],
                              env=env)
     assert res.exit_code == 0, res.output
     assert "registered" in res.output and "champion" in res.output, res.output
