@@ -221,6 +221,24 @@ def tune(
                   (f", registered {result.registered}" if result.registered else ""))
 
 
+@optimize_app.command("study")
+def study(
+    study_name: Annotated[str, typer.Option(help="the study to show")],
+    storage: Annotated[str | None, typer.Option(help="Optuna RDB URL (default: sqlite under the "
+                                                     "data dir)")] = None,
+    doc: Annotated[Path | None, typer.Option(help="also write the table into this markdown doc")] = None,
+) -> None:
+    """Show the trials of a (possibly shared, still running) tuning study."""
+    from modalfuse.config import Settings
+    from modalfuse.tune import default_storage, study_markdown
+
+    md = study_markdown(storage or default_storage(Settings()), study_name)
+    console.print(md)
+    if doc is not None:
+        write_doc_table(doc, "tune", f"modalfuse optimize study --study-name {study_name}", md)
+        console.print(f"[green]updated[/] {doc}")
+
+
 def bench_models(
     variant: Annotated[list[str], typer.Option(help="NAME=BUNDLE_PATH, repeat for every variant")],
     baseline: Annotated[str | None, typer.Option(help="variant the ratios are to "

@@ -229,3 +229,27 @@ def train_winner(result: TuneResult, ds: Dataset, splits: Splits, out: Path, set
         tracked = log_training(bundle, ds, splits, settings, run_name=f"tune-winner-{result.study_name}")
         result.registered = f"{tracked.registered_name} v{tracked.registered_version} @{tracked.alias}"
     return result
+
+
+def study_markdown(storage: str, study_name: str) -> str:
+    """A study's trials as a markdown table: family, state, CV macro-F1, folds scored, params."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    states = [t.state.name for t in trials]
+    lines = [f"Study `{study_name}`: {len(trials)} trials, {states.count('COMPLETE')} complete, "
+             f"{states.count('PRUNED')} pruned (median pruner on the running per-fold CV mean).",
+             "", "| trial | family | state | CV macro-F1 | folds scored | parameters |",
+             "|---|---|---|---|---|---|"]
+    best = study.best_trial.number if "COMPLETE" in states else None
+    for t in trials:
+        value = t.value if t.value is not None else (
+            list(t.intermediate_values.values())[-1] if t.intermediate_values else None)
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in t.params.items() if k != "family")
+        mark = " **best**" if t.number == best else ""
+        lines.append(f"| {t.number}{mark} | {t.params.get('family')} | {t.state.name} | "
+                     f"{'-' if value is None else f'{value:.3f}'} | {len(t.intermediate_values)} | "
+                     f"{params} |")
+    return "\n".join(lines) + "\n"
