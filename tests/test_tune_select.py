@@ -26,7 +26,7 @@ def test_tune_uses_training_folds_only_and_nests_trials(fixture_dataset, fixture
     from modalfuse.config import Settings
     from modalfuse.data.dataset import Dataset
     from modalfuse.tracking import get_client
-    from modalfuse.tune import default_storage, train_winner, tune
+    from modalfuse.tune import default_storage, study_markdown, train_winner, tune
 
     read: list[str] = []
     original = Dataset.image_bytes
@@ -40,6 +40,7 @@ def test_tune_uses_training_folds_only_and_nests_trials(fixture_dataset, fixture
     storage = default_storage(settings)
     assert storage.startswith("sqlite:///") and (settings.data_dir / "optuna" / "studies.db").is_file()
     assert len(optuna.load_study(study_name="test-study", storage=storage).trials) == 3
+    assert "3 trials" in study_markdown(storage, "test-study")
     assert result.n_complete + result.n_pruned == 3 and result.n_complete >= 1
     # Test split never read: not one of its images was opened, and no trial fitted or scored it.
     table = fixture_dataset.table.set_index("id")

@@ -240,7 +240,8 @@ def study(
 
 
 def bench_models(
-    variant: Annotated[list[str], typer.Option(help="NAME=BUNDLE_PATH, repeat for every variant")],
+    variant: Annotated[list[str], typer.Option(help="NAME=BUNDLE_PATH, repeat for every variant "
+                                                    "(relative paths: under <data>/models)")],
     baseline: Annotated[str | None, typer.Option(help="variant the ratios are to "
                                                       "(default: the first)")] = None,
     versus: Annotated[list[str] | None, typer.Option(help="A=B: also compare variant A to B "
@@ -261,7 +262,9 @@ def bench_models(
 
     s, ds, splits = _data(dataset)
     try:
-        variants = [parse_variant(v) for v in variant]
+        # A relative path that is not there is read under the models folder (docs stay portable).
+        variants = [(n, p if p.exists() or p.is_absolute() else s.models_dir / p)
+                    for n, p in map(parse_variant, variant)]
         pairs = [tuple(v.split("=", 1)) for v in versus or []]
         if any(len(p) != 2 for p in pairs):
             raise ValueError(f"--versus takes A=B, got {versus}")
