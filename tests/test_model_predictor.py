@@ -130,8 +130,24 @@ def test_incompatible_bundle_is_refused(fixture_bundle, tmp_path):
         load_bundle(tmp_path / "nowhere")
 
 
-def test_parity_across_every_inference_path(predictor, fixture_dataset, fixture_splits, tmp_path):
-    """Evaluation, CLI batch, HTTP single and HTTP batch give the same probabilities."""
+@pytest.fixture(scope="module")
+def fused_predictor(fixture_dataset, fixture_splits, tmp_path_factory):
+    """A stacked bundle (two LightGBMs + a tiny CNN served by ONNX Runtime)."""
+    from modalfuse.predict import Predictor
+    from modalfuse.train import TrainConfig, train
+
+    tiny = {"image_size": 16, "width": 4, "embed_dim": 8, "epochs": 1, "views_per_epoch": 1}
+    cfg = TrainConfig(model="stacking", seed=0, num_boost_round=15, cv=False, net=tiny)
+    out = tmp_path_factory.mktemp("fused") / "stacking"
+    return Predictor(train(fixture_dataset, fixture_splits, out, cfg, evaluate_test=False))
+
+
+@pytest.mark.parametrize("which", ["predictor", "fused_predictor"])
+def test_parity_across_every_inference_path(which, request, fixture_dataset, fixture_splits,
+                                            tmp_path):
+    """Evaluation, CLI batch, HTTP single and HTTP batch give the same probabilities
+    (for the LightGBM bundle and for a fused bundle whose CNN runs in ONNX Runtime)."""
+    predictor = request.getfixturevalue(which)
     ids = fixture_splits.ids("test")
     rows = _rows(fixture_dataset, ids)
     spec = fixture_dataset.spec

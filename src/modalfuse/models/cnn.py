@@ -140,8 +140,9 @@ def fit_network(net: nn.Module, images: TrainingImages, tabular: np.ndarray | No
     # Re-draw the initial weights from the seed: the result depends on `seed` alone, not on
     # whatever the global generator did before the network was built.
     for module in net.modules():
-        if module is not net and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if module is not net and callable(reset):
+            reset()
     device = resolve_device(cfg.device)
     if cfg.checkpoint is not None:
         state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
