@@ -318,8 +318,29 @@ def example(
     typer.echo(json.dumps(body))
 
 
-report_app = typer.Typer(help="Regenerate the measured documents under docs/.", no_args_is_help=True)
+report_app = typer.Typer(help="Regenerate the measured documents under docs/ (no subcommand: build).")
 app.add_typer(report_app, name="report")
+
+
+@report_app.callback(invoke_without_command=True)
+def report_default(ctx: typer.Context) -> None:
+    """`modalfuse report` alone rebuilds docs/report.md's tables."""
+    if ctx.invoked_subcommand is None:
+        report_build()
+
+
+@report_app.command("build")
+def report_build(
+    path: Annotated[Path, typer.Option(help="the report to refresh")] = Path("docs/report.md"),
+    dataset: DatasetOpt = "pokemon",
+) -> None:
+    """Rewrite every generated table of the report from the latest measured outputs."""
+    from modalfuse.report import Sources, build_report
+
+    if not path.exists():
+        _fail(f"{path} not found; run from the repository root or pass --path")
+    done = build_report(path, Sources(_settings(), path.parent, dataset))
+    console.print(f"[green]refreshed[/] {len(done)} tables in {path}: {', '.join(done)}")
 
 
 @report_app.command("decisions")

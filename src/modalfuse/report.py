@@ -1,0 +1,152 @@
+"""Regenerate the tables of docs/report.md from the latest evaluation and benchmark outputs.
+
+The report's prose is written by people; every table sits between
+`<!-- BEGIN table:NAME -->` and `<!-- END table:NAME -->` and is rewritten by
+`modalfuse report build` from the JSON that a project command produced. A table whose
+source is missing says which command makes it, instead of showing a stale number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from modalfuse.config import Settings
+
+TableFn = Callable[["Sources"], str]
+TABLES: dict[str, tuple[str, TableFn]] = {}  # name -> (command that makes the source, renderer)
+
+
+class MissingSource(FileNotFoundError):
+    """The JSON a table is made from has not been produced yet."""
+
+
+class Sources:
+    """Where the measured outputs live: the data folder first, then committed copies in docs/."""
+
+    def __init__(self, settings: Settings, docs: Path, dataset: str = "pokemon"):
+        self.settings, self.docs, self.dataset = settings, docs, dataset
+
+    def json(self, *candidates: Path) -> dict:
+        for p in candidates:
+            if p.exists():
+                return json.loads(p.read_text())
+        raise MissingSource(", ".join(str(c) for c in candidates))
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.settings.dataset_dir(self.dataset)
+
+    @property
+    def bench_dir(self) -> Path:
+        return self.settings.reports_dir / "bench"
+
+
+def table(name: str, command: str) -> Callable[[TableFn], TableFn]:
+    def deco(fn: TableFn) -> TableFn:
+        TABLES[name] = (command, fn)
+        return fn
+
+    return deco
+
+
+def md_table(header: list[str], rows: list[list[object]]) -> str:
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _mean_sd(d: dict | None) -> str:
+    return f"{d['mean']:.3f} ± {d['sd']:.3f}" if d else "-"
+
+
+@table("dataset", "modalfuse data build")
+def _dataset(src: Sources) -> str:
+    m = src.json(src.dataset_dir / "manifest.json")
+    classes = sorted(m["classes"].items(), key=lambda kv: -kv[1])
+    rows = [["dataset version", m["version"]], ["rows (species)", m["rows"]],
+            ["image files (front + views)", m["images"]], ["classes", len(classes)],
+            ["largest / smallest class", f"{classes[0][0]} {classes[0][1]} / "
+                                         f"{classes[-1][0]} {classes[-1][1]}"]]
+    rows += [[f"source: {k}", v] for k, v in m.get("sources", {}).items()]
+    return md_table(["fact", "value"], rows)
+
+
+@table("split_audit", "modalfuse data split")
+def _split(src: Sources) -> str:
+    a = src.json(src.dataset_dir / "split_audit.json")
+    rows: list[list[object]] = [[s, v["rows"], v["groups"]] for s, v in a["per_split"].items()]
+    out = md_table(["split", "rows", "groups (families)"], rows)
+    checks = [[c["name"], "yes" if c["blocking"] else "no", "pass" if c["passed"] else "FAIL",
+               ", ".join(f"{k}={v}" for k, v in c["summary"].items()
+                         if isinstance(v, int | float) and not isinstance(v, bool))]
+              for c in a["checks"]]
+    return out + "\n\n" + md_table(["check", "blocking", "result", "numbers"], checks)
+
+
+@table("decisions", "modalfuse report decisions")
+def _decisions(src: Sources) -> str:
+    m = src.json(src.docs / "decisions.json")
+    rows = [[k, _mean_sd(v["cv_acc"]), _mean_sd(v["cv_f1"]), v["test_acc"], v["test_f1"]]
+            for k, v in m["variants"].items()]
+    return md_table(["variant (LightGBM)", "grouped-CV acc", "grouped-CV macro-F1", "test acc",
+                     "test macro-F1"], rows)
+
+
+def _records_table(data: dict | list, prefer: list[str] | None = None) -> str:
+    """A list of flat dicts (or {"rows": [...]}) as a markdown table."""
+    rows = data.get("rows", data.get("results", data)) if isinstance(data, dict) else data
+    if isinstance(rows, dict):
+        rows = [{"name": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in rows.items()]
+    if not rows:
+        return "_no rows_"
+    keys: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in keys and not isinstance(v, dict | list):
+                keys.append(k)
+    if prefer:
+        keys = [k for k in prefer if k in keys] + [k for k in keys if k not in prefer]
+    return md_table(keys, [[r.get(k, "") for k in keys] for r in rows])
+
+
+@table("batch_bench", "modalfuse bench batch")
+def _batch(src: Sources) -> str:
+    return _records_table(src.json(src.bench_dir / "bench_batch.json",
+                                   src.docs / "results" / "bench_batch.json"))
+
+
+def render(src: Sources, name: str) -> str:
+    command, fn = TABLES[name]
+    try:
+        body = fn(src)
+    except MissingSource as e:
+        return f"_Not measured yet: run `{command}` (looked for {e})._"
+    return f"{body}\n\n<sub>Produced by `{command}`; refreshed by `modalfuse report build`.</sub>"
+
+
+BLOCK = re.compile(r"(<!-- BEGIN table:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- END table:(?P=name) -->)",
+                   re.DOTALL)
+
+
+def build_report(path: Path, src: Sources) -> list[str]:
+    """Rewrite every table block of `path`; return the names of the tables refreshed."""
+    text = path.read_text()
+    done: list[str] = []
+
+    def sub(m: re.Match) -> str:
+        name = m["name"]
+        if name not in TABLES:
+            return m.group(0)
+        done.append(name)
+        return f"{m.group(1)}{render(src, name)}\n{m.group(4)}"
+
+    path.write_text(BLOCK.sub(sub, text))
+    return done
