@@ -158,3 +158,18 @@ def test_a_job_needs_exactly_one_table_and_one_image_source(client, fixture_data
     assert r.status_code == 422 and "images" in r.json()["detail"][0]["msg"]
     r = client.post("/v1/jobs", headers=AUTH, files={"images": ("i.zip", images)})
     assert r.status_code == 422 and "table" in r.json()["detail"][0]["msg"]
+
+
+def test_production_settings_refuse_a_missing_key_and_keyless_servers_close_jobs(predictor,
+                                                                                 tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="MODALFUSE_API_KEY"):
+        Settings(environment="production", api_key="")
+    with pytest.raises(ValidationError, match="16 characters"):
+        Settings(environment="production", api_key="short")
+    app = create_app(Settings(data_dir=tmp_path, api_key=""), predictor=predictor)
+    with TestClient(app) as c:
+        r = c.get("/v1/jobs/" + "0" * 32, headers=AUTH)
+        assert r.status_code == 403 and "MODALFUSE_API_KEY" in r.json()["detail"]
+        assert c.get("/v1/monitoring/drift", headers=AUTH).status_code == 403
