@@ -20,6 +20,7 @@ from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
 from modalfuse.evaluate import classification_metrics
 from modalfuse.features.preprocess import FeatureBatch
+from modalfuse.models.neural import net_feeds
 from modalfuse.optimize import file_size, onnx_parts
 from modalfuse.predict import Predictor, table_records
 
@@ -33,6 +34,8 @@ class Variant:
     model_single: list[float] = field(default_factory=list)  # seconds per batch-1 model call
     batch_seconds: float = 0.0
     batch_rows: int = 0
+    model_batch_seconds: float = 0.0
+    net_single: list[float] = field(default_factory=list)  # ONNX Runtime alone, batch 1
 
 
 def parse_variant(text: str) -> tuple[str, Path]:
@@ -46,6 +49,14 @@ def _prepared(predictor: Predictor, record: dict[str, Any], image: bytes) -> Fea
     batch = predictor.prepare([record], [image]).batch
     if batch is None:
         raise ValueError("a test row failed to prepare")
+    return batch
+
+
+def _prepared_many(predictor: Predictor, records: list[dict[str, Any]], images: list[bytes]
+                   ) -> FeatureBatch:
+    batch = predictor.prepare(records, images).batch
+    if batch is None:
+        raise ValueError("test rows failed to prepare")
     return batch
 
 
@@ -89,6 +100,15 @@ def bench_models(variants: list[tuple[str, Path]], ds: Dataset, splits: Splits,
                         "onnx_parts": [p for p, _ in onnx_parts(bundle.model)]}
     single_prepared = [[_prepared(v.predictor, r, im) for r, im in zip(records, images, strict=True)]
                        for v in vs]
+    # The networks' own latency: ONNX Runtime on ready input arrays, no feature code around it.
+    net_feeds_1 = {v.name: [[(part, net_feeds(fb, part.inputs, part.image_size))
+                             for _, part in onnx_parts(v.predictor.bundle.model)] for fb in prepared]
+                   for v, prepared in zip(vs, single_prepared, strict=True)
+                   if list(onnx_parts(v.predictor.bundle.model))}
+    for v in vs:
+        net_feeds_1.setdefault(v.name, [])
+    batches = {v.name: [_prepared_many(v.predictor, records[i:i + batch], images[i:i + batch])
+                        for i in range(0, len(records) - batch + 1, batch)] for v in vs}
     with Progress(transient=True) as progress:
         task = progress.add_task("timing variants", total=rounds * len(vs))
         for _ in range(rounds):
@@ -99,19 +119,31 @@ def bench_models(variants: list[tuple[str, Path]], ds: Dataset, splits: Splits,
                     v.predictor.predict_proba([r], [im])
                     t1 = time.perf_counter()
                     model.predict_proba(fb)
-                    v.model_single += [time.perf_counter() - t1]
+                    v.model_single.append(time.perf_counter() - t1)
                     v.single.append(t1 - t0)
+                for feeds in net_feeds_1[v.name]:
+                    t0 = time.perf_counter()
+                    for part, f in feeds:
+                        part.session.run(part.outputs, f)
+                    v.net_single.append(time.perf_counter() - t0)
                 for i in range(0, len(records) - batch + 1, batch):
                     t0 = time.perf_counter()
                     v.predictor.predict_proba(records[i:i + batch], images[i:i + batch])
                     v.batch_seconds += time.perf_counter() - t0
                     v.batch_rows += batch
+                    fb = batches[v.name][i // batch]
+                    t0 = time.perf_counter()
+                    model.predict_proba(fb)
+                    v.model_batch_seconds += time.perf_counter() - t0
                 progress.advance(task)
     for v in vs:
         rows[v.name].update({
             "p50_ms": _pct(v.single, 50), "p99_ms": _pct(v.single, 99),
             "model_p50_ms": _pct(v.model_single, 50), "model_p99_ms": _pct(v.model_single, 99),
+            "net_p50_ms": _pct(v.net_single, 50) if v.net_single else None,
             "throughput_rps": v.batch_rows / v.batch_seconds if v.batch_seconds else float("nan"),
+            "model_throughput_rps": (v.batch_rows / v.model_batch_seconds if v.model_batch_seconds
+                                     else float("nan")),
         })
     base = rows[baseline]
     for r in rows.values():
@@ -128,7 +160,10 @@ def _ratios(r: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     return {"macro_f1_delta_pts": 100 * (r["macro_f1"] - base["macro_f1"]),
             "speedup_p50": base["p50_ms"] / r["p50_ms"],
             "model_speedup_p50": base["model_p50_ms"] / r["model_p50_ms"],
+            "net_speedup_p50": (base["net_p50_ms"] / r["net_p50_ms"]
+                                if r["net_p50_ms"] and base["net_p50_ms"] else None),
             "throughput_ratio": r["throughput_rps"] / base["throughput_rps"],
+            "model_throughput_ratio": r["model_throughput_rps"] / base["model_throughput_rps"],
             "size_ratio": r["size_bytes"] / base["size_bytes"]}
 
 
@@ -136,12 +171,16 @@ COLUMNS = [("variant", "variant", "{}"), ("how", "how", "{}"), ("accuracy", "acc
            ("macro_f1", "macro-F1", "{:.3f}"), ("macro_f1_delta_pts", "ΔF1 (pts)", "{:+.1f}"),
            ("ece", "ECE", "{:.3f}"), ("p50_ms", "p50 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
            ("speedup_p50", "× p50", "{:.2f}"), ("model_p50_ms", "model p50 ms", "{:.3f}"),
-           ("model_speedup_p50", "× model", "{:.2f}"), ("throughput_rps", "rows/s @64", "{:.0f}"),
-           ("throughput_ratio", "× rows/s", "{:.2f}"), ("size_bytes", "size KiB", "{}"),
+           ("model_speedup_p50", "× model", "{:.2f}"), ("net_p50_ms", "ONNX p50 ms", "{:.3f}"),
+           ("net_speedup_p50", "× ONNX", "{:.2f}"), ("throughput_rps", "rows/s @64", "{:.0f}"),
+           ("throughput_ratio", "× rows/s", "{:.2f}"), ("model_throughput_rps", "model rows/s @64", "{:.0f}"),
+           ("model_throughput_ratio", "× model rows/s", "{:.2f}"), ("size_bytes", "size KiB", "{}"),
            ("size_ratio", "× size", "{:.2f}")]
 
 
 def _cell(key: str, fmt: str, value: Any) -> str:
+    if value is None:
+        return "-"
     if key == "size_bytes":
         return f"{value / 1024:.0f}"
     return fmt.format(value)
