@@ -33,6 +33,7 @@ if [ ! -s "$TARBALL" ]; then
     # Smaller image: apt lists, docs and locales are not needed at run time.
     rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/* "$ROOT"/usr/share/doc/* \
            "$ROOT"/usr/share/man/* "$ROOT"/usr/share/locale/* "$ROOT"/usr/share/info/*
+    chmod 0755 "$ROOT"  # mktemp made it 0700; it becomes the image's /
     tar --numeric-owner -C "$ROOT" -cf "$TARBALL.tmp" .
     mv "$TARBALL.tmp" "$TARBALL"
 fi
