@@ -20,7 +20,7 @@ from modalfuse.bundle import ModelBundle, load_bundle
 from modalfuse.config import DatasetSpec
 from modalfuse.features.image import ImageError, normalize_image
 from modalfuse.features.preprocess import FeatureBatch
-from modalfuse.features.tabular import RecordError, parse_record, records_frame
+from modalfuse.features.tabular import RecordError, parse_record, records_columns
 
 
 class PredictionInputError(ValueError):
@@ -106,7 +106,7 @@ class Predictor:
             valid.append(i)
         if not valid:
             return Prepared(valid, None, errors)
-        frame = records_frame(self.spec, parsed)
+        frame = records_columns(self.spec, parsed)
         batch = self.bundle.preprocessor.transform(frame, np.stack(pixels))
         return Prepared(valid, batch, errors)
 

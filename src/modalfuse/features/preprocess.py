@@ -14,7 +14,7 @@ import pandas as pd
 
 from modalfuse.config import DatasetSpec
 from modalfuse.features.image import IMAGE_FEATURE_NAMES, image_features
-from modalfuse.features.tabular import TabularEncoder
+from modalfuse.features.tabular import RecordColumns, TabularEncoder
 
 
 @dataclass
@@ -56,12 +56,13 @@ class Preprocessor:
     def image_stat_names(self) -> list[str]:
         return list(IMAGE_FEATURE_NAMES)
 
-    def transform(self, frame: pd.DataFrame, images: np.ndarray) -> FeatureBatch:
+    def transform(self, frame: pd.DataFrame | RecordColumns, images: np.ndarray) -> FeatureBatch:
         stats = (np.stack([image_features(im) for im in images]) if len(images)
                  else np.zeros((0, len(IMAGE_FEATURE_NAMES))))
+        raw, dense = self.tabular_.transform_both(frame)
         return FeatureBatch(
-            tabular=self.tabular_.transform(frame).astype(np.float64),
-            tabular_dense=self.tabular_.transform_dense(frame).astype(np.float32),
+            tabular=raw.astype(np.float64),
+            tabular_dense=dense.astype(np.float32),
             image_stats=stats.astype(np.float64),
             images=images,
         )
