@@ -146,3 +146,20 @@ def test_bench_models_measures_every_variant_against_the_baseline(variants, fixt
     assert "pruned50" in md.read_text() and j.is_file()
     with pytest.raises(ValueError, match="baseline"):
         bench_models([("a", variants["fp32"].path)], fixture_dataset, fixture_splits, baseline="b")
+
+
+def test_quantized_bundle_is_served_by_the_api_unchanged(variants, fixture_dataset, fixture_splits,
+                                                         tmp_path):
+    from fastapi.testclient import TestClient
+
+    from modalfuse.config import Settings
+    from modalfuse.optimize.quantize import quantize_bundle
+    from modalfuse.predict import Predictor
+    from modalfuse.serve.app import create_app
+
+    q = quantize_bundle(variants["fp32"], fixture_dataset, fixture_splits, tmp_path / "q",
+                        calibration_rows=20)
+    client = TestClient(create_app(Settings(), predictor=Predictor.from_path(q.path)))
+    r = client.post("/v1/predict", json=q.meta["example"])
+    assert r.status_code == 200, r.text
+    assert r.json()["model_version"] == q.model_version
