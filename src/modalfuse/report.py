@@ -119,8 +119,21 @@ def _records_table(data: dict | list, prefer: list[str] | None = None) -> str:
 
 @table("batch_bench", "modalfuse bench batch")
 def _batch(src: Sources) -> str:
-    return _records_table(src.json(src.bench_dir / "bench_batch.json",
-                                   src.docs / "results" / "bench_batch.json"))
+    b = src.json(src.bench_dir / "bench_batch.json", src.docs / "results" / "bench_batch.json")
+    rows = [[name.replace("_", " "), e["rows_per_s"], e["ratio_to_limit"]]
+            for name, e in b["engines"].items()]
+    head = (f"`{b['command']}`, {b['rows']} rows, model `{b['model_version']}`, "
+            f"1-min load average {b['machine'].get('load_avg_1m', float('nan')):.1f}\n\n")
+    return head + md_table(["engine", "rows/s", "× the in-process Predictor"], rows)
+
+
+@table("serve_bench", "modalfuse bench serve")
+def _serve(src: Sources) -> str:
+    b = src.json(src.docs / "benchmarks" / "serve.json")
+    rows = [[r["target"], r["concurrency"], r["errors"], r["p50_ms"], r["p99_ms"],
+             r["throughput_rps"]] for r in b["results"]]
+    return (f"model `{b['model_version']}`\n\n"
+            + md_table(["target", "concurrency", "errors", "p50 ms", "p99 ms", "req/s"], rows))
 
 
 def render(src: Sources, name: str) -> str:
