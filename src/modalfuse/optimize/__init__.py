@@ -60,8 +60,10 @@ def derive_bundle(source: ModelBundle, model: Model, out: Path, how: dict[str, A
     training = {**meta.get("training", {}), "optimized": {"from": source.model_version, **how}}
     save_bundle(out, source.spec, source.preprocessor, model, source.labels,
                          dataset=meta.get("dataset", {}), metrics={}, training=training)
-    if "example" in meta:
-        update_bundle_meta(out, example=meta["example"])
+    # The request example is added after saving; read it from disk, not a stale in-memory meta.
+    example = load_bundle(source.path).meta.get("example")
+    if example is not None:
+        update_bundle_meta(out, example=example)
     return load_bundle(out)
 
 

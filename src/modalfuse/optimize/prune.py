@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modalfuse.bundle import ModelBundle, save_bundle, update_bundle_meta
+from modalfuse.bundle import ModelBundle, load_bundle, save_bundle, update_bundle_meta
 from modalfuse.fusion import CrossFitter
 from modalfuse.models.cnn import FusionNet, ImageNet, export_onnx, fit_network
 from modalfuse.models.netconfig import NetConfig
@@ -109,7 +109,7 @@ def save_net_bundle(fitter: CrossFitter, net: nn.Module, kind: str, cfg: NetConf
                                                           "net": cfg.model_dump(mode="json")},
                                                "optimized": how, "params": count_params(net)})
     update_bundle_meta(out, example=request_example(ds, splits.ids("test")))
-    return bundle
+    return load_bundle(bundle.path)
 
 
 def prune_network(fitter: CrossFitter, dense: nn.Module, kind: str, cfg: NetConfig,
