@@ -37,5 +37,15 @@ if [ ! -s "$TARBALL" ]; then
     tar --numeric-owner -C "$ROOT" -cf "$TARBALL.tmp" .
     mv "$TARBALL.tmp" "$TARBALL"
 fi
+# An image's / must be 0755 or the non-root user is locked out; caches made before that
+# rule existed are repacked once.
+root_entry=$(set +o pipefail; tar -tvf "$TARBALL" 2>/dev/null | head -n1)
+if [[ "$root_entry" == drwx------* ]]; then
+    FIX=$(mktemp -d "$CACHE/repack.XXXXXX")
+    tar --numeric-owner -C "$FIX" -xf "$TARBALL"
+    chmod 0755 "$FIX"
+    tar --numeric-owner -C "$FIX" -cf "$TARBALL.tmp" . && mv "$TARBALL.tmp" "$TARBALL"
+    rm -rf "$FIX"
+fi
 podman import --change 'CMD ["/bin/bash"]' "$TARBALL" "$IMAGE" >/dev/null
 echo "base image $IMAGE from $TARBALL"
