@@ -90,7 +90,7 @@ def _image_facts(ds: Dataset) -> dict:
 
 def _class_facts(ds: Dataset, splits: Splits) -> dict:
     counts = ds.table[ds.spec.target].value_counts()
-    return {"n_classes": int(len(counts)), "excluded": splits.audit.get("excluded_classes", []),
+    return {"n_classes": len(counts), "excluded": splits.audit.get("excluded_classes", []),
             "smallest": {str(k): int(v) for k, v in counts.tail(3).items()},
             "majority_share": float(counts.iloc[0] / counts.sum())}
 
