@@ -9,7 +9,6 @@ part trained on, and its own CV score (excluding fold k) never touches fold k.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -17,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from modalfuse.bundle import ModelBundle, save_bundle, update_bundle_meta
+from modalfuse.bundle import ModelBundle, save_bundle
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
-from modalfuse.evaluate import classification_metrics, evaluate
+from modalfuse.evaluate import classification_metrics
 from modalfuse.features.image import normalize_image
 from modalfuse.features.image_tensor import image_tensor
 from modalfuse.features.preprocess import FeatureBatch, Preprocessor
@@ -247,7 +246,7 @@ class CrossFitter:
 def train_fusion(ds: Dataset, splits: Splits, out_dir: Path, cfg, evaluate_test: bool = True,
                  fitter: CrossFitter | None = None, cv: dict | None = None) -> ModelBundle:
     """Train `cfg.model` (any of MODEL_NAMES), calibrate it on held-out folds, bundle it, score test."""
-    from modalfuse.train import git_commit, request_example
+    from modalfuse.train import finish_bundle, git_commit
 
     name = check_model_name(cfg.model)
     if fitter is None:
@@ -271,16 +270,4 @@ def train_fusion(ds: Dataset, splits: Splits, out_dir: Path, cfg, evaluate_test:
                   "train_seconds": round(time.perf_counter() - started, 2),
                   "temperature": temperature, "model_help": MODEL_HELP[name]},
     )
-    update_bundle_meta(out_dir, example=request_example(ds, splits.ids("test")))
-    eval_dir = out_dir / "evaluation"
-    eval_dir.mkdir(exist_ok=True)
-    if cv:
-        (eval_dir / "cv.json").write_text(json.dumps(cv, indent=2))
-    if evaluate_test:
-        from modalfuse.predict import Predictor
-
-        result = evaluate(Predictor(bundle), ds, splits.ids("test"), eval_dir, "test")
-        metrics["test"] = result["metrics"]
-        update_bundle_meta(out_dir, metrics=metrics)
-        bundle.meta["metrics"] = metrics
-    return bundle
+    return finish_bundle(bundle, ds, splits, cv, metrics, evaluate_test)

@@ -155,6 +155,14 @@ def train(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig | None = 
         training={"config": cfg.model_dump(), "git_commit": git_commit(),
                   "train_seconds": round(time.perf_counter() - started, 2)},
     )
+    return finish_bundle(bundle, ds, splits, cv, metrics, evaluate_test)
+
+
+def finish_bundle(bundle: ModelBundle, ds: Dataset, splits: Splits, cv: dict | None,
+                  metrics: dict, evaluate_test: bool) -> ModelBundle:
+    """Add the request example and CV details, then score the test split once, through the
+    Predictor from raw rows. Shared by every model kind's training."""
+    out_dir = bundle.path
     update_bundle_meta(out_dir, example=request_example(ds, splits.ids("test")))
     eval_dir = out_dir / "evaluation"
     eval_dir.mkdir(exist_ok=True)
