@@ -60,9 +60,18 @@ def predict_in_browser(base_url: str, image: Path, screenshot: Path,
             page.set_default_timeout(timeout_ms)
             page.goto(f"{base_url}/ui/", wait_until="domcontentloaded")
             page.locator("#mf-go").wait_for(state="visible")
-            page.locator("#mf-sprite input[type=file]").set_input_files(str(image))
-            # The upload finishes when the file's name is listed in the component.
-            page.locator("#mf-sprite").get_by_text(image.name).first.wait_for()
+            # The upload finishes when the file's name (or its preview) shows in the component.
+            # On a loaded machine an upload event can be lost; set the file again, up to 3 times.
+            uploaded = page.locator("#mf-sprite").get_by_text(image.name).or_(
+                page.locator("#mf-sprite img")).first
+            for attempt in range(3):
+                page.locator("#mf-sprite input[type=file]").set_input_files(str(image))
+                try:
+                    uploaded.wait_for(timeout=timeout_ms // 3)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise
             page.locator("#mf-go").click()
             page.locator("#mf-heatmap img").first.wait_for(state="visible")
             page.locator("#mf-status").get_by_text("Predicted").first.wait_for()
