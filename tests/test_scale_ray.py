@@ -1,20 +1,25 @@
 """The Ray batch engine against a real two-node local Ray cluster: parity with the local engine.
 
 One cluster (a head and a worker, 1 CPU each) serves the whole module and is stopped even
-when a test fails.
+when a test fails: only its own processes, found by its port and its temporary folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -31,32 +36,76 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ray(*args: str) -> None:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+def _ray(env: dict[str, str], *args: str) -> None:
     done = subprocess.run([RAY, *args], env=env, timeout=120, capture_output=True, text=True)
     assert done.returncode == 0, f"ray {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
 
 
+def _own_ray_processes(marks: tuple[str, ...]) -> list[psutil.Process]:
+    """The processes of this user whose command line names this cluster (its port or folder)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "uids"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.pid != os.getpid() and any(m in cmd for m in marks):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _stop_cluster(marks: tuple[str, ...]) -> None:
+    """Stop only this cluster's processes (never `ray stop`, which stops every Ray of the user)."""
+    procs = _own_ray_processes(marks)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+
+
 @pytest.fixture(scope="module")
 def cluster():
+    """A head and a worker with token authentication, everything in a temporary folder of its own.
+
+    The token is made here and handed to every process through RAY_AUTH_TOKEN_PATH, so the
+    test needs nothing in ~/.ray: it behaves the same on a new machine and on a used one.
+    """
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    # `ray start --head` turns on token authentication; the worker and this driver present
-    # the token (~/.ray/auth_token, written by the head) only in token mode.
-    old_mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"
+    # A short path: Ray puts unix sockets under it (their paths are limited to ~107 bytes).
+    root = Path(tempfile.mkdtemp(prefix="mf-ray-", dir="/tmp"))
+    token = root / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    overrides = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+                 "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)  # the driver (this process) presents the same token
+    env = {**os.environ}
+    marks = (str(root), f"127.0.0.1:{port}", f"--gcs_server_port={port}")
     try:
-        _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-             "--include-dashboard=false", "--disable-usage-stats")
-        _ray("start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+        _ray(env, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+             f"--temp-dir={root / 'ray'}")
+        _ray(env, "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
              "--disable-usage-stats")
         yield address
     finally:
-        subprocess.run([RAY, "stop", "--force"], timeout=120, capture_output=True)
-        if old_mode is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old_mode
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        _stop_cluster(marks)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def weak_config(fields, rounds: int):
     from modalfuse.train import TrainConfig
 
     return TrainConfig(exclude_fields=[f.name for f in fields if f.name not in KEEP],
-                       use_image_stats=False, num_boost_round=rounds, cv=False, seed=0)
+                       use_image_stats=False, num_boost_round=rounds, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,9 @@ def registry(mlflow_server, fixture_dataset, fixture_splits, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("registry-bundles")
     # Train while the server boots: the good model and a second weak one.
+    # Cross-validated: the promotion gate compares out-of-fold predictions.
     good = train(fixture_dataset, fixture_splits, out / "good",
-                 TrainConfig(num_boost_round=40, cv=False, seed=0))
+                 TrainConfig(num_boost_round=40, seed=0))
     weak2 = train(fixture_dataset, fixture_splits, out / "weak2",
                   weak_config(fixture_dataset.spec.fields, 7))
     wait_healthy(mlflow_server)
@@ -133,7 +134,7 @@ def test_training_run_registers_into_server(registry, fixture_dataset):
     # The CLI reads the dataset from the session data dir; the server gets the run.
     env = {"MODALFUSE_DATA_DIR": str(fixture_dataset.root.parent.parent)}
     res = CliRunner().invoke(app, ["train", "--out", str(registry["out"] / "weak"), "--model",
-                                   "gbm", "--rounds", "5", "--no-cv", "--no-image-stats",
+                                   "gbm", "--rounds", "5", "--no-image-stats",
                                    "--seed", "0", *excl],
                              env=env)
     assert res.exit_code == 0, res.output
@@ -177,7 +178,9 @@ def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_s
         assert good.alias == "challenger"
         d = promote(s, "pokemon", fixture_dataset, fixture_splits, "macro_f1", 0.05)
         assert d.promoted, d.reason
-        assert d.challenger.metrics["macro_f1"] >= d.champion.metrics["macro_f1"] + 0.05
+        assert d.on == "cv" and d.interval["low"] >= 0.05, d.interval
+        assert d.challenger.cv["macro_f1"] >= d.champion.cv["macro_f1"] + 0.05
+        assert "test" in d.challenger.metrics or d.challenger.metrics  # the test split: a report
         assert Path(d.plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
         # Reload under load: every request answers 200, from the old model or the new one.

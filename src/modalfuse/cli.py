@@ -27,7 +27,8 @@ console = Console()
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
 BundleOpt = Annotated[Path | None, typer.Option("--bundle", "-b",
-                                                help="model bundle folder (default: the dataset's latest)")]
+                                                help="model bundle folder (default: the registry's champion, "
+                                                     "else the dataset's latest bundle)")]
 
 
 def _settings() -> Settings:
@@ -40,8 +41,13 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _bundle_path(bundle: Path | None, dataset: str) -> Path:
-    s = _settings()
-    return bundle or s.bundle or s.default_bundle(dataset)
+    """--bundle, else MODALFUSE_MODEL_URI/BUNDLE, else the registry's champion, else the latest."""
+    from modalfuse.serve.model_source import bundle_for, describe_source
+
+    path, source = bundle_for(_settings(), dataset, bundle)
+    if bundle is None:  # say which model a default picked
+        console.print(f"[dim]{describe_source(source)}[/]", highlight=False)
+    return path
 
 
 @data_app.command("fetch")
@@ -105,15 +111,23 @@ def data_import(
     id_column: Annotated[str, typer.Option(help="unique id column")] = "id",
     group_column: Annotated[str | None, typer.Option(help="rows of one group stay in one split")] = None,
     spec: Annotated[Path | None, typer.Option(help="a DatasetSpec JSON instead of inferring")] = None,
+    na_value: Annotated[list[str] | None, typer.Option(
+        "--na-value", metavar="TEXT",
+        help="a cell text that also means missing (repeatable); by default only "
+        "empty cells are missing and 'NA', 'None', 'null', 'N/A' are kept as written")] = None,
 ) -> None:
-    """Import your own image + table dataset."""
+    """Import your own image + table dataset, taking the table as written.
+
+    Only empty cells are missing unless --na-value names other markers. A row that breaks
+    the schema is reported by its line in the CSV (header = line 1) and its id.
+    """
     from modalfuse.data.custom import build_custom
     from modalfuse.data.schema import DatasetValidationError
 
     s = _settings()
     try:
         out = build_custom(table, images, s.dataset_dir(name), name, target, image_column,
-                           id_column, group_column, spec)
+                           id_column, group_column, spec, na_values=na_value or [])
     except (ValueError, DatasetValidationError) as e:
         _fail(str(e))
     console.print(f"[green]imported[/] {out}")
@@ -287,12 +301,14 @@ def serve(
     import uvicorn
 
     from modalfuse.serve.app import create_app
+    from modalfuse.serve.model_source import choose_model, describe_source, pinned_settings
 
-    path = _bundle_path(bundle, dataset)
-    settings = Settings(bundle=path)
-    if model_uri:  # only when given: MODALFUSE_MODEL_URI from the environment stays otherwise
-        settings = settings.model_copy(update={"model_uri": model_uri})
+    settings = _settings()
+    # The champion alias decides what answers, never "the last thing trained"; pinning the
+    # choice in the settings makes /admin/reload re-resolve the same alias.
+    settings = pinned_settings(settings, choose_model(settings, dataset, model_uri, bundle))
     application = create_app(settings)
+    console.print(f"serving {describe_source(application.state.model_source)}", highlight=False)
     console.print(f"modalfuse API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     uvicorn.run(application, host=host, port=port, log_level="info")
 

@@ -34,6 +34,7 @@ from modalfuse.models.neural import (
     fit_temperature,
     net_feeds,
 )
+from modalfuse.oof import OutOfFold
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +239,11 @@ class CrossFitter:
         for key in ("accuracy", "macro_f1", "ece", "log_loss"):
             vals = np.array([f[key] for f in per_fold])
             summary[key] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1))}
+        # Each row's calibrated probabilities come from models that never saw its fold.
+        oof = OutOfFold(self.raw.ids[rows], fold, y, calibrated, list(self.labels))
         return {"model": name, "folds": per_fold, "summary": summary, "n_folds": len(self.folds),
                 "temperature": fit_temperature(proba, y),
-                "uncalibrated": classification_metrics(proba, y, self.labels)}
+                "uncalibrated": classification_metrics(proba, y, self.labels), "oof": oof}
 
 
 def train_fusion(ds: Dataset, splits: Splits, out_dir: Path, cfg, evaluate_test: bool = True,

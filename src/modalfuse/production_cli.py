@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modalfuse.config import Settings
+from modalfuse.serve.model_source import bundle_for
 
 console = Console()
 
@@ -29,7 +30,7 @@ def monitor(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
     = "pokemon",
     bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="model bundle folder "
-                                                "(default: the dataset's latest)")] = None,
+                                                "(default: the champion, else the latest)")] = None,
     hours: Annotated[float | None, typer.Option(help="only predictions of the last N hours")]
     = None,
     out: Annotated[Path | None, typer.Option(help="report folder (default: "
@@ -42,7 +43,7 @@ def monitor(
     from modalfuse.predict import Predictor
 
     s = Settings()
-    predictor = Predictor.from_path(bundle or s.bundle or s.default_bundle(dataset))
+    predictor = Predictor.from_path(bundle_for(s, dataset, bundle)[0])
     try:
         reference = load_or_build_reference(predictor, s.data_dir / "monitoring",
                                             s.dataset_dir(predictor.spec.name))
@@ -77,7 +78,7 @@ def bench_serve(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
     = "pokemon",
     bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="model bundle folder "
-                                                "(default: the dataset's latest)")] = None,
+                                                "(default: the champion, else the latest)")] = None,
     requests_c1: Annotated[int, typer.Option(help="requests at concurrency 1", min=10)] = 300,
     requests_c16: Annotated[int, typer.Option(help="requests at concurrency 16", min=16)] = 800,
     no_mlflow: Annotated[bool, typer.Option(help="skip the `mlflow models serve` peer")] = False,
@@ -88,7 +89,7 @@ def bench_serve(
     from modalfuse.serve.loadbench import run_serve_bench, to_markdown
 
     s = Settings()
-    path = bundle or s.bundle or s.default_bundle(dataset)
+    path = bundle_for(s, dataset, bundle)[0]
     with console.status("benchmarking") as status:
         res = run_serve_bench(path, requests_c1=requests_c1, requests_c16=requests_c16,
                               include_mlflow=not no_mlflow,

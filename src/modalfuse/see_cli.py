@@ -16,6 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from modalfuse.config import Settings
+from modalfuse.serve.model_source import bundle_for
 
 console = Console()
 
@@ -59,7 +60,7 @@ def explain(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
     = "pokemon",
     bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="model bundle folder "
-                                                "(default: the dataset's latest)")] = None,
+                                                "(default: the champion, else the latest)")] = None,
     split: Annotated[str, typer.Option(help="rows to explain with --global: test or train")]
     = "test",
     row_id: Annotated[str | None, typer.Option("--id", help="explain this one row of the "
@@ -85,7 +86,7 @@ def explain(
         _fail(f"split must be 'test' or 'train', got {split!r}")
     s = Settings()
     ds = load_dataset(s.dataset_dir(dataset))
-    predictor = Predictor.from_path(bundle or s.bundle or s.default_bundle(dataset))
+    predictor = Predictor.from_path(bundle_for(s, dataset, bundle)[0])
     spec = ds.spec
     splits = load_splits(ds)
     bg = None

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modalfuse.config import Settings
+from modalfuse.serve.model_source import bundle_for
 
 if TYPE_CHECKING:
     from modalfuse.bundle import ModelBundle
@@ -52,11 +53,20 @@ def track_trained(bundle: ModelBundle, ds: Dataset, settings: Settings) -> None:
 def promote(
     dataset: DatasetOpt = "pokemon",
     model: ModelOpt = None,
-    metric: Annotated[str, typer.Option(help="accuracy, macro_f1, weighted_f1, log_loss or ece")]
-        = "macro_f1",
-    margin: Annotated[float, typer.Option(help="how much better the challenger must be")] = 0.01,
+    on: Annotated[str, typer.Option(help="what decides: cv (the challenger's and champion's "
+                                    "out-of-fold predictions on the same grouped-CV folds) or "
+                                    "test (the frozen test split; recorded on the version)")]
+        = "cv",
+    metric: Annotated[str, typer.Option(help="macro_f1 (cv and test), or with --on test: "
+                                        "accuracy, weighted_f1, log_loss or ece")] = "macro_f1",
+    margin: Annotated[float, typer.Option(help="how much better the challenger must be (the "
+                                          "lower end of the interval, with --on cv)")] = 0.01,
+    confidence: Annotated[float, typer.Option(help="--on cv: the bootstrap interval's level")]
+        = 0.90,
+    resamples: Annotated[int, typer.Option(help="--on cv: bootstrap resamples", min=100)] = 2000,
 ) -> None:
-    """Make the challenger champion if it beats the champion by MARGIN on the frozen test split."""
+    """Make the challenger champion only if it beats the champion by MARGIN, chosen on grouped-CV
+    out-of-fold predictions (a paired bootstrap); the test split is only reported."""
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
     from modalfuse.registry import RegistryError
@@ -65,27 +75,42 @@ def promote(
     s = Settings()
     ds = load_dataset(s.dataset_dir(dataset))
     try:
-        d = run_promote(s, model or dataset, ds, load_splits(ds), metric, margin)
+        d = run_promote(s, model or dataset, ds, load_splits(ds), metric, margin, on=on,
+                        confidence=confidence, resamples=resamples)
     except RegistryError as e:
         _fail(str(e))
-    t = Table(title=f"{model or dataset}: challenger vs champion, test split of {ds.version}")
-    for col in ("metric", "challenger", "champion"):
-        t.add_column(col)
-    cands = [c for c in (d.challenger, d.champion)]
     if d.challenger:
-        t.add_row("version", *[c.version if c else "-" for c in cands])
-        for key in ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece"):
-            t.add_row(key, *[f"{c.metrics[key]:.4f}" if c and key in c.metrics else "-"
-                             for c in cands])
-        console.print(t)
+        _print_candidates(model or dataset, d, ds.version)
     if d.plot:
         console.print(f"per-class comparison: {d.plot}")
+    if d.interval:
+        iv = d.interval
+        console.print(f"macro_f1 gain {iv['gain']:+.4f}, {round(iv['confidence'] * 100)}% interval "
+                      f"[{iv['low']:+.4f}, {iv['high']:+.4f}] over {iv['rows']} out-of-fold rows; "
+                      f"margin {d.margin}")
     if d.promoted:
         console.print(f"[green]promoted[/] version {d.challenger.version if d.challenger else '?'} "
                       f"to champion: {d.reason}")
     else:
         console.print(f"[yellow]refused[/]: {d.reason}")
         raise typer.Exit(1)
+
+
+def _print_candidates(name: str, d, dataset_version: str) -> None:
+    gate = "out-of-fold (decides)" if d.on == "cv" else "test (decides, --on test)"
+    t = Table(title=f"{name}: challenger vs champion, dataset {dataset_version}")
+    for col in ("metric", "challenger", "champion"):
+        t.add_column(col)
+    cands = [d.challenger, d.champion]
+    t.add_row("version", *[c.version if c else "-" for c in cands])
+    keys = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece")
+    rows = [(f"{k} {gate if d.on == 'cv' else 'out-of-fold'}", "cv", k) for k in keys]
+    rows += [(f"{k} {'test (report only)' if d.on == 'cv' else gate}", "metrics", k) for k in keys]
+    for label, where, key in rows:
+        vals = [getattr(c, where).get(key) if c else None for c in cands]
+        if any(v is not None for v in vals):
+            t.add_row(label, *[f"{v:.4f}" if v is not None else "-" for v in vals])
+    console.print(t)
 
 
 def rollback(
@@ -138,7 +163,7 @@ def trace(
 def card(
     dataset: DatasetOpt = "pokemon",
     bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="bundle folder "
-                                                "(default: the dataset's latest)")] = None,
+                                                "(default: the champion, else the latest)")] = None,
     slice_field: Annotated[str | None, typer.Option(help="report metrics per value of this "
                                                     "column (default: the spec's slice_field)")]
         = None,
@@ -152,7 +177,7 @@ def card(
     s = Settings()
     ds = load_dataset(s.dataset_dir(dataset))
     try:
-        path, _ = write_card(load_bundle(bundle or s.bundle or s.default_bundle(dataset)), ds,
+        path, _ = write_card(load_bundle(bundle_for(s, dataset, bundle)[0]), ds,
                              load_splits(ds), slice_field)
     except ValueError as e:
         _fail(str(e))

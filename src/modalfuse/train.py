@@ -27,7 +27,11 @@ from modalfuse.features.preprocess import FeatureBatch, Preprocessor
 from modalfuse.features.tabular import parse_record, records_frame
 from modalfuse.models.gbm import GBMModel
 from modalfuse.models.netconfig import NetConfig
+from modalfuse.oof import OOF_FILE, OutOfFold, folds_digest
 from modalfuse.predict import Predictor, api_body, table_records
+
+# The cross-validation result's key for its out-of-fold predictions (saved apart from cv.json).
+OOF_KEY = "oof"
 
 
 class TrainConfig(BaseModel):
@@ -97,19 +101,25 @@ def _safe_names(names: list[str]) -> list[str]:
 def cross_validate(ds: Dataset, raw: RawData, splits: Splits, cfg: TrainConfig,
                    labels: list[str]) -> dict:
     folds = splits.folds()
-    oof = np.zeros((len(raw.ids), len(labels)))
-    per_fold = []
+    train_rows = splits.table[splits.table["split"] == "train"]
+    fold_values = sorted(train_rows["fold"].unique())  # the order splits.folds() uses
+    ids, fold_of, probas, per_fold = [], [], [], []
     for k, (tr_ids, va_ids) in enumerate(track(folds, description="grouped CV")):
         tr, va = raw.rows(tr_ids), raw.rows(va_ids)
         pre, model = fit_fold(ds, raw, tr, cfg, len(labels))
         p = model.predict_proba(features(pre, raw, va))
-        oof[va] = p
+        ids.append(raw.ids[va])
+        fold_of.append(np.full(len(va), fold_values[k]))
+        probas.append(p)
         per_fold.append({"fold": k, **classification_metrics(p, raw.y[va], labels)})
     summary = {}
     for key in ("accuracy", "macro_f1", "ece", "log_loss"):
         vals = np.array([f[key] for f in per_fold])
         summary[key] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1))}
-    return {"folds": per_fold, "summary": summary, "n_folds": len(folds)}
+    all_ids = np.concatenate(ids)
+    oof = OutOfFold(all_ids, np.concatenate(fold_of), raw.y[raw.rows(all_ids)],
+                    np.concatenate(probas), list(labels))
+    return {"folds": per_fold, "summary": summary, "n_folds": len(folds), OOF_KEY: oof}
 
 
 def git_commit() -> str | None:
@@ -167,7 +177,15 @@ def finish_bundle(bundle: ModelBundle, ds: Dataset, splits: Splits, cv: dict | N
     eval_dir = out_dir / "evaluation"
     eval_dir.mkdir(exist_ok=True)
     if cv:
-        (eval_dir / "cv.json").write_text(json.dumps(cv, indent=2))
+        (eval_dir / "cv.json").write_text(json.dumps({k: v for k, v in cv.items() if k != OOF_KEY},
+                                                     indent=2))
+        oof = cv.get(OOF_KEY)
+        if oof is not None:  # what the promotion gate compares: never the test split
+            oof.save(out_dir)
+            info = {"file": OOF_FILE, "rows": len(oof.ids), "folds_digest": folds_digest(splits.table),
+                    "dataset_version": ds.version}
+            update_bundle_meta(out_dir, cv_oof=info)
+            bundle.meta["cv_oof"] = info
     if evaluate_test:
         result = evaluate(Predictor(bundle), ds, splits.ids("test"), eval_dir, "test")
         metrics["test"] = result["metrics"]

@@ -167,7 +167,7 @@ def bench_batch(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
     = "pokemon",
     bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="model bundle folder "
-                                                "(default: the dataset's latest)")] = None,
+                                                "(default: the champion, else the latest)")] = None,
     rows: Annotated[int, typer.Option(help="rows to score (dataset rows, cycled)")] = 2000,
     chunk_size: Annotated[int, typer.Option(help="rows per Predictor call / Ray batch")] = 256,
     repeats: Annotated[int, typer.Option(help="runs of each in-process measurement (best kept)")] = 3,
@@ -178,13 +178,14 @@ def bench_batch(
 ) -> None:
     """Rows/s of the local and Ray batch engines as ratios to the in-process Predictor limit."""
     from modalfuse.config import Settings
+    from modalfuse.serve.model_source import bundle_for
 
     if rows < 1 or chunk_size < 1 or repeats < 1 or actors < 1:
         console.print(f"[bold red]error:[/] rows ({rows}), chunk-size ({chunk_size}), repeats "
                       f"({repeats}) and actors ({actors}) must all be >= 1")
         raise typer.Exit(2)
     s = Settings()
-    path = bundle or s.bundle or s.default_bundle(dataset)
+    path = bundle_for(s, dataset, bundle)[0]
     report = run_bench(path, s.dataset_dir(dataset), rows, chunk_size, repeats, actors, ray_engine)
     t = Table(title=f"batch throughput, {rows} rows, model {report['model_version']}")
     for col in ("engine", "seconds", "rows/s", "× limit"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from modalfuse.serve.deps import PredictorDep
 from modalfuse.serve.schemas import Health, ModelInfo
@@ -16,7 +16,12 @@ def health(predictor: PredictorDep) -> Health:
 
 
 @router.get("/v1/model", response_model=ModelInfo, tags=["model"])
-def model_info(predictor: PredictorDep) -> ModelInfo:
+def model_info(predictor: PredictorDep, request: Request) -> ModelInfo:
+    """What is served: version, inputs, labels, metrics, and where it came from (registry/bundle)."""
+    source = dict(getattr(request.app.state, "model_source", None) or {})
+    # The source is swapped just after the predictor on reload: only report a matching one.
+    if source.get("model_version") != predictor.model_version:
+        source = {"model_version": predictor.model_version}
     meta = predictor.bundle.meta
     spec = predictor.spec
     return ModelInfo(
@@ -29,4 +34,5 @@ def model_info(predictor: PredictorDep) -> ModelInfo:
                "note": "first frame; cropped to its opaque box and centred on a square"},
         metrics=meta.get("metrics", {}),
         created_at=meta.get("created_at"),
+        source=source,
     )

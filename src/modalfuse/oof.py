@@ -1,0 +1,136 @@
+"""Out-of-fold predictions: what a model said about each training row while that row's fold
+was held out, saved in the bundle, and the paired bootstrap the promotion gate runs on them.
+
+Two bundles cross-validated on the same folds of the same dataset version predicted the
+same rows from the same training data, so their out-of-fold predictions can be compared
+row by row without touching the test split: that is how the gate chooses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+OOF_FILE = "evaluation/oof.parquet"
+ID, FOLD, TRUE = "id", "fold", "true_label"
+
+
+class OutOfFoldError(ValueError):
+    """Two sets of out-of-fold predictions that cannot be compared (other rows, folds, labels)."""
+
+
+def folds_digest(table: pd.DataFrame) -> str:
+    """A short digest of which training row is in which fold (split table: id, split, fold)."""
+    tr = table.loc[table["split"] == "train", ["id", "fold"]].sort_values("id")
+    return hashlib.sha256(tr.to_csv(index=False).encode()).hexdigest()[:16]
+
+
+@dataclass
+class OutOfFold:
+    """Per training row: its id, its CV fold, its true label and the held-out probabilities."""
+
+    ids: np.ndarray
+    folds: np.ndarray
+    y: np.ndarray  # label index into `labels`
+    proba: np.ndarray
+    labels: list[str]
+
+    def frame(self) -> pd.DataFrame:
+        df = pd.DataFrame({ID: self.ids, FOLD: self.folds.astype(int),
+                           TRUE: [self.labels[i] for i in self.y]})
+        probs = pd.DataFrame(self.proba, columns=[f"proba_{lab}" for lab in self.labels])
+        return pd.concat([df, probs], axis=1).sort_values(ID).reset_index(drop=True)
+
+    def save(self, bundle_dir: Path) -> Path:
+        path = Path(bundle_dir) / OOF_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.frame().to_parquet(path, index=False)
+        return path
+
+    @classmethod
+    def load(cls, bundle_dir: Path, labels: list[str]) -> OutOfFold | None:
+        """The bundle's out-of-fold predictions, or None when it was trained without CV."""
+        path = Path(bundle_dir) / OOF_FILE
+        if not path.is_file():
+            return None
+        df = pd.read_parquet(path)
+        pos = {lab: i for i, lab in enumerate(labels)}
+        return cls(df[ID].to_numpy(), df[FOLD].to_numpy(), df[TRUE].map(pos).to_numpy(),
+                   df[[f"proba_{lab}" for lab in labels]].to_numpy(), list(labels))
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.proba.argmax(axis=1)
+
+
+def check_comparable(a: OutOfFold, b: OutOfFold) -> None:
+    """Refuse a row-by-row comparison unless both predicted the same rows in the same folds."""
+    if a.labels != b.labels:
+        raise OutOfFoldError(f"the two models predict different labels ({len(a.labels)} vs "
+                             f"{len(b.labels)} classes)")
+    if len(a.ids) != len(b.ids) or not np.array_equal(a.ids.astype(str), b.ids.astype(str)):
+        raise OutOfFoldError(f"the out-of-fold rows differ ({len(a.ids)} vs {len(b.ids)} rows)")
+    if not np.array_equal(a.folds, b.folds):
+        raise OutOfFoldError("the same rows sit in different CV folds")
+    if not np.array_equal(a.y, b.y):
+        raise OutOfFoldError("the true labels of the out-of-fold rows differ")
+
+
+def macro_f1_weighted(y: np.ndarray, pred: np.ndarray, weights: np.ndarray, n_classes: int) -> np.ndarray:
+    """Macro-F1 for each row of `weights` (B × n resampling counts), over the classes present
+    in the resample's truth or predictions (as `evaluate.classification_metrics` does)."""
+    true_1h = np.eye(n_classes)[y]
+    pred_1h = np.eye(n_classes)[pred]
+    tp = weights @ (true_1h * pred_1h)
+    fp = weights @ ((1 - true_1h) * pred_1h)
+    fn = weights @ (true_1h * (1 - pred_1h))
+    denom = 2 * tp + fp + fn
+    present = denom > 0
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=present)
+    return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
+@dataclass
+class BootstrapGain:
+    """Macro-F1 of challenger and champion on the same rows, the gain and its interval."""
+
+    challenger: float
+    champion: float
+    gain: float
+    low: float
+    high: float
+    confidence: float
+    resamples: int
+    rows: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dict(self.__dict__)
+
+
+def paired_bootstrap_gain(challenger: OutOfFold, champion: OutOfFold, resamples: int = 2000,
+                          confidence: float = 0.90, seed: int = 0) -> BootstrapGain:
+    """Paired bootstrap over rows of the macro-F1 gain (challenger - champion): both models are
+    scored on the same resampled rows, so what the rows have in common cancels out."""
+    check_comparable(challenger, champion)
+    n, k = len(challenger.y), len(challenger.labels)
+    rng = np.random.default_rng(seed)
+    gains = np.empty(resamples)
+    chunk = 250  # bounded memory: chunk × n counts at a time
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        idx = rng.integers(0, n, size=(b, n))
+        weights = np.zeros((b, n))
+        np.add.at(weights, (np.repeat(np.arange(b), n), idx.ravel()), 1.0)
+        gains[start:start + b] = (
+            macro_f1_weighted(challenger.y, challenger.predicted, weights, k)
+            - macro_f1_weighted(champion.y, champion.predicted, weights, k))
+    ones = np.ones((1, n))
+    a = float(macro_f1_weighted(challenger.y, challenger.predicted, ones, k)[0])
+    c = float(macro_f1_weighted(champion.y, champion.predicted, ones, k)[0])
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(gains, [tail, 1 - tail])
+    return BootstrapGain(a, c, a - c, float(low), float(high), confidence, resamples, n)
