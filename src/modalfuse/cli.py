@@ -169,12 +169,15 @@ def train(
     dataset: DatasetOpt = "pokemon",
     out: Annotated[Path | None, typer.Option(help="bundle folder to write")] = None,
     exclude_field: Annotated[list[str] | None, typer.Option(help="input field to leave out")] = None,
-    no_image_stats: Annotated[bool, typer.Option(help="tabular features only")] = False,
+    image_stats: Annotated[bool, typer.Option("--image-stats/--no-image-stats",
+                                              help="hand-made image statistics as features "
+                                                   "(--no-image-stats: tabular features only)")] = True,
     rounds: Annotated[int, typer.Option(help="boosting rounds")] = 300,
     seed: int = 42,
-    no_cv: Annotated[bool, typer.Option(help="skip grouped CV (quick runs)")] = False,
-    no_track: Annotated[bool, typer.Option(help="don't log to MLflow nor register (also: "
-                                                "MODALFUSE_TRACKING=false)")] = False,
+    cv: Annotated[bool, typer.Option("--cv/--no-cv", help="grouped CV on the training split "
+                                     "(--no-cv: quick runs; the gate then cannot compare it)")] = True,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="log to MLflow and register "
+                                        "(--no-track, or MODALFUSE_TRACKING=false: neither)")] = True,
     model: Annotated[str, typer.Option(help=fusion_cli.MODEL_OPTION_HELP)] = fusion_cli.DEFAULT_MODEL,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (neural models)")] = "cpu",
     epochs: Annotated[int | None, typer.Option(help="training epochs (neural models)")] = None,
@@ -189,15 +192,15 @@ def train(
     s = _settings()
     ds = load_dataset(s.dataset_dir(dataset))
     try:
-        cfg = TrainConfig(exclude_fields=exclude_field or [], use_image_stats=not no_image_stats,
-                          num_boost_round=rounds, seed=seed, cv=not no_cv, model=model,
+        cfg = TrainConfig(exclude_fields=exclude_field or [], use_image_stats=image_stats,
+                          num_boost_round=rounds, seed=seed, cv=cv, model=model,
                           net=fusion_cli.net_config(epochs=epochs, device=device, checkpoint=checkpoint))
         bundle = run_train(ds, load_splits(ds), out or s.default_bundle(dataset), cfg)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     _print_metrics(bundle.model_version, bundle.metrics)
     console.print(f"bundle: {bundle.path}")
-    if s.tracking and not no_track:
+    if s.tracking and track:
         tracking_cli.track_trained(bundle, ds, s)
 
 
@@ -222,7 +225,7 @@ def evaluate(
                                                   "(default: <bundle>/evaluation)")] = None,
     metrics_file: Annotated[Path | None, typer.Option(help="also write the metrics as flat "
                                                            "JSON (a DVC metrics file)")] = None,
-    ablation: Annotated[bool, typer.Option(help="train and compare every model (tabular, "
+    ablation: Annotated[bool, typer.Option("--ablation", help="train and compare every model (tabular, "
                                                 "image, each fusion) instead")] = False,
     model: Annotated[list[str] | None, typer.Option(help="ablation: only these models")] = None,
     doc: Annotated[Path | None, typer.Option(help="ablation: write this markdown doc")] = None,

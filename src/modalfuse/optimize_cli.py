@@ -197,7 +197,8 @@ def tune(
                                                      "sqlite under the data dir)")] = None,
     study_name: Annotated[str | None, typer.Option(help="join this study (workers share it)")] = None,
     out: Annotated[Path | None, typer.Option(help="winner bundle folder")] = None,
-    no_register: Annotated[bool, typer.Option(help="do not log/register the winner")] = False,
+    register: Annotated[bool, typer.Option("--register/--no-register",
+                                           help="log the winner to MLflow and register it")] = True,
     dataset: DatasetOpt = "pokemon",
     seed: int = 42,
 ) -> None:
@@ -211,7 +212,7 @@ def tune(
         result, _ = run(ds, splits, s, budget, trials, tuple(family or ("gbm", "gbm_tabular")),
                         storage, study_name, seed, track=s.tracking)
         result = train_winner(result, ds, splits, out or s.models_dir / ds.spec.name / "tuned", s,
-                              register=s.tracking and not no_register)
+                              register=s.tracking and register)
     except (ValueError, RuntimeError) as e:
         _fail(str(e))
     console.print(f"study {result.study_name} ({result.storage}): {result.n_complete} complete, "

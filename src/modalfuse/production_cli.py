@@ -81,7 +81,8 @@ def bench_serve(
                                                 "(default: the champion, else the latest)")] = None,
     requests_c1: Annotated[int, typer.Option(help="requests at concurrency 1", min=10)] = 300,
     requests_c16: Annotated[int, typer.Option(help="requests at concurrency 16", min=16)] = 800,
-    no_mlflow: Annotated[bool, typer.Option(help="skip the `mlflow models serve` peer")] = False,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="also load-test the "
+                                         "`mlflow models serve` peer")] = True,
     out: Annotated[Path, typer.Option(help="folder for serve.json and serve.md")]
     = Path("docs/benchmarks"),
 ) -> None:
@@ -92,7 +93,7 @@ def bench_serve(
     path = bundle_for(s, dataset, bundle)[0]
     with console.status("benchmarking") as status:
         res = run_serve_bench(path, requests_c1=requests_c1, requests_c16=requests_c16,
-                              include_mlflow=not no_mlflow,
+                              include_mlflow=mlflow,
                               progress=lambda msg: status.update(f"benchmarking: {msg}"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve.json").write_text(json.dumps(res, indent=2))
