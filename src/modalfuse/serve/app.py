@@ -13,7 +13,8 @@ from modalfuse.config import Settings
 from modalfuse.features.image import ImageError
 from modalfuse.predict import PredictionInputError, Predictor
 from modalfuse.serve import production
-from modalfuse.serve.model_source import load_served_predictor
+from modalfuse.serve.docs import install_docs
+from modalfuse.serve.model_source import describe_source, load_served_predictor
 from modalfuse.serve.routes import admin as admin_routes
 from modalfuse.serve.routes import card as card_routes
 from modalfuse.serve.routes import explain as explain_routes
@@ -81,13 +82,19 @@ class BodyTooLarge(Exception):
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
     settings = settings or Settings()
-    model_source: dict = {"model_version": predictor.model_version} if predictor else {}
+    model_source: dict = {}
+    if predictor is not None:  # built around a Predictor the caller already holds
+        model_source = {"source": "bundle", "uri": None, "bundle": str(predictor.bundle.path),
+                        "chosen_by": "the caller", "model_version": predictor.model_version}
     if predictor is None:
         # MODALFUSE_MODEL_URI (models:/NAME@champion) or MODALFUSE_BUNDLE; see model_source.py
         predictor, model_source = load_served_predictor(settings)
+    log.info("serving %s", describe_source(model_source))
     app = FastAPI(
         title="modalfuse API",
         version=__version__,
+        docs_url=None,  # /docs and /redoc come from install_docs: no CDN
+        redoc_url=None,
         description=(
             f"Predicts **{predictor.spec.target}** of a `{predictor.spec.name}` record from its "
             "table fields and its image. Every response carries the `model_version` that "
@@ -96,6 +103,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             f"{settings.max_batch_rows} rows; body {settings.max_body_bytes} bytes."
         ),
     )
+    install_docs(app, predictor.spec)
     app.state.predictor = predictor
     app.state.settings = settings
     app.state.model_source = model_source  # replaced with the predictor by /admin/reload

@@ -75,6 +75,9 @@ class ModelInfo(BaseModel):
     image: dict[str, Any]
     metrics: dict[str, Any]
     created_at: str | None = None
+    source: dict[str, Any] = Field(default_factory=dict, description=(
+        "where the served model came from: source (registry or bundle), uri, alias, "
+        "registered version, run id, local bundle path, and what chose it"))
 
 
 class Health(BaseModel):

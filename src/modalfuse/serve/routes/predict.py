@@ -6,7 +6,7 @@ import binascii
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, Body, File, Form, HTTPException, UploadFile
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from modalfuse.serve.deps import PredictorDep, SettingsDep
@@ -26,8 +26,25 @@ def unprocessable(errors: dict[str, str], prefix: list[Any]) -> HTTPException:
                                       for k, v in errors.items()])
 
 
+def batch_examples(record_model: type[BaseModel], example: dict) -> dict[str, Any]:
+    """Named OpenAPI examples for /v1/predict/batch, made from one /v1/predict body."""
+    required = {name for name, f in record_model.model_fields.items() if f.is_required()}
+    lean = {**example, "fields": {k: v for k, v in example["fields"].items() if k in required}}
+    bad_image = {**example, "image_base64": "not base64!"}
+    return {
+        "rows": {"summary": "two rows: the example, and it again with only the required fields",
+                 "value": [example, lean]},
+        "bad_row": {"summary": "a bad row comes back as an error entry; the others are scored",
+                    "value": [example, bad_image]},
+    }
+
+
 def build_router(record_model: type[BaseModel], example: dict | None) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["predict"])
+    # "Try it out" sends these as they are, so each is a request that succeeds.
+    predict_examples = {"example": {"summary": "the model's example record",
+                                    "value": example}} if example else None
+    fields_examples = [json.dumps(example["fields"])] if example else None
 
     request_model = create_model(
         "PredictRequest",
@@ -46,18 +63,22 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
 
     @router.post("/predict", response_model=PredictResponse,
                  summary="Predict one record from its fields and a base64 image")
-    def predict(body: request_model, predictor: PredictorDep,  # type: ignore[valid-type]
-                settings: SettingsDep) -> PredictResponse:
+    def predict(body: Annotated[request_model,  # type: ignore[valid-type]
+                                Body(openapi_examples=predict_examples)],
+                predictor: PredictorDep, settings: SettingsDep) -> PredictResponse:
         image = decode_base64(body.image_base64, "image_base64")  # type: ignore[attr-defined]
         fields = body.fields.model_dump(exclude_none=True)  # type: ignore[attr-defined]
         return score_one(predictor, settings, fields, image, ["body"])
 
     @router.post("/predict/upload", response_model=PredictResponse,
-                 summary="Predict one record from an uploaded image file and JSON fields")
+                 summary="Predict one record from an uploaded image file and JSON fields",
+                 description="In *Try it out*, `fields` is filled with the model's example "
+                             "record; choose the image file (PNG, JPEG, GIF, WebP, BMP) yourself.")
     def predict_upload(
         predictor: PredictorDep, settings: SettingsDep,
         image: Annotated[UploadFile, File(description="the image file")],
-        fields: Annotated[str, Form(description="the record's fields as a JSON object")],
+        fields: Annotated[str, Form(description="the record's fields as a JSON object",
+                                    examples=fields_examples)],
     ) -> PredictResponse:
         try:
             raw = json.loads(fields)
@@ -74,8 +95,9 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
 
     @router.post("/predict/batch", response_model=BatchResponse,
                  summary="Predict a list of records; bad rows come back as errors")
-    def predict_batch(rows: list[BatchRow], predictor: PredictorDep,
-                      settings: SettingsDep) -> BatchResponse:
+    def predict_batch(rows: Annotated[list[BatchRow], Body(openapi_examples=(
+                          batch_examples(record_model, example) if example else None))],
+                      predictor: PredictorDep, settings: SettingsDep) -> BatchResponse:
         if not rows:
             raise HTTPException(422, detail=[{"loc": ["body"], "type": "too_short",
                                               "msg": "batch is empty; send 1 or more rows"}])
