@@ -65,7 +65,11 @@ def predict_in_browser(base_url: str, image: Path, screenshot: Path,
             uploaded = page.locator("#mf-sprite").get_by_text(image.name).or_(
                 page.locator("#mf-sprite img")).first
             for attempt in range(3):
-                page.locator("#mf-sprite input[type=file]").set_input_files(str(image))
+                # Once the upload has begun, Gradio replaces the file input by the preview: only
+                # set the file while the input is still there (else a retry waits for nothing).
+                file_input = page.locator("#mf-sprite input[type=file]")
+                if file_input.count():
+                    file_input.set_input_files(str(image))
                 try:
                     uploaded.wait_for(timeout=timeout_ms // 3)
                     break
