@@ -100,7 +100,7 @@ def test_parse_record_accepts_lists_and_joined_strings():
 
 @pytest.mark.parametrize("field, value, message", [
     ("hp", 999, "between 1.0 and 255.0"),
-    ("hp", float("nan"), "is required"),
+    ("hp", float("nan"), "must be a finite number, got NaN"),
     ("hp", float("inf"), "finite"),
     ("hp", "many", "must be a number"),
     ("color", "Turquoise", "must be one of"),

@@ -162,6 +162,9 @@ def test_cli_ray_engine_on_parquet_and_clear_errors(cluster, batch_input, fixtur
                                                    predictor, tmp_path):
     rows, images = batch_input
     table = pd.read_csv(rows)
+    # Parquet is typed and read strictly (no text rule): hp must be a number column, so the
+    # CSV's one "abc" becomes a missing value here instead of making the column text.
+    table["hp"] = pd.to_numeric(table["hp"], errors="coerce")
     table.to_parquet(tmp_path / "rows.parquet", index=False)
     runner = CliRunner()
     base = ["predict", "--bundle", str(fixture_bundle.path), "--images", str(images)]

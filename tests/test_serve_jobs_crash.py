@@ -95,3 +95,78 @@ def test_kill_9_mid_job_then_restart_finishes_exactly_once(fixture_bundle, fixtu
         server.kill()
         server.wait(10)
         log.close()
+
+
+def _kill(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGKILL)
+    server.wait(10)
+
+
+def test_a_job_never_mixes_models_across_a_restart(fixture_bundle, fixture_dataset,
+                                                   fixture_splits, tmp_path):
+    """Killed mid-job, restarted with another model: it waits for its model ("wait"), or is
+    rescored whole by the new one ("rescore"); never rows of two models in one result."""
+    from modalfuse.train import TrainConfig, train
+
+    other = train(fixture_dataset, fixture_splits, tmp_path / "other",
+                  TrainConfig(num_boost_round=8, cv=False, seed=3, exclude_fields=["color"]),
+                  evaluate_test=False)
+    assert other.model_version != fixture_bundle.model_version
+    data_dir = tmp_path / "data"
+    base_env = {**os.environ, "MODALFUSE_DATA_DIR": str(data_dir), "MODALFUSE_API_KEY": API_KEY,
+                "MODALFUSE_JOB_CHUNK_ROWS": "10", "MODALFUSE_JOB_LEASE_S": "1",
+                "MODALFUSE_LOG_PREDICTIONS": "false"}
+    env_a = {**base_env, "MODALFUSE_BUNDLE": str(fixture_bundle.path)}
+    env_b = {**base_env, "MODALFUSE_BUNDLE": str(other.path)}
+    n = 600
+    table, images, _ = job_inputs(fixture_dataset, n)
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (outlives three servers)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start(env_a, port, log)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            r = c.post("/v1/jobs", headers=AUTH,
+                       files={"table": ("rows.csv", table), "images": ("img.zip", images)})
+            assert r.status_code == 201, r.text
+            job_id = r.json()["id"]
+            assert r.json()["model_version"] == fixture_bundle.model_version
+            assert r.json()["model_digest"] == fixture_bundle.model_digest
+            end = time.time() + 60
+            while time.time() < end:
+                job = c.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
+                if 0 < job["done_rows"] < n // 2:
+                    break
+                assert job["state"] != "succeeded", "job finished before it could be killed"
+                time.sleep(0.01)
+        _kill(server)
+
+        # Another model, policy "wait": the job is left alone, and says why.
+        server = _start({**env_b, "MODALFUSE_JOB_MODEL_POLICY": "wait"}, port, log)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            time.sleep(3)  # several claim rounds, past the dead worker's lease
+            job = c.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
+            assert job["state"] in ("queued", "running") and 0 < job["done_rows"] < n, job
+            assert job["model_version"] == fixture_bundle.model_version
+            assert f"waiting for a worker serving model {fixture_bundle.model_version}" in job["note"]
+            stuck = job["done_rows"]
+            time.sleep(1.5)
+            assert c.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["done_rows"] == stuck
+        _kill(server)
+
+        # Another model, policy "rescore" (the default): rescored whole, and it says so.
+        server = _start(env_b, port, log)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            job = wait_for(c.get, job_id, timeout=120)
+            assert job["state"] == "succeeded", job
+            assert job["model_version"] == other.model_version
+            assert job["model_digest"] == other.model_digest
+            assert "rescored whole by model" in job["note"] and job["done_rows"] == n
+            out = pd.read_parquet(io.BytesIO(c.get(f"/v1/jobs/{job_id}/result",
+                                                   headers=AUTH).content))
+        assert len(out) == n and out["row"].tolist() == list(range(n))  # none lost, none twice
+        assert set(out["model_version"]) == {other.model_version}  # one model, every row
+    finally:
+        server.kill()
+        server.wait(10)
+        log.close()

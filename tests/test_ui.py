@@ -11,10 +11,10 @@ import pytest
 
 from modalfuse.config import Settings
 from modalfuse.predict import table_records
+from modalfuse.serve.uploads import UploadLimits, safe_extract_zip
 from modalfuse.ui.app import (
     UploadError,
     explain_one,
-    extract_images,
     input_values,
     model_card_markdown,
     model_markdown,
@@ -103,7 +103,7 @@ def test_batch_upload_scores_good_rows_and_reports_bad_ones(predictor, fixture_d
     not_zip = tmp_path / "x.zip"
     not_zip.write_bytes(b"nope")
     summary, out, _ = score_upload(predictor, str(table), str(not_zip), tmp_path / "o3")
-    assert out is None and "not a readable zip" in summary
+    assert out is None and "not a valid zip" in summary
 
 
 def test_zip_entries_cannot_leave_the_folder(tmp_path):
@@ -111,7 +111,7 @@ def test_zip_entries_cannot_leave_the_folder(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("../escape.png", b"x")
     with pytest.raises(UploadError, match="outside"):
-        extract_images(archive, tmp_path / "dest")
+        safe_extract_zip(archive, tmp_path / "dest", UploadLimits.from_settings(Settings()))
     assert not (tmp_path / "escape.png").exists()
 
 

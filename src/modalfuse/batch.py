@@ -1,40 +1,196 @@
 """File-to-file batch scoring through the Predictor, one output row per input row.
 
 Rows are scored in chunks so memory stays flat; a row whose fields or image are bad gets
-an `error` and empty probabilities, and every other row is still scored.
+an `error` and empty probabilities, and every other row is still scored. A table's size
+is known before it is read (`count_rows`: the Parquet footer, a streamed CSV count) and
+its rows are read a chunk at a time (`iter_row_chunks`), so a small file that claims
+millions of rows is refused without loading it.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from modalfuse.predict import Predictor, table_records
+from modalfuse.safe_csv import write_csv
+
+TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
 class BatchInputError(ValueError):
     """The input file as a whole cannot be used (wrong format, no image column)."""
 
 
-def read_rows(path: Path) -> pd.DataFrame:
+class RowChunk(NamedTuple):
+    """Consecutive rows of a table: chunk `number` holds rows `start` .. start + len(rows)."""
+
+    number: int
+    start: int
+    rows: pd.DataFrame
+
+
+def table_format(path: Path) -> str:
+    """"csv" or "parquet" from the file's suffix; BatchInputError for anything else."""
     path = Path(path)
+    fmt = TABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise BatchInputError(f"input must be .csv or .parquet, got {path.suffix.lower()!r}")
     if not path.exists():
         raise BatchInputError(f"input {path} does not exist")
-    suffix = path.suffix.lower()
+    return fmt
+
+
+def _csv_is_blank(record: list[str]) -> bool:
+    # pandas skips empty and whitespace-only lines; a quoted "" is a row (csv gives [""]).
+    return not record or (len(record) == 1 and record[0] != "" and not record[0].strip())
+
+
+def _csv_records(path: Path) -> Iterator[list[str]]:
+    """The non-blank records of a CSV file, quoted newlines inside a record included."""
     try:
-        if suffix == ".csv":
-            return pd.read_csv(path, keep_default_na=True)
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for record in csv.reader(f):
+                if not _csv_is_blank(record):
+                    yield record
+    except UnicodeDecodeError as e:
+        raise BatchInputError(f"cannot read {path}: it is not UTF-8 text ({e.reason} at byte "
+                              f"{e.start})") from None
+    except csv.Error as e:
+        raise BatchInputError(f"cannot read {path}: {e}") from None
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+        raise BatchInputError(f"cannot read {path}: {e}") from None
+
+
+def table_columns(path: Path) -> list[str]:
+    """The column names of a table, from its header or footer only."""
+    path = Path(path)
+    if table_format(path) == "parquet":
+        schema = _parquet_file(path).schema_arrow
+        meta = schema.pandas_metadata or {}
+        index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+        return [n for n in schema.names if n not in index]
+    header = next(_csv_records(path), None)
+    if header is None:
+        raise BatchInputError(f"cannot read {path}: it is empty (no header row)")
+    return header
+
+
+def count_rows(path: Path, stop_after: int | None = None) -> int:
+    """Rows of a table without loading it: the Parquet footer, or a streamed count of CSV
+    records (a quoted newline does not start a record).
+
+    With `stop_after`, a CSV count stops at stop_after + 1: enough to refuse a table over a
+    limit without reading the rest of it.
+    """
+    path = Path(path)
+    if table_format(path) == "parquet":
+        return int(_parquet_file(path).metadata.num_rows)
+    records = _csv_records(path)
+    if next(records, None) is None:  # the header
+        raise BatchInputError(f"cannot read {path}: it is empty (no header row)")
+    n = 0
+    for _ in records:
+        n += 1
+        if stop_after is not None and n > stop_after:
+            break
+    return n
+
+
+def _parquet_chunks(path: Path, chunk_rows: int, skip: Collection[int]) -> Iterator[RowChunk]:
+    pf = _parquet_file(path)
+    meta = pf.metadata
+
+    def wanted(first: int, stop: int) -> bool:  # does a row range touch a chunk not skipped?
+        return any(i not in skip for i in range(first // chunk_rows,
+                                                 (stop - 1) // chunk_rows + 1))
+
+    def pieces() -> Iterator[tuple[int, pa.RecordBatch]]:
+        at = 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if n and wanted(at, at + n):  # row groups wholly inside done chunks are not read
+                pos = at
+                for batch in pf.iter_batches(batch_size=chunk_rows, row_groups=[g]):
+                    yield pos, batch
+                    pos += batch.num_rows
+            at += n
+
+    def chunk(index: int, parts: list[pa.RecordBatch]) -> RowChunk:
+        rows = pa.Table.from_batches(parts).to_pandas().reset_index(drop=True)
+        return RowChunk(index, index * chunk_rows, rows)
+
+    current, parts = -1, list[pa.RecordBatch]()
+    for pos, batch in pieces():
+        off = 0
+        while off < batch.num_rows:
+            index = (pos + off) // chunk_rows
+            take = min(batch.num_rows - off, (index + 1) * chunk_rows - (pos + off))
+            if index != current:
+                if parts:
+                    yield chunk(current, parts)
+                current, parts = index, []
+            if index not in skip:
+                parts.append(batch.slice(off, take))
+            off += take
+    if parts:
+        yield chunk(current, parts)
+
+
+def iter_row_chunks(path: Path, chunk_rows: int, skip: Collection[int] = ()) -> Iterator[RowChunk]:
+    """The rows of a table as consecutive chunks of `chunk_rows` (the last may be shorter),
+    read one chunk at a time; chunks whose index is in `skip` are not yielded (and whole
+    Parquet row groups inside skipped chunks are not even read).
+    """
+    path = Path(path)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be 1 or more, got {chunk_rows}")
+    fmt = table_format(path)
+    try:
+        if fmt == "parquet":
+            yield from _parquet_chunks(path, chunk_rows, skip)
+            return
+        with pd.read_csv(path, keep_default_na=True, chunksize=chunk_rows) as reader:
+            for index, rows in enumerate(reader):
+                if index not in skip:
+                    yield RowChunk(index, index * chunk_rows, rows.reset_index(drop=True))
+    except BatchInputError:
+        raise
     except Exception as e:  # pandas/pyarrow raise many types for a broken file
         raise BatchInputError(f"cannot read {path}: {e}") from None
-    raise BatchInputError(f"input must be .csv or .parquet, got {suffix!r}")
+
+
+def read_rows(path: Path, max_rows: int | None = None) -> pd.DataFrame:
+    """The whole table; with `max_rows`, a larger one is refused before it is loaded."""
+    path = Path(path)
+    fmt = table_format(path)
+    if max_rows is not None:
+        n = count_rows(path, stop_after=max_rows)
+        if n > max_rows:
+            raise BatchInputError(f"input {path} has {'more than ' if fmt == 'csv' else ''}"
+                                  f"{max_rows if fmt == 'csv' else n} rows; the limit is "
+                                  f"{max_rows}")
+    try:
+        if fmt == "csv":
+            return pd.read_csv(path, keep_default_na=True)
+        return pd.read_parquet(path)
+    except Exception as e:  # pandas/pyarrow raise many types for a broken file
+        raise BatchInputError(f"cannot read {path}: {e}") from None
 
 
 def load_image(images_dir: Path, name: Any) -> bytes | None:
@@ -57,7 +213,9 @@ def _read_image(root: str, name: Any) -> bytes | None:
         return None
 
 
-def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path) -> pd.DataFrame:
+def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
+                from_text: bool = False) -> pd.DataFrame:
+    """Score table rows; `from_text=True` for rows read from CSV (see `parse_record`)."""
     spec = predictor.spec
     records = table_records(spec, rows)
     blobs: list[bytes | None] = []
@@ -71,7 +229,7 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path) -> p
         if data is None and i not in path_errors:
             path_errors[i] = f"image file {name!r} not found under the images folder"
         blobs.append(data)
-    results = predictor.predict(records, blobs, top_k=1)
+    results = predictor.predict(records, blobs, top_k=1, from_text=from_text)
     out: dict[str, Any] = {}
     if spec.id_column in rows:
         out[spec.id_column] = rows[spec.id_column].to_numpy()
@@ -100,24 +258,27 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path) -> p
 
 def predict_file(predictor: Predictor, input_path: Path, images_dir: Path, output: Path,
                  chunk_size: int = 256) -> dict:
-    rows = read_rows(input_path)
-    if predictor.spec.image_column not in rows.columns:
+    columns = table_columns(input_path)
+    if predictor.spec.image_column not in columns:
         raise BatchInputError(
-            f"input has no image column {predictor.spec.image_column!r}; columns: {list(rows.columns)}"
+            f"input has no image column {predictor.spec.image_column!r}; columns: {columns}"
         )
     parts = []
-    with Progress() as progress:
-        task = progress.add_task("scoring", total=len(rows))
-        for start in range(0, len(rows), chunk_size):
-            chunk = rows.iloc[start:start + chunk_size].reset_index(drop=True)
-            parts.append(score_frame(predictor, chunk, images_dir))
-            progress.advance(task, len(chunk))
-    result = pd.concat(parts, ignore_index=True) if parts else score_frame(predictor, rows, images_dir)
+    with Progress() as progress:  # the input is read a chunk at a time, never whole
+        task = progress.add_task("scoring", total=count_rows(input_path))
+        for chunk in iter_row_chunks(input_path, chunk_size):
+            parts.append(score_frame(predictor, chunk.rows, images_dir,
+                                     from_text=table_format(input_path) == "csv"))
+            progress.advance(task, len(chunk.rows))
+    if not parts:  # no rows: still one (empty) output with every column
+        empty = pd.DataFrame(columns=columns)
+        parts.append(score_frame(predictor, empty, images_dir))
+    result = pd.concat(parts, ignore_index=True)
     result.insert(0, "row", np.arange(len(result)))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".csv":
-        result.to_csv(output, index=False)
+        write_csv(result, output)  # formula-like text escaped for spreadsheets
     else:
         result.to_parquet(output, index=False)
     return {"rows": len(result), "errors": int(result["error"].notna().sum())}

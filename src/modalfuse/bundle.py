@@ -15,6 +15,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 
@@ -74,6 +75,19 @@ class ModelBundle:
     @property
     def metrics(self) -> dict:
         return dict(self.meta.get("metrics", {}))
+
+    @cached_property
+    def model_digest(self) -> str:
+        """A digest of what decides a prediction: the model's description, labels, the fitted
+        preprocessor and the spec. Two bundles with one digest answer alike (async jobs
+        check it, so a job is never finished by another model)."""
+        h = hashlib.sha256(self.model_version.encode())
+        h.update(json.dumps({"model": self.meta.get("model"), "labels": self.labels},
+                            sort_keys=True, default=str).encode())
+        for name in ("preprocessor.json", "spec.json"):
+            path = self.path / name
+            h.update(path.read_bytes() if path.exists() else b"")
+        return h.hexdigest()[:16]
 
 
 def _content_hash(directory: Path) -> str:

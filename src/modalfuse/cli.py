@@ -304,6 +304,7 @@ def serve(
     import uvicorn
 
     from modalfuse.serve.app import create_app
+    from modalfuse.serve.logging import log_config
     from modalfuse.serve.model_source import choose_model, describe_source, pinned_settings
 
     settings = _settings()
@@ -313,7 +314,9 @@ def serve(
     application = create_app(settings)
     console.print(f"serving {describe_source(application.state.model_source)}", highlight=False)
     console.print(f"modalfuse API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    # The container's logging (serve/logging.py): JSON lines on stderr with request ids; the
+    # API's own access line replaces uvicorn's, which would print query strings (secrets).
+    uvicorn.run(application, host=host, port=port, log_config=log_config(), access_log=False)
 
 
 @app.command()
@@ -389,6 +392,7 @@ bench_app = typer.Typer(help="Benchmarks: measured numbers, saved as JSON + mark
 app.add_typer(bench_app, name="bench")
 bench_app.command("batch")(bench_batch.bench_batch)
 bench_app.command("serve")(production_cli.bench_serve)
+bench_app.command("soak")(production_cli.bench_soak)
 optimize_cli.register(app, bench_app)  # tune, optimize ..., bench models
 
 

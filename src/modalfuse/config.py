@@ -6,12 +6,13 @@ Nothing here touches the disk at import time: paths are computed, never created.
 from __future__ import annotations
 
 import json
+import math
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +25,27 @@ def default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return base / "modalfuse"
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like "90", "45s", "30m", "12h", "7d" or "2w"."""
+    text = str(value).strip().lower()
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
+    number = text[:-1] if text[-1:] in _DURATION_UNITS else text
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds):
+        raise ValueError(f"duration {value!r} is not seconds (e.g. 3600) or a number with one "
+                         f"of the units {', '.join(_DURATION_UNITS)} (e.g. 12h, 7d)")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class Settings(BaseSettings):
@@ -40,6 +62,14 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=2_000_000, ge=1_000)
     max_image_pixels: int = Field(default=4_000_000, ge=64)
     max_body_bytes: int = Field(default=64_000_000, ge=10_000)
+    # CPU budget of the open routes (serve/ratelimit.py). Pixels: what one request may decode,
+    # summed over a batch, checked from the image headers before any pixel is decoded.
+    # Per client (IP, plus a valid API key): a token bucket and a cap on requests in flight;
+    # 0 turns a limit off. Generous by default: `modalfuse bench serve` runs c=16 from one IP.
+    max_request_pixels: int = Field(default=16_000_000, ge=64)
+    rate_limit_per_s: float = Field(default=500.0, ge=0)
+    rate_limit_burst: int = Field(default=1_000, ge=1)
+    max_concurrent_per_client: int = Field(default=32, ge=0)
     # Where the API's model comes from: a registry URI (models:/NAME@champion) wins over `bundle`.
     model_uri: str | None = None
     # `modalfuse train` logs to MLflow (MLFLOW_TRACKING_URI, else the embedded store) unless off.
@@ -50,8 +80,27 @@ class Settings(BaseSettings):
     max_job_rows: int = Field(default=1_000_000, ge=1)
     max_zip_members: int = Field(default=100_000, ge=1)
     max_zip_unpacked_bytes: int = Field(default=2_000_000_000, ge=10_000)
+    # Uploads (serve/uploads.py, the same for /v1/jobs and the UI's batch tab): an entry, or
+    # the whole zip, unpacking to more than this many times its packed size is a zip bomb
+    # (images are compressed already and barely shrink); the UI scores while a browser
+    # waits, so it takes at most max_ui_batch_rows rows (and never more than max_job_rows):
+    # it needs no key, so it sells at most ~2 s of CPU per upload; larger tables go through
+    # the async jobs API (/v1/jobs, with the key).
+    max_zip_ratio: float = Field(default=200.0, ge=1)
+    max_ui_batch_rows: int = Field(default=2_000, ge=1)
     job_lease_s: float = Field(default=30.0, gt=0)  # a worker that stops renewing loses its job
+    # A job started by another model (a server restarted or reloaded with a new one): rescore
+    # it whole with this model, or leave it for a worker serving its own. Never a mix.
+    job_model_policy: Literal["rescore", "wait"] = "rescore"
     log_predictions: bool = True
+    # Retention (serve/retention.py, monitor/predlog.py): finished jobs' rows and folders are
+    # deleted job_ttl after they finished; the prediction log drops rows older than
+    # prediction_log_max_age, then the oldest rows until its file is under the size limit.
+    # Durations are seconds or "30m", "12h", "7d".
+    job_ttl: Duration = Field(default=7 * 86400, gt=0)
+    prediction_log_max_age: Duration = Field(default=30 * 86400, gt=0)
+    prediction_log_max_mb: float = Field(default=200.0, gt=0)
+    retention_sweep_every: Duration = Field(default=600, gt=0)  # how often jobs are swept
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -7,13 +7,13 @@ re-implements preprocessing.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Any
 
 import pandas as pd
 from mlflow.pyfunc import PythonModel
+
+from modalfuse.features.image import ImageError, decode_base64_image
 
 # The key of the bundle folder among the pyfunc model's artifacts.
 BUNDLE_ARTIFACT = "bundle"
@@ -46,8 +46,8 @@ class BundlePyfunc(PythonModel):
         images: list[bytes | None] = []
         for value in model_input[IMAGE_COLUMN]:
             try:
-                images.append(base64.b64decode(str(value), validate=True))
-            except (binascii.Error, ValueError):
+                images.append(decode_base64_image(str(value)))
+            except ImageError:
                 images.append(None)
         rows = []
         for res in self.predictor.predict(records, images):

@@ -15,10 +15,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from modalfuse.bundle import ModelBundle, load_bundle
 from modalfuse.config import DatasetSpec
-from modalfuse.features.image import ImageError, normalize_image
+from modalfuse.features.image import (
+    ImageError,
+    load_first_frame,
+    open_image_header,
+    to_square_rgba,
+)
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import RecordError, parse_record, records_columns
 
@@ -30,6 +36,16 @@ class PredictionInputError(ValueError):
         self.errors = errors
         first = next(iter(errors.items()))
         super().__init__(f"{len(errors)} row(s) invalid; row {first[0]}: {first[1]}")
+
+
+class PixelBudgetError(ValueError):
+    """A call's images declare more pixels in all than it may decode; nothing was decoded."""
+
+    def __init__(self, total: int, n_images: int, limit: int):
+        self.total, self.n_images, self.limit = total, n_images, limit
+        super().__init__(
+            f"the {n_images} images of this request have {total} pixels in all; the limit is "
+            f"{limit} pixels per request: send fewer or smaller images")
 
 
 @dataclass
@@ -76,28 +92,61 @@ class Predictor:
     def model_version(self) -> str:
         return self.bundle.model_version
 
-    def decode_image(self, data: bytes | None) -> np.ndarray:
+    def open_header(self, data: bytes | None) -> Image.Image:
+        """An image with its size and format checked against the limits, not yet decoded."""
         if data is None:
             raise ImageError("image is required")
         if len(data) > self.max_image_bytes:
             raise ImageError(f"image is {len(data)} bytes; the limit is {self.max_image_bytes}")
-        return normalize_image(data, self.spec.image_size, self.max_image_pixels)
+        return open_image_header(data, self.max_image_pixels)
+
+    def decode_header(self, img: Image.Image) -> np.ndarray:
+        """An image from `open_header` -> the model's square RGBA array (decodes its pixels)."""
+        return to_square_rgba(load_first_frame(img, self.max_image_pixels), self.spec.image_size)
+
+    def decode_image(self, data: bytes | None) -> np.ndarray:
+        """Image bytes -> the model's square RGBA array, within the per-image limits."""
+        return self.decode_header(self.open_header(data))
 
     def prepare(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
-                allow_extra: bool = False) -> Prepared:
+                allow_extra: bool = False, *, from_text: bool = False,
+                max_total_pixels: int | None = None) -> Prepared:
+        """Validate and encode rows; a bad row becomes an entry of `errors`.
+
+        Every image's header is read before any image is decoded, so a call whose images
+        declare more than `max_total_pixels` in all is refused with PixelBudgetError at the
+        cost of reading headers. `from_text` is `parse_record`'s (tables read from CSV).
+        """
         if len(records) != len(images):
             raise ValueError(f"{len(records)} records but {len(images)} images")
+        headers: list[Image.Image | None] = []
+        image_errors: dict[int, str] = {}
+        for i, data in enumerate(images):
+            try:
+                headers.append(self.open_header(data))
+            except ImageError as e:
+                headers.append(None)
+                image_errors[i] = str(e)
+        if max_total_pixels is not None:
+            sizes = [h.size for h in headers if h is not None]
+            total = sum(w * h for w, h in sizes)
+            if total > max_total_pixels:
+                raise PixelBudgetError(total, len(sizes), max_total_pixels)
         parsed, pixels, valid, errors = [], [], [], {}
-        for i, (rec, img) in enumerate(zip(records, images, strict=True)):
+        for i, rec in enumerate(records):
             row_err: dict[str, str] = {}
             try:
-                p = parse_record(self.spec, rec, allow_extra=allow_extra)
+                p = parse_record(self.spec, rec, allow_extra=allow_extra, from_text=from_text)
             except RecordError as e:
                 row_err.update(e.errors)
-            try:
-                px = self.decode_image(img)
-            except ImageError as e:
-                row_err[self.spec.image_column] = str(e)
+            header, headers[i] = headers[i], None  # decoded pixels are not kept past the row
+            if header is None:
+                row_err[self.spec.image_column] = image_errors[i]
+            else:
+                try:
+                    px = self.decode_header(header)
+                except ImageError as e:
+                    row_err[self.spec.image_column] = str(e)
             if row_err:
                 errors[i] = row_err
                 continue
@@ -111,10 +160,12 @@ class Predictor:
         return Prepared(valid, batch, errors)
 
     def predict_proba(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
-                      allow_extra: bool = False) -> np.ndarray:
+                      allow_extra: bool = False, *, from_text: bool = False,
+                      max_total_pixels: int | None = None) -> np.ndarray:
         """(n, n_labels) probabilities; raises PredictionInputError if any row is invalid."""
         t0 = time.perf_counter()
-        prep = self.prepare(records, images, allow_extra)
+        prep = self.prepare(records, images, allow_extra, from_text=from_text,
+                            max_total_pixels=max_total_pixels)
         if prep.errors:
             raise PredictionInputError(prep.errors)
         if prep.batch is None:
@@ -124,10 +175,15 @@ class Predictor:
         return proba
 
     def predict(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
-                top_k: int = 3, allow_extra: bool = False) -> list[dict[str, Any]]:
-        """One result per input row: a prediction, or an `error` mapping field -> message."""
+                top_k: int = 3, allow_extra: bool = False, *, from_text: bool = False,
+                max_total_pixels: int | None = None) -> list[dict[str, Any]]:
+        """One result per input row: a prediction, or an `error` mapping field -> message.
+
+        See `prepare` for `from_text` and `max_total_pixels` (PixelBudgetError).
+        """
         t0 = time.perf_counter()
-        prep = self.prepare(records, images, allow_extra)
+        prep = self.prepare(records, images, allow_extra, from_text=from_text,
+                            max_total_pixels=max_total_pixels)
         out: list[dict[str, Any]] = [{} for _ in records]
         for i, msg in prep.errors.items():
             out[i] = {"error": msg}
@@ -160,6 +216,8 @@ def table_records(spec: DatasetSpec, table: pd.DataFrame) -> list[dict[str, Any]
     """Rows of a table (CSV, Parquet, the dataset) as raw records of the spec's fields.
 
     Missing values become None; columns that are not input fields are not passed on.
+    Cells stay as the table's reader typed them: score records of a CSV with
+    `from_text=True` (see `parse_record`).
     """
     names = [f.name for f in spec.fields]
     sub = table.reindex(columns=names).astype(object)

@@ -112,6 +112,32 @@ def bench_serve(
     console.print(f"wrote {out / 'serve.json'} and {out / 'serve.md'}")
 
 
+def bench_soak(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
+    = "pokemon",
+    bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="model bundle folder "
+                                                "(default: the champion, else the latest)")] = None,
+    minutes: Annotated[float, typer.Option(help="how long the load runs", min=0.1)] = 10.0,
+    clients: Annotated[int, typer.Option(help="client threads", min=1)] = 4,
+    out: Annotated[Path, typer.Option(help="folder for soak.json, soak.md and soak.png")]
+    = Path("docs/benchmarks"),
+) -> None:
+    """Soak the API (predict, batch, jobs; prediction log and retention on) and check for leaks."""
+    from modalfuse.serve.soak import plot, run_soak, to_markdown
+
+    s = Settings()
+    path = bundle_for(s, dataset, bundle)[0]
+    with console.status("soaking") as status:
+        res = run_soak(path, minutes=minutes, clients=clients,
+                       progress=lambda msg: status.update(f"soaking: {msg}"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps(res, indent=2))
+    (out / "soak.md").write_text(to_markdown(res))
+    plot(res, out / "soak.png")
+    console.print(to_markdown(res))
+    console.print(f"wrote {out / 'soak.json'}, {out / 'soak.md'} and {out / 'soak.png'}")
+
+
 def register(app: typer.Typer) -> None:
     """`monitor`; `bench serve` is added to the shared `bench` group in cli.py."""
     app.command("monitor")(monitor)

@@ -8,8 +8,12 @@ GIF at serving time and the stored PNG give the same pixels.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -21,25 +25,26 @@ class ImageError(ValueError):
     """An image that cannot be used: unreadable, empty, too large or of a refused format."""
 
 
-def open_image(data: bytes, max_pixels: int = 4_000_000) -> Image.Image:
-    """Open the first frame of an image, refusing decompression bombs before decoding."""
-    if not data:
-        raise ImageError("image is empty (0 bytes)")
+_ASCII_WHITESPACE = b" \t\n\r\v\f"
+
+
+def decode_base64_image(text: str) -> bytes:
+    """Image bytes from base64 text; line-wrapped base64 (RFC 2045: 76 columns, CRLF or LF)
+    is accepted, since ASCII whitespace is dropped before a strict decode."""
+    try:
+        raw = text.encode("ascii").translate(None, _ASCII_WHITESPACE)
+        return base64.b64decode(raw, validate=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError):
+        raise ImageError("image_base64 is not valid base64") from None
+
+
+@contextmanager
+def _image_errors(max_pixels: int) -> Iterator[None]:
+    """Pillow's many failure types -> one ImageError that says what is wrong."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in ALLOWED_FORMATS:
-                raise ImageError(
-                    f"image format {img.format!r} is not accepted; allowed: {list(ALLOWED_FORMATS)}"
-                )
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(
-                    f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels"
-                )
-            img.seek(0)
-            img.load()
+            yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -51,7 +56,41 @@ def open_image(data: bytes, max_pixels: int = 4_000_000) -> Image.Image:
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(f"image is corrupt or truncated: {e}") from None
+
+
+def open_image_header(data: bytes, max_pixels: int = 4_000_000) -> Image.Image:
+    """An image with only its header read: format and size are checked, no pixel decoded.
+
+    Pillow's `Image.open` is lazy, so this costs microseconds whatever the image declares;
+    it is what lets a request's pixels be counted before any of them are decoded.
+    """
+    if not data:
+        raise ImageError("image is empty (0 bytes)")
+    with _image_errors(max_pixels):
+        img = Image.open(io.BytesIO(data))
+        if img.format not in ALLOWED_FORMATS:
+            raise ImageError(
+                f"image format {img.format!r} is not accepted; allowed: {list(ALLOWED_FORMATS)}"
+            )
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageError(
+                f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels"
+            )
     return img
+
+
+def load_first_frame(img: Image.Image, max_pixels: int = 4_000_000) -> Image.Image:
+    """Decode the first frame of an image opened by `open_image_header` (the costly step)."""
+    with _image_errors(max_pixels):
+        img.seek(0)
+        img.load()
+    return img
+
+
+def open_image(data: bytes, max_pixels: int = 4_000_000) -> Image.Image:
+    """Open the first frame of an image, refusing decompression bombs before decoding."""
+    return load_first_frame(open_image_header(data, max_pixels), max_pixels)
 
 
 def to_square_rgba(img: Image.Image, size: int) -> np.ndarray:

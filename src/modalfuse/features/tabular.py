@@ -1,13 +1,17 @@
 """Raw table fields -> validated records -> numeric feature matrix.
 
-`parse_records` is the single place where a raw field value (from JSON, CSV or Parquet)
+`parse_record` is the single place where a raw field value (from JSON, CSV or Parquet)
 is checked against the DatasetSpec; training data, CLI batches and API requests all pass
 through it, so a value the model never accepted in training cannot sneak in at serving.
+Typed input (JSON, Parquet) is taken strictly: no string becomes a number or a boolean.
+Text input (CSV) is converted by one documented rule, asked for with `from_text=True`.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import reprlib
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,45 +37,89 @@ class RecordError(ValueError):
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
 
 
-def _is_missing(v: Any) -> bool:
+# The text rule (`from_text=True`): how a CSV cell that its reader left as text becomes a
+# value. A number is a plain decimal (sign, digits, optional fraction and exponent; no
+# thousands separators, no "inf"/"nan" words); a boolean is true/false/1/0 in any case.
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_TEXT_BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxlevel = 60, 60, 6, 3
+
+
+def _show(v: Any) -> str:
+    """repr of a value, cut short: a huge or deeply nested value gives a short message."""
+    return _SHORT.repr(v.item() if isinstance(v, np.generic) else v)
+
+
+def _kind_of(v: Any) -> str:
+    """How an error message names a value of the wrong type: "a string '39'"."""
+    if isinstance(v, str):
+        return f"a string {_show(v)}"
+    if isinstance(v, bool | np.bool_):
+        return f"boolean {str(bool(v)).lower()}"
+    if isinstance(v, int | float | np.integer | np.floating):
+        return f"the number {_show(v)}"
+    return f"{type(v).__name__} {_show(v)}"
+
+
+def _is_missing(f: FieldSpec, v: Any, from_text: bool) -> bool:
+    """None is missing everywhere; NaN and blank cells only in text (CSV's empty cells)."""
     if v is None:
         return True
-    if isinstance(v, float) and math.isnan(v):
+    if from_text and isinstance(v, float) and math.isnan(v):
         return True
-    return isinstance(v, str) and v.strip() == ""
+    if isinstance(v, str) and v.strip() == "":
+        return from_text or f.kind in (FieldKind.categorical, FieldKind.multi)
+    return False
 
 
-def _parse_value(f: FieldSpec, v: Any) -> Any:
+def _number(v: Any, from_text: bool) -> float:
+    if isinstance(v, bool | np.bool_):
+        raise ValueError(f"must be a number, got {_kind_of(v)}")
+    if isinstance(v, int | float | np.integer | np.floating):
+        return float(v)
+    if from_text and isinstance(v, str):
+        if _DECIMAL.fullmatch(v.strip()):
+            return float(v)
+        raise ValueError(f"must be a number, got {_show(v)}")
+    raise ValueError(f"must be a number, got {_kind_of(v)}")
+
+
+def _boolean(v: Any, from_text: bool) -> bool:
+    if isinstance(v, bool | np.bool_):
+        return bool(v)
+    if from_text:
+        if isinstance(v, int | float | np.integer | np.floating) and v in (0, 1):
+            return bool(v)
+        if isinstance(v, str) and v.strip().lower() in _TEXT_BOOLEANS:
+            return _TEXT_BOOLEANS[v.strip().lower()]
+        raise ValueError(f"must be true or false (in text: true, false, 1 or 0), got {_show(v)}")
+    raise ValueError(f"must be true or false, got {_kind_of(v)}")
+
+
+def _parse_value(f: FieldSpec, v: Any, from_text: bool = False) -> Any:
     """One raw value -> its canonical form, or ValueError saying what is allowed."""
-    if _is_missing(v):
+    if _is_missing(f, v, from_text):
         if f.required:
             raise ValueError("is required")
         return None if f.kind != FieldKind.multi else ""
     if f.kind == FieldKind.numeric:
-        if isinstance(v, bool):
-            raise ValueError(f"must be a number, got boolean {v}")
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"must be a number, got {v!r}") from None
+        x = _number(v, from_text)
         if not math.isfinite(x):
-            raise ValueError(f"must be a finite number, got {v!r}")
+            shown = "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+            raise ValueError(f"must be a finite number, got {shown}")
         if (f.min is not None and x < f.min) or (f.max is not None and x > f.max):
             raise ValueError(f"must be between {f.min} and {f.max}, got {x:g}")
         return x
     if f.kind == FieldKind.boolean:
-        if isinstance(v, bool | np.bool_):
-            return bool(v)
-        if isinstance(v, int | float) and v in (0, 1):
-            return bool(v)
-        if isinstance(v, str) and v.strip().lower() in {"true", "false", "1", "0", "yes", "no"}:
-            return v.strip().lower() in {"true", "1", "yes"}
-        raise ValueError(f"must be true or false, got {v!r}")
+        return _boolean(v, from_text)
     if f.kind == FieldKind.categorical:
         if not isinstance(v, str):
-            raise ValueError(f"must be a string, got {type(v).__name__} {v!r}")
+            raise ValueError(f"must be a string, got {type(v).__name__} {_show(v)}")
         if f.categories and v not in f.categories:
-            raise ValueError(f"must be one of {f.categories}, got {v!r}")
+            raise ValueError(f"must be one of {f.categories}, got {_show(v)}")
         return v
     # multi-valued: a list of strings, or one string joined by "|"
     if isinstance(v, str):
@@ -79,27 +127,36 @@ def _parse_value(f: FieldSpec, v: Any) -> Any:
     elif isinstance(v, list | tuple | np.ndarray) and all(isinstance(s, str) for s in v):
         labels = [s.strip() for s in v if s.strip()]
     else:
-        raise ValueError(f"must be a list of strings or a '|'-joined string, got {v!r}")
+        raise ValueError(f"must be a list of strings or a '|'-joined string, got {_show(v)}")
     if f.categories:
         bad = [s for s in labels if s not in f.categories]
         if bad:
-            raise ValueError(f"unknown value(s) {bad}; allowed: {f.categories}")
+            raise ValueError(f"unknown value(s) {_show(bad)}; allowed: {f.categories}")
     return "|".join(labels)
 
 
-def parse_record(spec: DatasetSpec, record: dict[str, Any], allow_extra: bool = False) -> dict:
+def parse_record(spec: DatasetSpec, record: dict[str, Any], allow_extra: bool = False,
+                 from_text: bool = False) -> dict:
+    """A raw record -> canonical values of the spec's fields, or RecordError naming each bad one.
+
+    Values are taken as typed (JSON, Parquet, the dataset): a number for a numeric field, a
+    boolean for a boolean one; a string "39" or "yes" there is an error, and so is NaN.
+    `from_text=True` is for tables read from text (CSV), whose reader leaves a cell as a
+    string when it could not type its column: such cells are converted by the text rule
+    above, and NaN or a blank cell is missing.
+    """
     errors: dict[str, str] = {}
     out: dict[str, Any] = {}
     for f in spec.fields:
         try:
-            out[f.name] = _parse_value(f, record.get(f.name))
+            out[f.name] = _parse_value(f, record.get(f.name), from_text)
         except ValueError as e:
             errors[f.name] = str(e)
     if not allow_extra:
         known = {f.name for f in spec.fields}
         for k in record:
             if k not in known:
-                errors[k] = f"unknown field; known fields are {sorted(known)}"
+                errors[str(k)[:100]] = f"unknown field; known fields are {sorted(known)}"
     if errors:
         raise RecordError(errors)
     return out

@@ -3,6 +3,11 @@
 Observers run inside the request; they only put the event on a bounded queue, and one
 writer thread inserts in batches, so logging costs the request microseconds, not a disk
 write. If the queue is full the row is counted as dropped instead of slowing serving.
+
+Retention is that thread's job too, never a request's: at start and every `prune_every_s`
+it deletes rows older than `max_age_s`, and whenever the file (with its WAL) outgrows
+`max_bytes` it deletes the oldest rows until it is back under `PRUNE_TO` of the limit, then
+gives the freed pages back to the disk (incremental vacuum, then a WAL checkpoint).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +53,30 @@ CREATE TABLE IF NOT EXISTS models (
 );
 """
 
+# A log over its size limit is cut to this fraction of it, so pruning is not redone per write.
+PRUNE_TO = 0.8
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """Rows one prune deleted (for age, for size) and the log's size after it, in bytes."""
+
+    deleted_old: int
+    deleted_for_size: int
+    size_bytes: int
+
 
 class PredictionLog:
     """Writes prediction events to `<dir>/predictions.db` and reads them back as frames."""
 
     def __init__(self, path: Path, feature_names: list[str] | None = None,
                  max_queue: int = 10_000, flush_every_s: float = 0.25,
-                 on_drop: Callable[[], None] | None = None):
+                 on_drop: Callable[[], None] | None = None, max_age_s: float | None = None,
+                 max_bytes: int | None = None, prune_every_s: float = 60.0):
         self.path = Path(path)
+        # Retention (None: unlimited); see the module docstring.
+        self.max_age_s, self.max_bytes, self.prune_every_s = max_age_s, max_bytes, prune_every_s
+        self._next_prune = self._last_prune = 0.0  # monotonic times: prune at start
         # Names of the logged feature vector: the Preprocessor's tabular then image-stat names.
         self.feature_names = list(feature_names or [])
         self.max_queue, self.flush_every_s = max_queue, flush_every_s
@@ -68,7 +90,11 @@ class PredictionLog:
     def connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=30)
         try:
+            # Before WAL mode is set, so that a new file gets it; an old file is converted by
+            # the first prune that needs to shrink it.
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA journal_size_limit=4000000")  # the WAL is truncated to this
             db.execute("PRAGMA synchronous=NORMAL")
             yield db
         finally:
@@ -123,6 +149,8 @@ class PredictionLog:
     def _run(self) -> None:
         stopping = False
         while not stopping:
+            if self._prune_due():
+                self._prune_logged()
             items: list[tuple] = []
             try:
                 first = self._queue.get(timeout=self.flush_every_s)
@@ -160,6 +188,84 @@ class PredictionLog:
                 "confidence, inputs, proba, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [it[:9] for it in items])
             db.commit()
+
+    # -- retention -----------------------------------------------------------------------
+    def size_bytes(self) -> int:
+        """The log's size on disk: the database file and its write-ahead log."""
+        paths = (self.path, self.path.with_name(self.path.name + "-wal"))
+        return sum(p.stat().st_size for p in paths if p.exists())
+
+    def _prune_due(self) -> bool:
+        if self.max_age_s is None and self.max_bytes is None:
+            return False
+        now = time.monotonic()
+        if now >= self._next_prune:
+            return True
+        # Between scheduled prunes a log over its size limit is cut at once (once a second
+        # at most, in case something, such as a long reader, keeps it from shrinking).
+        return (self.max_bytes is not None and now - self._last_prune >= 1.0
+                and self.size_bytes() > self.max_bytes)
+
+    def _prune_logged(self) -> None:
+        self._last_prune = time.monotonic()
+        self._next_prune = self._last_prune + self.prune_every_s
+        try:
+            res = self.prune()
+        except sqlite3.Error:
+            log.exception("cannot prune the prediction log")
+            return
+        if res.deleted_old or res.deleted_for_size:
+            log.info("prediction log pruned", extra={
+                "deleted_old": res.deleted_old, "deleted_for_size": res.deleted_for_size,
+                "size_bytes": res.size_bytes})
+
+    def prune(self, now: float | None = None) -> PruneResult:
+        """Delete rows older than `max_age_s`, then the oldest rows while over `max_bytes`.
+
+        Called by the writer thread; safe to call from elsewhere (SQLite serialises writers).
+        """
+        if not self.path.exists():
+            return PruneResult(0, 0, 0)
+        old = 0
+        with self.connect() as db:
+            if self.max_age_s is not None:
+                cutoff = (time.time() if now is None else now) - self.max_age_s
+                old = db.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,)).rowcount
+                db.commit()
+            for_size = self._shrink(db) if self.max_bytes is not None else 0
+            if old and not for_size:
+                self._release_pages(db)
+        return PruneResult(old, for_size, self.size_bytes())
+
+    def _shrink(self, db: sqlite3.Connection) -> int:
+        """Delete the oldest rows until the file is under PRUNE_TO of `max_bytes`."""
+        assert self.max_bytes is not None
+        if self.size_bytes() <= self.max_bytes:
+            return 0
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # a file from before retention
+            db.executescript("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
+        self._release_pages(db)
+        target = int(self.max_bytes * PRUNE_TO)
+        deleted = 0
+        for _ in range(4):  # the bytes-per-row estimate is refined on each round
+            page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            used = page_size * (db.execute("PRAGMA page_count").fetchone()[0]
+                                - db.execute("PRAGMA freelist_count").fetchone()[0])
+            rows = db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+            if used <= target or rows == 0:
+                break
+            n = min(rows, max(1, -(-(used - target) * rows // used)))
+            deleted += db.execute("DELETE FROM predictions WHERE id IN (SELECT id FROM "
+                                  "predictions ORDER BY id LIMIT ?)", (n,)).rowcount
+            db.commit()
+            self._release_pages(db)
+        return deleted
+
+    @staticmethod
+    def _release_pages(db: sqlite3.Connection) -> None:
+        # executescript, since a plain execute frees one page per step of the pragma.
+        db.executescript("PRAGMA incremental_vacuum;")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything queued so far is written (tests, shutdown)."""

@@ -162,7 +162,7 @@ class PredictorActor:
         rows = batch.drop(columns=[_ROW_TMP]).reset_index(drop=True)
         if self.csv_text:
             rows = _typed_like_pandas(rows)
-        scored = score_frame(self.predictor, rows, self.images_dir)
+        scored = score_frame(self.predictor, rows, self.images_dir, from_text=self.csv_text)
         scored.insert(0, ROW, batch[_ROW_TMP].to_numpy(dtype=np.int64))
         table = pa.Table.from_pandas(scored, preserve_index=False)
         # A batch whose rows are all errors (or all fine) must still write string columns,

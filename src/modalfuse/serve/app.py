@@ -12,8 +12,9 @@ from modalfuse import __version__
 from modalfuse.config import Settings
 from modalfuse.features.image import ImageError
 from modalfuse.predict import PredictionInputError, Predictor
-from modalfuse.serve import production
+from modalfuse.serve import production, ratelimit
 from modalfuse.serve.docs import install_docs
+from modalfuse.serve.errors import ServerErrors
 from modalfuse.serve.model_source import describe_source, load_served_predictor
 from modalfuse.serve.routes import admin as admin_routes
 from modalfuse.serve.routes import card as card_routes
@@ -129,6 +130,10 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     from modalfuse.ui.app import mount_ui  # gradio is heavy: imported when an app is built
 
     mount_ui(app)
+    # Innermost: a server bug becomes a generic JSON 500 that the outer layers (request id,
+    # metrics, access log) still see.
+    app.add_middleware(ServerErrors)
+    ratelimit.install(app, settings)  # per-client 429s, the pixel budget's 413
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # After BodyLimit, so request ids and metrics wrap every answer (413s too).
     production.install(app, settings, predictor)

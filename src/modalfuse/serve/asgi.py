@@ -1,6 +1,7 @@
 """ASGI entry for process managers: `uvicorn --factory modalfuse.serve.asgi:app`.
 
-Settings come from MODALFUSE_* variables; logs are JSON lines on stderr.
+Settings come from MODALFUSE_* variables; logs are JSON lines on stderr, configured by
+`serve.logging.log_config` exactly as `modalfuse serve` configures them.
 """
 
 from __future__ import annotations

@@ -13,31 +13,26 @@ import logging
 import os
 import shutil
 import sqlite3
-import stat
 import threading
 import time
 import uuid
-import zipfile
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from modalfuse.batch import BatchInputError, read_rows, score_frame
+from modalfuse.batch import iter_row_chunks, score_frame
 from modalfuse.predict import Predictor
+from modalfuse.serve.uploads import UploadError, UploadLimits, check_table, safe_extract_zip
 
 log = logging.getLogger("modalfuse.jobs")
 
 STATES = ("queued", "running", "succeeded", "failed")
-# A member that unpacks to more than this many times its compressed size is a zip bomb:
-# real images (PNG/GIF/JPEG) are already compressed and barely shrink in a zip.
-MAX_COMPRESSION_RATIO = 200
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,6 +48,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_rows INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     model_version TEXT NOT NULL,
+    model_digest TEXT,
+    note TEXT,
     lease_owner TEXT,
     lease_until REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -69,8 +66,33 @@ CREATE TABLE IF NOT EXISTS job_chunks (
 """
 
 
-class JobInputError(ValueError):
-    """The submitted job inputs cannot be used; the message says what is wrong."""
+# What a worker does with a job another model started: leave it for that model, or rescore
+# it whole with its own (never a mix: a result's rows all come from one model).
+JOB_MODEL_POLICIES = ("rescore", "wait")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model a worker scores with: its version and the digest of its bundle."""
+
+    version: str
+    digest: str
+
+    @classmethod
+    def of(cls, predictor: Predictor) -> ServedModel:
+        return cls(predictor.model_version, predictor.bundle.model_digest)
+
+
+def _same_model(row: sqlite3.Row, model: ServedModel) -> bool:
+    # Jobs queued before digests were recorded match on the version alone.
+    return row["model_version"] == model.version and row["model_digest"] in (None, model.digest)
+
+
+class JobInputError(UploadError):
+    """The submitted job inputs cannot be used; the message says what is wrong.
+
+    An `UploadError`, like every refusal of `serve.uploads` (`safe_extract_zip` is
+    imported from there and re-exported here), so routes map both to a 422."""
 
 
 class JobNotFound(KeyError):
@@ -97,61 +119,6 @@ def resolve_under(root: Path, name: str, what: str) -> Path:
     return p
 
 
-def safe_extract_zip(zip_path: Path, dest: Path, max_members: int, max_bytes: int) -> int:
-    """Extract regular files of a zip into dest; refuse traversal, links and zip bombs.
-
-    Sizes in the zip's headers are checked first and then enforced while reading, since a
-    hostile archive can lie in its headers. Returns the number of files extracted.
-    """
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise JobInputError(f"images is not a valid zip archive: {e}") from None
-    with zf:
-        members = zf.infolist()
-        if len(members) > max_members:
-            raise JobInputError(f"images zip has {len(members)} entries; the limit is "
-                                f"{max_members}")
-        declared = sum(m.file_size for m in members)
-        if declared > max_bytes:
-            raise JobInputError(f"images zip unpacks to {declared} bytes; the limit is {max_bytes}")
-        dest.mkdir(parents=True, exist_ok=True)
-        root = dest.resolve()
-        total, count = 0, 0
-        for m in members:
-            name = m.filename
-            parts = PurePosixPath(name.replace("\\", "/")).parts
-            if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
-                raise JobInputError(f"images zip entry {name!r} escapes the archive folder "
-                                    "(absolute path or '..'); entries must be relative paths")
-            mode = m.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise JobInputError(f"images zip entry {name!r} is a symbolic link; only "
-                                    "regular files are allowed")
-            if m.is_dir():
-                continue
-            if m.compress_size and m.file_size / m.compress_size > MAX_COMPRESSION_RATIO:
-                raise JobInputError(
-                    f"images zip entry {name!r} expands {m.file_size / m.compress_size:.0f}x "
-                    f"(limit {MAX_COMPRESSION_RATIO}x): refused as a zip bomb")
-            target = (root / PurePosixPath(*parts)).resolve()
-            if not target.is_relative_to(root):
-                raise JobInputError(f"images zip entry {name!r} escapes the archive folder")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(m) as src, open(target, "wb") as out:
-                    while chunk := src.read(1 << 16):
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise JobInputError(f"images zip unpacks to more than {max_bytes} "
-                                                "bytes (its headers understate it)")
-                        out.write(chunk)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-                raise JobInputError(f"images zip entry {name!r} is corrupt: {e}") from None
-            count += 1
-        return count
-
-
 @dataclass
 class Job:
     id: str
@@ -168,6 +135,8 @@ class Job:
     table_path: str
     images_dir: str
     attempts: int
+    model_digest: str | None = None  # with model_version: the one model that scores every row
+    note: str | None = None  # why the job waits, or that it was rescored whole
 
     @property
     def progress(self) -> float:
@@ -179,7 +148,8 @@ class Job:
                 "progress": round(self.progress, 4), "model_version": self.model_version,
                 "created_at": self.created_at, "updated_at": self.updated_at,
                 "error": self.error, "idempotency_key": self.idempotency_key,
-                "attempts": self.attempts}
+                "attempts": self.attempts, "model_digest": self.model_digest,
+                "note": self.note}
 
 
 class JobStore:
@@ -193,6 +163,10 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+            for column in ("model_digest", "note"):  # a jobs.db from before these columns
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         return self
 
     @contextmanager
@@ -219,7 +193,8 @@ class JobStore:
                    chunk_rows=r["chunk_rows"], model_version=r["model_version"],
                    created_at=r["created_at"], updated_at=r["updated_at"], error=r["error"],
                    idempotency_key=r["idempotency_key"], table_path=r["table_path"],
-                   images_dir=r["images_dir"], attempts=r["attempts"])
+                   images_dir=r["images_dir"], attempts=r["attempts"],
+                   model_digest=r["model_digest"], note=r["note"])
 
     def get(self, job_id: str) -> Job:
         with self._connect() as db:
@@ -234,29 +209,61 @@ class JobStore:
         return None if r is None else (self._row(r), r["request_hash"])
 
     def insert(self, job_id: str, key: str | None, request_hash: str, table_path: Path,
-               images_dir: Path, total_rows: int, chunk_rows: int, model_version: str) -> Job:
+               images_dir: Path, total_rows: int, chunk_rows: int, model_version: str,
+               model_digest: str | None = None) -> Job:
         now = _now()
         with self._connect() as db:
             db.execute(
                 "INSERT INTO jobs (id, idempotency_key, request_hash, state, table_path, "
-                "images_dir, total_rows, chunk_rows, model_version, created_at, updated_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                "images_dir, total_rows, chunk_rows, model_version, model_digest, created_at, "
+                "updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, key, request_hash, str(table_path), str(images_dir), total_rows,
-                 chunk_rows, model_version, now, now))
+                 chunk_rows, model_version, model_digest, now, now))
         return self.get(job_id)
 
-    def claim(self, owner: str, lease_s: float) -> Job | None:
-        """Take the oldest unfinished job whose lease is free or expired (a dead worker's)."""
+    def claim(self, owner: str, lease_s: float, model: ServedModel | None = None,
+              policy: str = "rescore") -> Job | None:
+        """Take the oldest unfinished job whose lease is free or expired (a dead worker's).
+
+        With `model`, a job started by another model is never continued by this one: under
+        policy "wait" it is left for a worker serving its model (its note says so); under
+        "rescore" its finished chunks are dropped and it is rescored whole by this model,
+        which its note says, so every row of a result comes from one model.
+        """
+        if policy not in JOB_MODEL_POLICIES:
+            raise ValueError(f"job model policy {policy!r}; valid: {list(JOB_MODEL_POLICIES)}")
         now = time.time()
+        free = ("state IN ('queued', 'running') AND "
+                "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)")
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            r = db.execute(
-                "SELECT * FROM jobs WHERE state IN ('queued', 'running') AND "
-                "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ?) "
-                "ORDER BY created_at LIMIT 1", (owner, now)).fetchone()
+            if model is not None and policy == "wait":
+                same = "model_version = ? AND COALESCE(model_digest, ?) = ?"
+                args = (model.version, model.digest, model.digest)
+                # Say why a job of another model is not picked up here.
+                db.execute(f"UPDATE jobs SET note = 'waiting for a worker serving model ' || "
+                           f"model_version || '; this server serves model ' || ? "
+                           f"WHERE {free} AND NOT ({same})",
+                           (model.version, owner, now, *args))
+                r = db.execute(f"SELECT * FROM jobs WHERE {free} AND {same} "
+                               "ORDER BY created_at LIMIT 1", (owner, now, *args)).fetchone()
+            else:
+                r = db.execute(f"SELECT * FROM jobs WHERE {free} ORDER BY created_at LIMIT 1",
+                               (owner, now)).fetchone()
             if r is None:
                 db.execute("COMMIT")
                 return None
+            if model is not None and not _same_model(r, model):
+                # policy "rescore": one model for every row, and the job says which.
+                note = (f"rescored whole by model {model.version}: it was started by model "
+                        f"{r['model_version']}, which this worker does not serve")
+                db.execute("DELETE FROM job_chunks WHERE job_id = ?", (r["id"],))
+                db.execute("UPDATE jobs SET model_version = ?, model_digest = ?, note = ?, "
+                           "done_rows = 0, error_rows = 0 WHERE id = ?",
+                           (model.version, model.digest, note, r["id"]))
+                log.warning("job rescored whole by another model",
+                            extra={"job_id": r["id"], "from_model": r["model_version"],
+                                   "to_model": model.version})
             db.execute("UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?, "
                        "attempts = attempts + 1, updated_at = ? WHERE id = ?",
                        (owner, now + lease_s, _now(), r["id"]))
@@ -299,6 +306,23 @@ class JobStore:
             rows = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {s: 0 for s in STATES} | {r[0]: r[1] for r in rows}
 
+    def expired(self, before: datetime) -> list[str]:
+        """Ids of finished jobs (succeeded or failed) last updated before `before`, oldest first."""
+        cutoff = before.astimezone(UTC).isoformat(timespec="milliseconds")  # as `_now` writes
+        with self._connect() as db:
+            rows = db.execute("SELECT id FROM jobs WHERE state IN ('succeeded', 'failed') AND "
+                              "updated_at < ? ORDER BY updated_at", (cutoff,)).fetchall()
+        return [r[0] for r in rows]
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job and remove its folder (staged inputs, chunks, results)."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM job_chunks WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("COMMIT")
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
 
 def request_hash(*parts: bytes | str) -> str:
     h = hashlib.sha256()
@@ -318,13 +342,15 @@ def file_digest(path: Path) -> str:
 
 def create_job(store: JobStore, predictor: Predictor, *, table_file: Path, table_name: str,
                images_zip: Path | None, images_dir: Path | None, idempotency_key: str | None,
-               chunk_rows: int, max_rows: int, max_zip_members: int,
-               max_zip_bytes: int) -> tuple[Job, bool]:
+               chunk_rows: int, limits: UploadLimits,
+               images_name: str = "images.zip") -> tuple[Job, bool]:
     """Validate inputs, lay out the job folder and queue it. Returns (job, created).
 
     `table_file` is a staged upload or a server-side table; `images_zip` an uploaded zip to
-    unpack, or `images_dir` a server-side folder. A repeated idempotency key returns the
-    first job if the request is the same, and refuses a different request.
+    unpack (called `images_name` in messages), or `images_dir` a server-side folder. Both
+    are checked by `serve.uploads` (an `UploadError` says why not), the table's size from
+    its metadata before it is read. A repeated idempotency key returns the first job if the
+    request is the same, and refuses a different request.
     """
     suffix = Path(table_name).suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
@@ -346,26 +372,15 @@ def create_job(store: JobStore, predictor: Predictor, *, table_file: Path, table
     try:
         staged = jdir / f"input{'.csv' if suffix == '.csv' else '.parquet'}"
         shutil.copyfile(table_file, staged)
-        try:
-            rows = read_rows(staged)
-        except BatchInputError as e:
-            raise JobInputError(str(e).replace(str(staged), table_name)) from None
-        spec = predictor.spec
-        if spec.image_column not in rows.columns:
-            raise JobInputError(f"table has no image column {spec.image_column!r}; its columns "
-                                f"are {list(rows.columns)}")
-        if len(rows) == 0:
-            raise JobInputError("table has no rows; send 1 or more")
-        if len(rows) > max_rows:
-            raise JobInputError(f"table has {len(rows)} rows; the limit is {max_rows}")
+        shape = check_table(staged, table_name, predictor.spec.image_column, limits.max_rows)
         if images_zip is not None:
             images_dir = jdir / "images"
-            safe_extract_zip(images_zip, images_dir, max_zip_members, max_zip_bytes)
+            safe_extract_zip(images_zip, images_dir, limits, images_name)
         assert images_dir is not None
         (jdir / "parts").mkdir()
         try:
-            job = store.insert(job_id, idempotency_key, rhash, staged, images_dir, len(rows),
-                               chunk_rows, predictor.model_version)
+            job = store.insert(job_id, idempotency_key, rhash, staged, images_dir, shape.rows,
+                               chunk_rows, predictor.model_version, predictor.bundle.model_digest)
         except sqlite3.IntegrityError:
             # The same key raced in from another request: answer with the winner.
             shutil.rmtree(jdir, ignore_errors=True)
@@ -376,7 +391,7 @@ def create_job(store: JobStore, predictor: Predictor, *, table_file: Path, table
     except BaseException:
         shutil.rmtree(jdir, ignore_errors=True)
         raise
-    log.info("job queued", extra={"job_id": job_id, "rows": len(rows)})
+    log.info("job queued", extra={"job_id": job_id, "rows": shape.rows})
     return job, True
 
 
@@ -390,24 +405,29 @@ def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
 
 def run_job(store: JobStore, predictor: Predictor, job: Job, owner: str, lease_s: float,
             stop: threading.Event | None = None) -> str:
-    """Score the chunks not yet done, then assemble the result; returns the final state."""
-    rows = read_rows(Path(job.table_path))
+    """Score the chunks not yet done, then assemble the result; returns the final state.
+
+    `predictor` must serve the job's model (`JobStore.claim` with the worker's model sees
+    to it); the assembled result is checked to carry that one model version on every row.
+    """
+    if predictor.model_version != job.model_version:
+        raise RuntimeError(f"job {job.id} belongs to model {job.model_version}, not "
+                           f"{predictor.model_version}")
+    table = Path(job.table_path)
     images_dir = Path(job.images_dir)
     parts = store.job_dir(job.id) / "parts"
     n_chunks = max(1, -(-job.total_rows // job.chunk_rows))
     done = store.done_chunks(job.id)
-    for idx in range(n_chunks):
-        if idx in done:
-            continue
+    # One chunk in memory at a time; chunks already done are not even read.
+    for chunk in iter_row_chunks(table, job.chunk_rows, skip=done):
         if stop is not None and stop.is_set():
             return "running"
-        start = idx * job.chunk_rows
-        chunk = rows.iloc[start:start + job.chunk_rows].reset_index(drop=True)
-        scored = score_frame(predictor, chunk, images_dir)
-        scored.insert(0, "row", np.arange(start, start + len(chunk)))
+        idx, start = chunk.number, chunk.start
+        scored = score_frame(predictor, chunk.rows, images_dir, from_text=table.suffix == ".csv")
+        scored.insert(0, "row", np.arange(start, start + len(chunk.rows)))
         _write_atomic(scored, parts / f"{idx:06d}.parquet")
         n_err = int(scored["error"].notna().sum())
-        if not store.record_chunk(job.id, idx, len(chunk), n_err, owner, lease_s):
+        if not store.record_chunk(job.id, idx, len(chunk.rows), n_err, owner, lease_s):
             log.warning("job lease lost", extra={"job_id": job.id})
             return "running"
     result = pd.concat([pd.read_parquet(parts / f"{i:06d}.parquet") for i in range(n_chunks)],
@@ -416,6 +436,10 @@ def run_job(store: JobStore, predictor: Predictor, job: Job, owner: str, lease_s
                                                           np.arange(job.total_rows)):
         raise RuntimeError(f"job {job.id}: assembled {len(result)} rows for {job.total_rows} "
                            "inputs; the chunk files are inconsistent")
+    models = set(result["model_version"].dropna().unique().tolist())
+    if models - {job.model_version}:
+        raise RuntimeError(f"job {job.id}: rows scored by {sorted(models)}, but the job belongs "
+                           f"to model {job.model_version}; refusing to mix models")
     _write_atomic(result, store.result_path(job.id))
     store.finish(job.id, owner, "succeeded")
     return "succeeded"
@@ -425,9 +449,11 @@ class JobWorker:
     """One background thread in the server process that claims and runs jobs."""
 
     def __init__(self, store: JobStore, predictor: Predictor, lease_s: float = 30.0,
-                 poll_s: float = 0.2):
+                 poll_s: float = 0.2, policy: str = "rescore"):
+        if policy not in JOB_MODEL_POLICIES:
+            raise ValueError(f"job model policy {policy!r}; valid: {list(JOB_MODEL_POLICIES)}")
         self.store, self.predictor = store, predictor
-        self.lease_s, self.poll_s = lease_s, poll_s
+        self.lease_s, self.poll_s, self.policy = lease_s, poll_s, policy
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -451,8 +477,10 @@ class JobWorker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            predictor = self.predictor  # read once: a reload swaps it between jobs, never within
             try:
-                job = self.store.claim(self.owner, self.lease_s)
+                job = self.store.claim(self.owner, self.lease_s, ServedModel.of(predictor),
+                                       self.policy)
             except sqlite3.Error:
                 log.exception("cannot claim a job")
                 job = None
@@ -461,7 +489,7 @@ class JobWorker:
                 self._wake.clear()
                 continue
             try:
-                state = run_job(self.store, self.predictor, job, self.owner, self.lease_s,
+                state = run_job(self.store, predictor, job, self.owner, self.lease_s,
                                 self._stop)
                 log.info("job %s", state, extra={"job_id": job.id})
             except Exception as e:  # a job that cannot finish is failed, the worker goes on

@@ -22,6 +22,7 @@ from modalfuse.monitor.predlog import PredictionLog
 from modalfuse.predict import PredictionEvent, Predictor
 from modalfuse.serve.jobs import JobStore, JobWorker
 from modalfuse.serve.metrics import ObservabilityMiddleware, ServiceMetrics
+from modalfuse.serve.retention import RetentionSweeper
 from modalfuse.serve.routes import jobs as jobs_routes
 from modalfuse.serve.routes import monitoring as monitoring_routes
 
@@ -61,11 +62,14 @@ def install(app: FastAPI, settings: Settings, predictor: Predictor) -> None:
     if settings.log_predictions:
         plog = PredictionLog(settings.data_dir / "monitoring" / "predictions.db",
                              feature_names=feature_names(predictor),
-                             on_drop=metrics.log_dropped.inc)
+                             on_drop=metrics.log_dropped.inc,
+                             max_age_s=settings.prediction_log_max_age,
+                             max_bytes=int(settings.prediction_log_max_mb * 1_000_000))
         predictor.observers.append(_tagged(plog.observe))
     app.state.prediction_log = plog
     store = JobStore(settings.data_dir / "jobs").open()
-    worker = JobWorker(store, predictor, lease_s=settings.job_lease_s)
+    worker = JobWorker(store, predictor, lease_s=settings.job_lease_s,
+                       policy=settings.job_model_policy)
     app.state.job_store, app.state.job_worker = store, worker
 
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
@@ -78,12 +82,16 @@ def install(app: FastAPI, settings: Settings, predictor: Predictor) -> None:
     @asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
         worker.ensure_started()
+        # Retention: expired jobs and their folders are deleted now and every sweep interval.
+        sweeper = RetentionSweeper(store, settings.job_ttl, settings.retention_sweep_every)
+        sweeper.start()
         if plog is not None:
             plog.start()
         try:
             async with previous(a) as state:
                 yield state
         finally:
+            sweeper.stop()
             worker.stop()
             if plog is not None:
                 plog.stop()

@@ -9,23 +9,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, create_model
 
 from modalfuse.config import DatasetSpec, FieldKind, FieldSpec
 
 
 def _field_type(f: FieldSpec) -> tuple[Any, Any]:
+    # Strict types: JSON "39" is not a number and "yes" not a boolean (ints are numbers).
     desc = f.description or f.kind.value
     default = ... if f.required else None
     if f.kind == FieldKind.numeric:
-        return (float if f.required else float | None,
+        return (StrictFloat if f.required else StrictFloat | None,
                 Field(default, ge=f.min, le=f.max, description=desc, allow_inf_nan=False))
     if f.kind == FieldKind.boolean:
-        return (bool if f.required else bool | None, Field(default, description=desc))
+        return (StrictBool if f.required else StrictBool | None, Field(default, description=desc))
     if f.kind == FieldKind.categorical:
-        t: Any = Literal[tuple(f.categories)] if f.categories else str  # type: ignore[valid-type]
+        t: Any = Literal[tuple(f.categories)] if f.categories else StrictStr  # type: ignore[valid-type]
         return (t if f.required else t | None, Field(default, description=desc))
-    item: Any = Literal[tuple(f.categories)] if f.categories else str  # type: ignore[valid-type]
+    item: Any = Literal[tuple(f.categories)] if f.categories else StrictStr  # type: ignore[valid-type]
     return (list[item] | None, Field(default, description=desc + " (a list of strings)"))
 
 

@@ -12,7 +12,6 @@ import logging
 import shutil
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +21,39 @@ import pandas as pd
 from fastapi import FastAPI
 from PIL import Image
 
-from modalfuse.batch import BatchInputError, load_image, read_rows, score_frame
+from modalfuse.batch import BatchInputError, iter_row_chunks, load_image, score_frame
 from modalfuse.config import DatasetSpec, FieldKind, FieldSpec, Settings
 from modalfuse.explain import Explainer
 from modalfuse.predict import PredictionInputError, Predictor, table_records
+from modalfuse.safe_csv import write_csv
+from modalfuse.serve.uploads import (
+    UploadError,
+    UploadLimits,
+    check_table,
+    public_message,
+    safe_extract_zip,
+)
 
 log = logging.getLogger("modalfuse.ui")
 
 UI_PATH = "/ui"
-MAX_ZIP_BYTES = 200_000_000  # uncompressed
-MAX_ZIP_FILES = 20_000
-MAX_UI_BATCH_ROWS = 20_000
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"]
 SCRATCH_MAX_AGE_S = 3600
+SCORE_CHUNK_ROWS = 256  # rows scored (and read) at a time in the Batch tab
+PREVIEW_ROWS = 50
 
 
-class UploadError(ValueError):
-    """An uploaded file that cannot be used; the message says what is allowed."""
+def scratch_root() -> Path:
+    """Where the UI's per-request folders go: under the system temp folder, since gradio
+    serves files only from there or its cache."""
+    return Path(tempfile.gettempdir()) / "modalfuse-ui"
 
 
-def scratch_dir(prefix: str) -> Path:
-    """A fresh folder for one UI request under the system temp folder (gradio serves files
-    only from there or its cache); earlier requests' folders older than an hour are removed."""
-    base = Path(tempfile.gettempdir()) / "modalfuse-ui"
-    base.mkdir(exist_ok=True)
+def scratch_dir(prefix: str, base: Path | None = None) -> Path:
+    """A fresh folder for one UI request under `base` (default `scratch_root()`); earlier
+    requests' folders older than an hour are removed."""
+    base = scratch_root() if base is None else Path(base)
+    base.mkdir(parents=True, exist_ok=True)
     now = time.time()
     for old in base.iterdir():
         try:
@@ -140,72 +148,82 @@ def _show(v: Any) -> str:
 
 # ---- batch ---------------------------------------------------------------------------
 
-def extract_images(zip_path: Path, dest: Path, max_bytes: int = MAX_ZIP_BYTES,
-                   max_files: int = MAX_ZIP_FILES) -> int:
-    """Unpack the image files of a zip into dest; refuses paths leaving dest and zip bombs."""
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UploadError(f"the images file is not a readable zip archive: {e}") from None
-    with zf:
-        members = [m for m in zf.infolist() if not m.is_dir()]
-        if len(members) > max_files:
-            raise UploadError(f"the zip holds {len(members)} files; the limit is {max_files}")
-        total = sum(m.file_size for m in members)
-        if total > max_bytes:
-            raise UploadError(f"the zip unpacks to {total} bytes; the limit is {max_bytes}")
-        root = dest.resolve()
-        count = 0
-        for m in members:
-            target = (root / m.filename).resolve()
-            if not target.is_relative_to(root):
-                raise UploadError(f"zip entry {m.filename!r} points outside the archive")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(m) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-            count += 1
-    return count
-
-
 def score_upload(predictor: Predictor, table_path: str | None, zip_path: str | None,
-                 out_dir: Path, progress: Any = None) -> tuple[str, str | None, pd.DataFrame]:
-    """(summary, path of the predictions CSV, preview) for an uploaded table + zip of images."""
+                 out_dir: Path, progress: Any = None, settings: Settings | None = None
+                 ) -> tuple[str, str | None, pd.DataFrame]:
+    """(summary, path of the predictions CSV, preview) for an uploaded table + zip of images.
+
+    The upload is checked and unpacked by `serve.uploads` with the same limits as
+    `/v1/jobs` (the row limit lowered to `max_ui_batch_rows`), its rows read a chunk at a
+    time. `out_dir` is this request's own folder: only the predictions stay in it, and it
+    is removed whole unless scoring succeeded. A refusal or a failure is a message without
+    server paths, never a traceback.
+    """
     spec = predictor.spec
     if not table_path:
         return "**Upload a table** (.csv or .parquet) with one row per record.", None, pd.DataFrame()
     if not zip_path:
         return (f"**Upload a zip of the images** named in the `{spec.image_column}` column.",
                 None, pd.DataFrame())
+    settings = Settings() if settings is None else settings
+    limits = UploadLimits.from_settings(settings, max_rows=settings.max_ui_batch_rows)
+    table, table_name = Path(table_path), Path(table_path).name
+    images_dir = out_dir / "images"
+    scored = False
     try:
-        rows = read_rows(Path(table_path))
-        if spec.image_column not in rows.columns:
-            raise BatchInputError(f"the table has no image column {spec.image_column!r}; "
-                                  f"its columns are {list(rows.columns)}")
-        if len(rows) > MAX_UI_BATCH_ROWS:
-            raise BatchInputError(f"the table has {len(rows)} rows; the UI scores up to "
-                                  f"{MAX_UI_BATCH_ROWS} (use `modalfuse predict` for more)")
-        images_dir = out_dir / "images"
-        images_dir.mkdir(parents=True, exist_ok=True)
-        extract_images(Path(zip_path), images_dir)
-    except (BatchInputError, UploadError) as e:
+        shape = check_table(table, table_name, spec.image_column, limits.max_rows)
+        safe_extract_zip(Path(zip_path), images_dir, limits, Path(zip_path).name)
+        out = out_dir / "predictions.csv"
+        try:
+            summary, preview = _score_to_csv(predictor, table, images_dir, out, shape.rows,
+                                             progress)
+        except BatchInputError as e:  # a table that breaks after its header and footer
+            raise UploadError(public_message(str(e), table, table_name)) from None
+        scored = True
+        return summary, str(out), preview
+    except UploadError as e:
         return f"**This upload cannot be scored:** {e}", None, pd.DataFrame()
-    parts = []
-    chunks = range(0, len(rows), 256)
-    for start in (progress.tqdm(chunks, desc="scoring") if progress is not None else chunks):
-        chunk = rows.iloc[start:start + 256].reset_index(drop=True)
-        parts.append(score_frame(predictor, chunk, images_dir))
-    result = (pd.concat(parts, ignore_index=True) if parts
-              else score_frame(predictor, rows.iloc[:0], images_dir))
-    shutil.rmtree(images_dir, ignore_errors=True)  # only the predictions are kept
-    result.insert(0, "row", np.arange(len(result)))
-    out = out_dir / "predictions.csv"
-    result.to_csv(out, index=False)
-    errors = int(result["error"].notna().sum())
-    summary = (f"Scored **{len(result)}** rows with model `{predictor.model_version}`: "
-               f"{len(result) - errors} predicted, {errors} with an error (see the `error` "
-               "column).")
-    preview_cols = [c for c in (spec.id_column, "row", "predicted", "error") if c in result]
-    return summary, str(out), result[preview_cols].head(50)
+    except Exception:  # a server fault: logged with its traceback, shown without internals
+        log.exception("UI batch scoring failed")
+        return ("**This upload could not be scored** because of an error on the server; it "
+                "has been logged."), None, pd.DataFrame()
+    finally:
+        shutil.rmtree(images_dir, ignore_errors=True)  # only the predictions are kept
+        if not scored:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _score_to_csv(predictor: Predictor, table: Path, images_dir: Path, out: Path, total: int,
+                  progress: Any) -> tuple[str, pd.DataFrame]:
+    """Score a table chunk by chunk into a CSV; (summary, its first rows)."""
+    spec = predictor.spec
+    done, errors = 0, 0
+    preview: list[pd.DataFrame] = []
+    for chunk in iter_row_chunks(table, SCORE_CHUNK_ROWS):
+        result = score_frame(predictor, chunk.rows, images_dir,
+                             from_text=table.suffix.lower() == ".csv")  # see parse_record
+        result.insert(0, "row", np.arange(chunk.start, chunk.start + len(result)))
+        write_csv(result, out, mode="a" if done else "w", header=not done)  # escaped cells
+        done += len(result)
+        errors += int(result["error"].notna().sum())
+        if sum(len(p) for p in preview) < PREVIEW_ROWS:
+            cols = [c for c in (spec.id_column, "row", "predicted", "error") if c in result]
+            preview.append(result[cols])
+        if progress is not None:
+            progress(done / max(total, 1), desc="scoring")
+    summary = (f"Scored **{done}** rows with model `{predictor.model_version}`: "
+               f"{done - errors} predicted, {errors} with an error (see the `error` column).")
+    first = pd.concat(preview, ignore_index=True) if preview else pd.DataFrame()
+    return summary, first.head(PREVIEW_ROWS)
+
+
+def batch_upload(predictor: Predictor, settings: Settings, table_path: str | None,
+                 zip_path: str | None, progress: Any = None, base: Path | None = None
+                 ) -> tuple[str, str | None, pd.DataFrame]:
+    """What the Batch tab runs: `score_upload` in a fresh folder under `base` (default
+    `scratch_root()`), which is gone again unless the predictions are in it."""
+    return score_upload(predictor, table_path, zip_path, scratch_dir("batch-", base), progress,
+                        settings)
 
 
 # ---- model ---------------------------------------------------------------------------
@@ -391,8 +409,8 @@ def build_ui(app: FastAPI) -> gr.Blocks:
                                          label="First rows", interactive=False)
 
             def _batch(tpath, zpath, progress=gr.Progress()):
-                out_dir = scratch_dir("batch-")
-                return score_upload(app.state.predictor, tpath, zpath, out_dir, progress)
+                return batch_upload(app.state.predictor, app.state.settings, tpath, zpath,
+                                    progress)
 
             run.click(_batch, [table_file, zip_file], [batch_status, batch_out, batch_preview])
 

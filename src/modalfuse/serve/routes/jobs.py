@@ -17,6 +17,7 @@ from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from modalfuse.safe_csv import write_csv
 from modalfuse.serve.deps import PredictorDep, SettingsDep
 from modalfuse.serve.jobs import (
     IdempotencyConflict,
@@ -27,7 +28,9 @@ from modalfuse.serve.jobs import (
     create_job,
     resolve_under,
 )
+from modalfuse.serve.retention import describe_duration
 from modalfuse.serve.security import AuthDep
+from modalfuse.serve.uploads import UploadError, UploadLimits
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -42,7 +45,10 @@ class JobResponse(BaseModel):
     done_rows: int
     error_rows: int = Field(description="rows that could not be scored (they get an error)")
     progress: float
-    model_version: str
+    model_version: str = Field(description="the one model that scores every row of the job")
+    model_digest: str | None = Field(default=None, description="digest of that model's bundle")
+    note: str | None = Field(default=None, description="why the job waits for another model, "
+                             "or that it was rescored whole by this one")
     created_at: str
     updated_at: str
     error: str | None = Field(default=None, description="why the job failed, if it did")
@@ -129,10 +135,9 @@ def submit_job(
             job, created = create_job(
                 store, predictor, table_file=table_file, table_name=table_name,
                 images_zip=zip_file, images_dir=images_dir, idempotency_key=idempotency_key,
-                chunk_rows=settings.job_chunk_rows, max_rows=settings.max_job_rows,
-                max_zip_members=settings.max_zip_members,
-                max_zip_bytes=settings.max_zip_unpacked_bytes)
-        except JobInputError as e:
+                chunk_rows=settings.job_chunk_rows, limits=UploadLimits.from_settings(settings),
+                images_name=Path(images.filename or "images.zip").name if images else "images")
+        except UploadError as e:  # a JobInputError too: the inputs, never the server
             raise _bad(str(e), ["body"]) from None
         except IdempotencyConflict as e:
             raise HTTPException(409, detail=str(e)) from None
@@ -152,7 +157,10 @@ def _get(request: Request, job_id: str):
     try:
         return _store(request).get(job_id)
     except JobNotFound:
-        raise HTTPException(404, detail=f"no job {job_id!r}") from None
+        ttl = describe_duration(request.app.state.settings.job_ttl)
+        raise HTTPException(404, detail=f"no job {job_id!r}: it never existed, or it finished "
+                                        f"more than {ttl} ago (MODALFUSE_JOB_TTL) and was "
+                                        "deleted with its results") from None
 
 
 @router.get("/{job_id}", response_model=JobResponse, summary="State and progress of a job")
@@ -176,7 +184,7 @@ def get_result(job_id: str, request: Request, _: AuthDep,
         csv_path = path.with_suffix(".csv")
         if not csv_path.exists():
             tmp = csv_path.with_suffix(".csv.tmp")
-            pd.read_parquet(path).to_csv(tmp, index=False)
+            write_csv(pd.read_parquet(path), tmp)  # formula-like text escaped
             tmp.replace(csv_path)
         return FileResponse(csv_path, media_type="text/csv", filename=f"{job_id}.csv")
     return FileResponse(path, media_type="application/vnd.apache.parquet",

@@ -1,22 +1,21 @@
 """Prediction routes: one record (JSON or multipart upload) and a JSON batch."""
 
 
-import base64
-import binascii
 import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Form, HTTPException, UploadFile
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from modalfuse.features.image import ImageError, decode_base64_image
 from modalfuse.serve.deps import PredictorDep, SettingsDep
 from modalfuse.serve.schemas import BatchItem, BatchResponse, BatchRow, PredictResponse
 
 
 def decode_base64(data: str, loc: str) -> bytes:
     try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
+        return decode_base64_image(data)  # line-wrapped (RFC 2045) base64 too
+    except ImageError:
         raise HTTPException(422, detail=[{"loc": ["body", loc], "type": "value_error",
                                           "msg": "image_base64 is not valid base64"}]) from None
 
@@ -56,7 +55,8 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
 
     def score_one(predictor, settings, fields: dict, image: bytes, loc: list) -> PredictResponse:
         # Through Predictor.predict, so every prediction reaches its observers (log, metrics).
-        result = predictor.predict([fields], [image])[0]
+        result = predictor.predict([fields], [image],
+                                   max_total_pixels=settings.max_request_pixels)[0]
         if "error" in result:
             raise unprocessable(result["error"], loc)
         return PredictResponse(model_version=predictor.model_version, **result)
@@ -86,6 +86,9 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
         except json.JSONDecodeError as e:
             raise HTTPException(422, detail=[{"loc": ["body", "fields"], "type": "json_invalid",
                                               "msg": f"fields is not valid JSON: {e}"}]) from None
+        except RecursionError:  # json.loads recurses once per level of nesting
+            raise HTTPException(422, detail=[{"loc": ["body", "fields"], "type": "json_invalid",
+                                              "msg": "fields is nested too deeply"}]) from None
         except ValidationError as e:
             raise HTTPException(422, detail=[{"loc": ["body", "fields", *err["loc"]],
                                               "type": err["type"], "msg": err["msg"]}
@@ -109,11 +112,12 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
         pre_errors: dict[int, dict[str, str]] = {}
         for i, r in enumerate(rows):
             try:
-                images.append(base64.b64decode(r.image_base64, validate=True))
-            except (binascii.Error, ValueError):
+                images.append(decode_base64_image(r.image_base64))
+            except ImageError:
                 images.append(None)
                 pre_errors[i] = {"image_base64": "not valid base64"}
-        results = predictor.predict([r.fields for r in rows], images)
+        results = predictor.predict([r.fields for r in rows], images,
+                                    max_total_pixels=settings.max_request_pixels)
         items = []
         for i, res in enumerate(results):
             if i in pre_errors:
