@@ -305,13 +305,19 @@ def serve(
 
     from modalfuse.serve.app import create_app
     from modalfuse.serve.logging import log_config
-    from modalfuse.serve.model_source import choose_model, describe_source, pinned_settings
+    from modalfuse.serve.model_source import (
+        choose_model,
+        describe_source,
+        load_choice,
+        pinned_settings,
+    )
 
     settings = _settings()
     # The champion alias decides what answers, never "the last thing trained"; pinning the
     # choice in the settings makes /admin/reload re-resolve the same alias.
-    settings = pinned_settings(settings, choose_model(settings, dataset, model_uri, bundle))
-    application = create_app(settings)
+    choice = choose_model(settings, dataset, model_uri, bundle)
+    predictor, source = load_choice(settings, choice)
+    application = create_app(pinned_settings(settings, choice), predictor, source)
     console.print(f"serving {describe_source(application.state.model_source)}", highlight=False)
     console.print(f"modalfuse API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     # The container's logging (serve/logging.py): JSON lines on stderr with request ids; the

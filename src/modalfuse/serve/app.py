@@ -81,12 +81,16 @@ class BodyTooLarge(Exception):
     pass
 
 
-def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, predictor: Predictor | None = None,
+               source: dict | None = None) -> FastAPI:
+    """The API around one Predictor: given, or loaded as the settings say (`source` says
+    where a given one came from, for `/v1/model` and the start-up line)."""
     settings = settings or Settings()
     model_source: dict = {}
     if predictor is not None:  # built around a Predictor the caller already holds
-        model_source = {"source": "bundle", "uri": None, "bundle": str(predictor.bundle.path),
-                        "chosen_by": "the caller", "model_version": predictor.model_version}
+        model_source = source or {"source": "bundle", "uri": None,
+                                  "bundle": str(predictor.bundle.path), "chosen_by": "the caller",
+                                  "model_version": predictor.model_version}
     if predictor is None:
         # MODALFUSE_MODEL_URI (models:/NAME@champion) or MODALFUSE_BUNDLE; see model_source.py
         predictor, model_source = load_served_predictor(settings)
