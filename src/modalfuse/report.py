@@ -142,7 +142,8 @@ def _soak(src: Sources) -> str:
     names = {"rss_growth_pct": "RSS growth after warm-up (%)",
              "p99_end_vs_start_pct": "p99 of /v1/predict, last vs first minute (%)",
              "prediction_log_within_limit": "prediction log peak (MB)",
-             "no_server_errors": "5xx answers"}
+             "no_server_errors": "5xx answers",
+             "jobs_disk_bounded": "job files in the last minute (MB)"}
     rows = [[names.get(k, k), b["targets"].get(k, "-"), c["value"], "yes" if c["pass"] else "no"]
             for k, c in b["checks"].items()]
     head = (f"`{b['command']}`, model `{b['model_version']}`, statuses {b['statuses']}; RSS "

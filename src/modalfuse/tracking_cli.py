@@ -97,15 +97,19 @@ def promote(
 
 
 def _print_candidates(name: str, d, dataset_version: str) -> None:
-    gate = "out-of-fold (decides)" if d.on == "cv" else "test (decides, --on test)"
+    # Only the gate's metric on the gate's data decides; everything else is shown for context.
+    decides = {("cv", "macro_f1"): "out-of-fold (decides)",
+               ("test", d.metric): "test (decides, --on test)"}
     t = Table(title=f"{name}: challenger vs champion, dataset {dataset_version}")
     for col in ("metric", "challenger", "champion"):
         t.add_column(col)
     cands = [d.challenger, d.champion]
     t.add_row("version", *[c.version if c else "-" for c in cands])
     keys = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece")
-    rows = [(f"{k} {gate if d.on == 'cv' else 'out-of-fold'}", "cv", k) for k in keys]
-    rows += [(f"{k} {'test (report only)' if d.on == 'cv' else gate}", "metrics", k) for k in keys]
+    rows = [(f"{k} {decides.get(('cv', k), 'out-of-fold') if d.on == 'cv' else 'out-of-fold'}",
+             "cv", k) for k in keys]
+    rows += [(f"{k} {decides.get(('test', k), 'test') if d.on == 'test' else 'test (report only)'}",
+              "metrics", k) for k in keys]
     for label, where, key in rows:
         vals = [getattr(c, where).get(key) if c else None for c in cands]
         if any(v is not None for v in vals):

@@ -118,7 +118,7 @@ def _client(port: int, body: bytes, batch: bytes, job: tuple[bytes, str], rec: R
 def run_soak(bundle: Path, minutes: float = 10.0, clients: int = 4, sample_s: float = 5.0,
              warmup_s: float = 30.0, batch_rows: int = 16, job_rows: int = 200,
              job_every_s: float = 20.0, prediction_log_max_mb: float = 20.0,
-             job_ttl_s: float = 60.0,
+             job_ttl_s: float = 60.0, sweep_s: float = 15.0,
              progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the soak and return its samples and verdicts (see the module docstring)."""
     import psutil
@@ -136,7 +136,8 @@ def run_soak(bundle: Path, minutes: float = 10.0, clients: int = 4, sample_s: fl
         data = tmpdir / "data"
         env = {**os.environ, "MODALFUSE_DATA_DIR": str(data), "MODALFUSE_API_KEY": API_KEY,
                "MODALFUSE_PREDICTION_LOG_MAX_MB": str(prediction_log_max_mb),
-               "MODALFUSE_JOB_TTL": str(job_ttl_s), "MODALFUSE_LOG_LEVEL": "WARNING"}
+               "MODALFUSE_JOB_TTL": str(job_ttl_s), "MODALFUSE_RETENTION_SWEEP_EVERY": str(sweep_s),
+               "MODALFUSE_LOG_LEVEL": "WARNING"}
         port = free_port()
         cmd = [sys.executable, "-m", "modalfuse.cli", "serve", "--bundle", str(bundle),
                "--port", str(port)]
@@ -171,8 +172,22 @@ def run_soak(bundle: Path, minutes: float = 10.0, clients: int = 4, sample_s: fl
             stop.set()
             for t in threads:
                 t.join(60)
-    return _verdicts(samples, rec.statuses, minutes, clients, warmup_s, prediction_log_max_mb,
-                     predictor.model_version)
+    res = _verdicts(samples, rec.statuses, minutes, clients, warmup_s, prediction_log_max_mb,
+                    predictor.model_version)
+    res["checks"]["jobs_disk_bounded"] = _jobs_bounded(samples, job_ttl_s + 2 * sweep_s)
+    res.update(job_ttl_s=job_ttl_s, sweep_s=sweep_s)
+    return res
+
+
+def _jobs_bounded(samples: list[dict[str, Any]], settled_s: float) -> dict[str, Any]:
+    """Job files stop growing once retention runs: the last minute holds at most 1.5x what
+    the minute after the first sweep could reach (plus 0.5 MB for one job in flight)."""
+    ref = [s["jobs_mb"] for s in samples if settled_s <= s["t_s"] < settled_s + 60]
+    end = [s["jobs_mb"] for s in samples if s["t_s"] >= samples[-1]["t_s"] - 60]
+    if not ref or not end:
+        return {"value": float("nan"), "pass": False, "note": "run too short to judge"}
+    peak = max(end)
+    return {"value": peak, "pass": peak <= 1.5 * max(ref) + 0.5}
 
 
 def _verdicts(samples: list[dict[str, Any]], statuses: dict[int, int], minutes: float,
@@ -221,6 +236,8 @@ def to_markdown(res: dict[str, Any]) -> str:
              "p99_end_vs_start_pct": ("p99 of /v1/predict, last vs first minute (%)", "≤ +20"),
              "prediction_log_within_limit": ("prediction log peak (MB)",
                                              f"≤ {res['prediction_log_max_mb']:g} (+25 %)"),
+             "jobs_disk_bounded": ("job files in the last minute (MB, TTL "
+                                   f"{res.get('job_ttl_s', 0):g} s)", "≤ 1.5× settled"),
              "no_server_errors": ("5xx answers", "0")}
     for key, chk in res["checks"].items():
         label, target = names[key]
