@@ -138,17 +138,13 @@ def _serve(src: Sources) -> str:
 
 @table("soak", "modalfuse bench soak --minutes 10 --clients 4")
 def _soak(src: Sources) -> str:
+    from modalfuse.serve.soak import check_rows
+
     b = src.json(src.docs / "benchmarks" / "soak.json")
-    names = {"rss_growth_pct": "RSS growth after warm-up (%)",
-             "p99_end_vs_start_pct": "p99 of /v1/predict, last vs first minute (%)",
-             "prediction_log_within_limit": "prediction log peak (MB)",
-             "no_server_errors": "5xx answers",
-             "jobs_disk_bounded": "job files in the last minute (MB)"}
-    rows = [[names.get(k, k), b["targets"].get(k, "-"), c["value"], "yes" if c["pass"] else "no"]
-            for k, c in b["checks"].items()]
     head = (f"`{b['command']}`, model `{b['model_version']}`, statuses {b['statuses']}; RSS "
             f"{b['rss_start_mb']:.0f} → {b['rss_end_mb']:.0f} MB, p99 {b['p99_start_ms']:.1f} → "
             f"{b['p99_end_ms']:.1f} ms\n\n")
+    rows: list[list[object]] = [list(r) for r in check_rows(b)]
     return head + md_table(["check", "target", "measured", "pass"], rows)
 
 

@@ -105,7 +105,12 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             "table fields and its image. Every response carries the `model_version` that "
             "made it. Limits: image "
             f"{settings.max_image_bytes} bytes and {settings.max_image_pixels} pixels; batch "
-            f"{settings.max_batch_rows} rows; body {settings.max_body_bytes} bytes."
+            f"{settings.max_batch_rows} rows and {settings.max_request_pixels} decoded pixels "
+            f"in all; body {settings.max_body_bytes} bytes; per client "
+            f"{settings.rate_limit_per_s:g} requests/s (burst {settings.rate_limit_burst}) and "
+            f"{settings.max_concurrent_per_client} in flight (429 with Retry-After beyond; 0 is "
+            "no limit). JSON values must have their field's type (no string-to-number or "
+            "string-to-bool conversion); base64 may be line-wrapped (RFC 2045)."
         ),
     )
     install_docs(app, predictor.spec)

@@ -227,22 +227,25 @@ def _verdicts(samples: list[dict[str, Any]], statuses: dict[int, int], minutes: 
     }
 
 
+def check_rows(res: dict[str, Any]) -> list[list[str]]:
+    """[check, target, measured, pass] for each verdict of a soak result (markdown and report)."""
+    names = {"rss_growth_pct": ("RSS growth after warm-up (%)", "≤ 10"),
+             "p99_end_vs_start_pct": ("p99 of /v1/predict, last vs first minute (%)", "≤ +20"),
+             "prediction_log_within_limit": ("prediction log peak (MB)",
+                                             f"≤ {res['prediction_log_max_mb']:g} (+25 %)"),
+             "no_server_errors": ("5xx answers", "0"),
+             "jobs_disk_bounded": (f"job files in the last minute (MB, TTL "
+                                   f"{res.get('job_ttl_s', 0):g} s)", "≤ 1.5× settled")}
+    return [[*names.get(key, (key, "-")), f"{chk['value']:.2f}", "yes" if chk["pass"] else "no"]
+            for key, chk in res["checks"].items()]
+
+
 def to_markdown(res: dict[str, Any]) -> str:
     lines = [f"Measured by `{res['command']}` on {res['created_at']} ({res['machine']['cpus']} "
              f"CPUs, 1-min load {res['machine']['load_avg_1m']:.1f}), model "
              f"`{res['model_version']}`; statuses {res['statuses']}.", "",
              "| check | target | measured | pass |", "| --- | --- | --- | --- |"]
-    names = {"rss_growth_pct": ("RSS growth after warm-up (%)", "≤ 10"),
-             "p99_end_vs_start_pct": ("p99 of /v1/predict, last vs first minute (%)", "≤ +20"),
-             "prediction_log_within_limit": ("prediction log peak (MB)",
-                                             f"≤ {res['prediction_log_max_mb']:g} (+25 %)"),
-             "jobs_disk_bounded": ("job files in the last minute (MB, TTL "
-                                   f"{res.get('job_ttl_s', 0):g} s)", "≤ 1.5× settled"),
-             "no_server_errors": ("5xx answers", "0")}
-    for key, chk in res["checks"].items():
-        label, target = names[key]
-        lines.append(f"| {label} | {target} | {chk['value']:.2f} | "
-                     f"{'yes' if chk['pass'] else 'no'} |")
+    lines += ["| " + " | ".join(row) + " |" for row in check_rows(res)]
     lines += ["", f"RSS {res['rss_start_mb']:.0f} → {res['rss_end_mb']:.0f} MB; p99 "
                   f"{res['p99_start_ms']:.1f} → {res['p99_end_ms']:.1f} ms."]
     return "\n".join(lines) + "\n"
