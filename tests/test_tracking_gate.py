@@ -216,3 +216,32 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
             pass
         time.sleep(0.3)
     raise TimeoutError("serve did not start")
+
+
+def test_a_fallback_server_finds_the_champion_on_reload(fixture_dataset, fixture_splits,
+                                                         fixture_bundle, tmp_path, monkeypatch):
+    """Started before any champion existed (the latest bundle), a reload with no body chooses
+    again and serves the registry's champion."""
+    from fastapi.testclient import TestClient
+
+    from modalfuse.serve.app import create_app
+    from modalfuse.serve.model_source import choose_model, load_choice, pinned_settings
+    from modalfuse.tracking import log_training
+    from prod_helpers import API_KEY
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    s = Settings(data_dir=tmp_path, api_key=API_KEY, log_predictions=False)
+    shutil.copytree(fixture_bundle.path, s.default_bundle("pokemon"))
+    choice = choose_model(s, "pokemon")
+    assert choice.fallback
+    predictor, source = load_choice(s, choice)
+    app = create_app(pinned_settings(s, choice), predictor, source)
+    with TestClient(app) as client:
+        assert client.get("/v1/model").json()["source"]["source"] == "bundle"
+        tracked = log_training(fixture_bundle, fixture_dataset, fixture_splits, s)
+        assert tracked.alias == "champion"
+        r = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
+        assert r.status_code == 200, r.text
+        src = client.get("/v1/model").json()["source"]
+        assert src["source"] == "registry" and src["alias"] == "champion", src
+        assert src["version"] == tracked.registered_version

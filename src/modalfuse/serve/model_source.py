@@ -30,6 +30,7 @@ class ModelChoice:
     uri: str | None
     bundle: Path | None
     chosen_by: str  # what decided it, in words (a flag, a setting, the registry's alias)
+    fallback: bool = False  # nothing named and no champion: the latest bundle, for now
 
     def describe(self) -> str:
         return f"{self.uri or self.bundle} ({self.chosen_by})"
@@ -75,11 +76,14 @@ def choose_model(settings: Settings, dataset: str, model_uri: str | None = None,
     if champion:
         return ModelChoice(champion, None, f"the registry's {CHAMPION} of {dataset!r}")
     return ModelChoice(None, settings.default_bundle(dataset),
-                       f"no {CHAMPION} registered for {dataset!r}: the latest bundle")
+                       f"no {CHAMPION} registered for {dataset!r}: the latest bundle", fallback=True)
 
 
 def pinned_settings(settings: Settings, choice: ModelChoice) -> Settings:
-    """Settings that name the chosen model, so a reload re-resolves the same alias."""
+    """Settings that name the chosen model, so a reload re-resolves the same alias. A fallback
+    (no champion yet) pins nothing: a reload then chooses again, and finds a new champion."""
+    if choice.fallback:
+        return settings
     return settings.model_copy(update={"model_uri": choice.uri,
                                        "bundle": None if choice.uri else choice.bundle})
 

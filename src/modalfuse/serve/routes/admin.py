@@ -21,7 +21,9 @@ from modalfuse.serve.security import AuthDep
 
 class ReloadRequest(BaseModel):
     model_uri: str | None = Field(default=None, description="models:/NAME@ALIAS or "
-                                  "models:/NAME/VERSION; default: the server's MODALFUSE_MODEL_URI")
+                                  "models:/NAME/VERSION; default: what the server serves "
+                                  "(its alias re-resolved; a server that fell back to the latest "
+                                  "bundle chooses again: the champion if there is one now)")
     bundle: str | None = Field(default=None, description="a bundle folder on the server")
 
 
@@ -41,15 +43,18 @@ def build_router() -> APIRouter:
     def reload(request: Request, _: AuthDep, current: PredictorDep, settings: SettingsDep,
                body: ReloadRequest | None = None) -> ReloadResponse:
         from modalfuse.registry import RegistryError
-        from modalfuse.serve.model_source import load_served_predictor
+        from modalfuse.serve.model_source import load_predictor, load_served_predictor
 
         body = body or ReloadRequest()
         if not lock.acquire(blocking=False):
             raise HTTPException(409, detail="a reload is already in progress; try again")
         try:
             try:
-                new, source = load_served_predictor(
-                    settings, body.model_uri, Path(body.bundle) if body.bundle else None)
+                if body.model_uri or body.bundle or settings.model_uri or settings.bundle:
+                    new, source = load_served_predictor(
+                        settings, body.model_uri, Path(body.bundle) if body.bundle else None)
+                else:  # started with nothing named: choose again (a champion may exist now)
+                    new, source = load_predictor(settings, current.spec.name)
             except (RegistryError, BundleError, FileNotFoundError, ValueError) as e:
                 raise HTTPException(409, detail=f"could not load the new model ({e}); still "
                                                 f"serving {current.model_version}") from None
