@@ -58,24 +58,30 @@ def predict_in_browser(base_url: str, image: Path, screenshot: Path,
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1300})
             page.set_default_timeout(timeout_ms)
-            page.goto(f"{base_url}/ui/", wait_until="domcontentloaded")
-            page.locator("#mf-go").wait_for(state="visible")
+            # What the page did, for the failure message: POSTs, their answers, console errors.
+            events: list[str] = []
+            page.on("requestfailed", lambda r: events.append(f"failed {r.method} {r.url}"))
+            page.on("response", lambda r: events.append(f"{r.status} {r.request.method} {r.url}")
+                    if r.request.method != "GET" or r.status >= 400 else None)
+            page.on("console", lambda m: events.append(f"console {m.type}: {m.text[:300]}")
+                    if m.type in ("error", "warning") else None)
             # The upload finishes when the file's name (or its preview) shows in the component.
-            # On a loaded machine an upload event can be lost; set the file again, up to 3 times.
-            uploaded = page.locator("#mf-sprite").get_by_text(image.name).or_(
-                page.locator("#mf-sprite img")).first
+            # On a loaded machine Gradio's event stream can drop (its queue connection fails
+            # and the page never renders the upload): open the page afresh, up to 3 times.
             for attempt in range(3):
-                # Once the upload has begun, Gradio replaces the file input by the preview: only
-                # set the file while the input is still there (else a retry waits for nothing).
-                file_input = page.locator("#mf-sprite input[type=file]")
-                if file_input.count():
-                    file_input.set_input_files(str(image))
+                page.goto(f"{base_url}/ui/", wait_until="domcontentloaded")
+                page.locator("#mf-go").wait_for(state="visible")
+                uploaded = page.locator("#mf-sprite").get_by_text(image.name).or_(
+                    page.locator("#mf-sprite img")).first
+                page.locator("#mf-sprite input[type=file]").set_input_files(str(image))
                 try:
                     uploaded.wait_for(timeout=timeout_ms // 3)
                     break
-                except Exception:
+                except Exception as e:
                     if attempt == 2:
-                        raise
+                        raise AssertionError(f"the upload never showed; the page did: "
+                                             f"{events[-20:]}") from e
+                    events.append(f"-- attempt {attempt + 1} failed; reloading the page --")
             page.locator("#mf-go").click()
             page.locator("#mf-heatmap img").first.wait_for(state="visible")
             page.locator("#mf-status").get_by_text("Predicted").first.wait_for()
