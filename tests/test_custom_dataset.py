@@ -196,3 +196,21 @@ def test_parquet_nulls_are_missing_and_na_values_too(tmp_path):
     marked = read_table(path, na_values=["NA"])
     assert marked["code"].isna().tolist() == [True, False, True]
     assert pd.api.types.is_float_dtype(marked["area"]) and marked["area"].isna().sum() == 1
+
+
+def test_scoring_a_csv_reads_it_as_the_import_did(country_dir):
+    """No skew between import and scoring: a CSV to score is read as written ("NA" is a
+    value), and the markers given to `data import --na-value` are missing there too."""
+    from modalfuse.batch import iter_row_chunks
+    from modalfuse.features.tabular import parse_record
+    from modalfuse.predict import table_records
+
+    as_written = load_dataset(Settings().dataset_dir("countries")).spec
+    with_markers = load_dataset(Settings().dataset_dir("coded")).spec
+    assert as_written.na_values == [] and with_markers.na_values == ["NA", "null"]
+    rows = next(iter(iter_row_chunks(country_dir / "countries.csv", 100))).rows
+    assert rows["code"].tolist()[0] == "NA" and rows["leader"].tolist()[:2] == ["None", "null"]
+    za = rows.index[rows["code"] == "ZA"][0]
+    record = table_records(as_written, rows)[za]
+    assert parse_record(as_written, record, from_text=True)["leader"] == "NA"
+    assert parse_record(with_markers, record, from_text=True)["leader"] is None

@@ -26,6 +26,10 @@ from modalfuse.predict import Predictor, table_records
 from modalfuse.safe_csv import write_csv
 
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# A CSV is read as written, as `data import` reads it: only an empty cell is missing ("NA"
+# may be Namibia). A dataset's own markers (`DatasetSpec.na_values`) are applied by
+# `parse_record(from_text=True)`, so every engine reads a CSV the same way.
+CSV_NA_VALUES = [""]
 
 
 class BatchInputError(ValueError):
@@ -165,7 +169,8 @@ def iter_row_chunks(path: Path, chunk_rows: int, skip: Collection[int] = ()) -> 
         if fmt == "parquet":
             yield from _parquet_chunks(path, chunk_rows, skip)
             return
-        with pd.read_csv(path, keep_default_na=True, chunksize=chunk_rows) as reader:
+        with pd.read_csv(path, keep_default_na=False, na_values=CSV_NA_VALUES,
+                         chunksize=chunk_rows) as reader:
             for index, rows in enumerate(reader):
                 if index not in skip:
                     yield RowChunk(index, index * chunk_rows, rows.reset_index(drop=True))
@@ -187,7 +192,7 @@ def read_rows(path: Path, max_rows: int | None = None) -> pd.DataFrame:
                                   f"{max_rows}")
     try:
         if fmt == "csv":
-            return pd.read_csv(path, keep_default_na=True)
+            return pd.read_csv(path, keep_default_na=False, na_values=CSV_NA_VALUES)
         return pd.read_parquet(path)
     except Exception as e:  # pandas/pyarrow raise many types for a broken file
         raise BatchInputError(f"cannot read {path}: {e}") from None

@@ -180,6 +180,9 @@ class DatasetSpec(BaseModel):
     # they are kept in the table but left out of modelling (split "excluded").
     min_class_count: int = Field(default=2, ge=1)
     display_column: str | None = None  # a human name for a row, if any
+    # Text that means "missing" in this dataset's CSV files besides an empty cell (what
+    # `data import --na-value` said): scoring a CSV reads them the way the import did.
+    na_values: list[str] = Field(default_factory=list)
     slice_field: str | None = None  # a field whose values the model card reports metrics per
     description: str = ""
 

@@ -140,12 +140,14 @@ def build_custom(table_path: Path, images_dir: Path, out_dir: Path, name: str, t
         table[group_column] = table[id_column]  # no groups given: each row is its own group
     if spec_path:
         spec = DatasetSpec.load(spec_path)
+        if na_values:
+            spec = spec.model_copy(update={"na_values": sorted({*spec.na_values, *na_values})})
     else:
         reserved = {target, image_column, id_column, group_column}
         spec = DatasetSpec(name=name, id_column=id_column, target=target,
                            image_column=image_column, group_column=group_column,
                            fields=infer_fields(table, reserved), image_size=image_size,
-                           min_class_count=min_class_count)
+                           min_class_count=min_class_count, na_values=sorted(set(na_values)))
     # text as written, but a missing target or image stays missing (not the string 'nan')
     for col in (image_column, target):
         table[col] = table[col].map(str, na_action="ignore")

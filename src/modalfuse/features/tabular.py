@@ -64,11 +64,15 @@ def _kind_of(v: Any) -> str:
     return f"{type(v).__name__} {_show(v)}"
 
 
-def _is_missing(f: FieldSpec, v: Any, from_text: bool) -> bool:
-    """None is missing everywhere; NaN and blank cells only in text (CSV's empty cells)."""
+def _is_missing(f: FieldSpec, v: Any, from_text: bool, na_values: frozenset[str] = frozenset()
+                ) -> bool:
+    """None is missing everywhere; NaN, blank cells and the dataset's own missing markers
+    (`DatasetSpec.na_values`) only in text (CSV, read as written)."""
     if v is None:
         return True
     if from_text and isinstance(v, float) and math.isnan(v):
+        return True
+    if from_text and isinstance(v, str) and v in na_values:
         return True
     if isinstance(v, str) and v.strip() == "":
         return from_text or f.kind in (FieldKind.categorical, FieldKind.multi)
@@ -99,9 +103,10 @@ def _boolean(v: Any, from_text: bool) -> bool:
     raise ValueError(f"must be true or false, got {_kind_of(v)}")
 
 
-def _parse_value(f: FieldSpec, v: Any, from_text: bool = False) -> Any:
+def _parse_value(f: FieldSpec, v: Any, from_text: bool = False,
+                 na_values: frozenset[str] = frozenset()) -> Any:
     """One raw value -> its canonical form, or ValueError saying what is allowed."""
-    if _is_missing(f, v, from_text):
+    if _is_missing(f, v, from_text, na_values):
         if f.required:
             raise ValueError("is required")
         return None if f.kind != FieldKind.multi else ""
@@ -147,9 +152,10 @@ def parse_record(spec: DatasetSpec, record: dict[str, Any], allow_extra: bool = 
     """
     errors: dict[str, str] = {}
     out: dict[str, Any] = {}
+    na_values = frozenset(spec.na_values)
     for f in spec.fields:
         try:
-            out[f.name] = _parse_value(f, record.get(f.name), from_text)
+            out[f.name] = _parse_value(f, record.get(f.name), from_text, na_values)
         except ValueError as e:
             errors[f.name] = str(e)
     if not allow_extra:

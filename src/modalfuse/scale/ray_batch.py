@@ -19,15 +19,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from modalfuse.batch import BatchInputError, score_frame
+from modalfuse.batch import CSV_NA_VALUES, BatchInputError, score_frame
 
 ROW = "row"
 # The row index travels under a name no input column will have; it becomes `row` on output.
 _ROW_TMP = "__modalfuse_row__"
-# What pandas.read_csv reads as missing by default: the local engine's semantics.
-PANDAS_NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
-                    "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
-                    "nan", "null"]
+
 STRING_COLUMNS = ("predicted", "error", "model_version")
 
 
@@ -136,7 +133,7 @@ def read_input(path: str | Path, kind: str, files: list[str], names: list[str]):
     if kind == "parquet":
         return ray.data.read_parquet(uris)
     convert = csv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                 null_values=PANDAS_NA_VALUES, strings_can_be_null=True)
+                                 null_values=CSV_NA_VALUES, strings_can_be_null=True)
     return ray.data.read_csv(uris, convert_options=convert)
 
 
@@ -145,7 +142,7 @@ def _typed_like_pandas(batch: pd.DataFrame) -> pd.DataFrame:
     buf = io.StringIO()
     batch.to_csv(buf, index=False)
     buf.seek(0)
-    return pd.read_csv(buf, keep_default_na=True)
+    return pd.read_csv(buf, keep_default_na=False, na_values=CSV_NA_VALUES)
 
 
 class PredictorActor:
