@@ -32,7 +32,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from modalfuse.config import Settings
-from modalfuse.predict import Predictor
+from modalfuse.inference.predictor import Predictor
 from modalfuse.serve.app import create_app
 
 

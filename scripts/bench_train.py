@@ -23,7 +23,7 @@ from modalfuse.config import Settings
 from modalfuse.data.dataset import load_dataset
 from modalfuse.data.split import load_splits
 from modalfuse.models.netconfig import NetConfig
-from modalfuse.train import TrainConfig, train
+from modalfuse.training.train import TrainConfig, train
 
 BUDGET_S = 600
 

@@ -17,8 +17,8 @@ from rich.console import Console
 from modalfuse.config import Settings
 from modalfuse.data.dataset import load_dataset
 from modalfuse.data.split import load_splits
-from modalfuse.fusion import CrossFitter
-from modalfuse.train import TrainConfig
+from modalfuse.training.folds import CrossFitter
+from modalfuse.training.train import TrainConfig
 
 
 def main() -> None:

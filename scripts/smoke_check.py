@@ -19,7 +19,7 @@ import httpx
 from modalfuse.config import Settings
 from modalfuse.data.dataset import load_dataset
 from modalfuse.data.split import load_splits
-from modalfuse.predict import Predictor, table_records
+from modalfuse.inference.predictor import Predictor, table_records
 
 
 def free_port() -> int:

@@ -43,7 +43,7 @@ def fixture_splits(fixture_dataset):
 
 @pytest.fixture(scope="session")
 def fixture_bundle(fixture_dataset, fixture_splits, _isolated_data_dir: Path):
-    from modalfuse.train import TrainConfig, train
+    from modalfuse.training.train import TrainConfig, train
 
     out = _isolated_data_dir / "models" / "pokemon" / "latest"
     return train(fixture_dataset, fixture_splits, out, TrainConfig(num_boost_round=40, seed=0))
@@ -51,6 +51,6 @@ def fixture_bundle(fixture_dataset, fixture_splits, _isolated_data_dir: Path):
 
 @pytest.fixture(scope="session")
 def predictor(fixture_bundle):
-    from modalfuse.predict import Predictor
+    from modalfuse.inference.predictor import Predictor
 
     return Predictor.from_path(fixture_bundle.path)

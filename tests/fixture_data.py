@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from modalfuse.data.builders.pokemon import COLORS, EGG_GROUPS, pokemon_spec
 from modalfuse.data.dataset import write_dataset
-from modalfuse.data.pokemon import COLORS, EGG_GROUPS, pokemon_spec
 from modalfuse.features.image import encode_png, to_square_rgba
 
 CLASSES = {  # type -> (rgb, shape, stat profile, colour, ability)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from modalfuse.data.pokemon import pokemon_spec
+from modalfuse.data.builders.pokemon import pokemon_spec
 from modalfuse.features.image import (
     IMAGE_FEATURE_NAMES,
     ImageError,

@@ -18,11 +18,12 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from modalfuse.cli import app as cli_app
-from modalfuse.config import FieldKind, Settings
-from modalfuse.data.custom import read_table
+from modalfuse.config import Settings
+from modalfuse.data.builders.custom import read_table
 from modalfuse.data.dataset import load_dataset
-from modalfuse.predict import Predictor, api_body, table_records
+from modalfuse.inference.predictor import Predictor, api_body, table_records
 from modalfuse.serve.app import create_app
+from modalfuse.spec import FieldKind
 
 FRUITS = {"apple": ((200, 30, 30), 150, 12), "banana": ((230, 210, 40), 120, 18),
           "lime": ((60, 190, 50), 60, 4)}
@@ -201,9 +202,9 @@ def test_parquet_nulls_are_missing_and_na_values_too(tmp_path):
 def test_scoring_a_csv_reads_it_as_the_import_did(country_dir):
     """No skew between import and scoring: a CSV to score is read as written ("NA" is a
     value), and the markers given to `data import --na-value` are missing there too."""
-    from modalfuse.batch import iter_row_chunks
     from modalfuse.features.tabular import parse_record
-    from modalfuse.predict import table_records
+    from modalfuse.inference.batch import iter_row_chunks
+    from modalfuse.inference.predictor import table_records
 
     as_written = load_dataset(Settings().dataset_dir("countries")).spec
     with_markers = load_dataset(Settings().dataset_dir("coded")).spec

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from modalfuse.data.audit import GroupCrossingCheck, SplitContext
+from modalfuse.data.builders.pokemon import family_ids, pokedex_table, pokemon_spec
 from modalfuse.data.dataset import load_dataset, table_digest, write_dataset
-from modalfuse.data.pokemon import family_ids, pokedex_table, pokemon_spec
 from modalfuse.data.schema import DatasetValidationError, validate_table
 from modalfuse.data.sources import POKEDEX, SourceError, fetch, verify
 from modalfuse.data.split import SplitError, load_splits, make_splits

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from modalfuse.explain import Explainer, global_importance
-from modalfuse.predict import PredictionInputError, table_records
+from modalfuse.inference.explain import Explainer, global_importance
+from modalfuse.inference.predictor import PredictionInputError, table_records
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ class _OneModalityModel:
 def test_any_model_kind_gets_credit_only_where_it_looks(predictor, rows, attr):
     import dataclasses
 
-    from modalfuse.predict import Predictor
+    from modalfuse.inference.predictor import Predictor
 
     bundle = dataclasses.replace(predictor.bundle,
                                  model=_OneModalityModel(attr, len(predictor.labels)))

@@ -19,8 +19,8 @@ def _labels(ds, splits) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fitter(fixture_dataset, fixture_splits):
-    from modalfuse.fusion import CrossFitter
-    from modalfuse.train import TrainConfig
+    from modalfuse.training.folds import CrossFitter
+    from modalfuse.training.train import TrainConfig
 
     cfg = TrainConfig(model="stacking", seed=0, num_boost_round=20, net=TINY)
     return CrossFitter(fixture_dataset, fixture_splits, cfg, _labels(fixture_dataset, fixture_splits))
@@ -28,14 +28,14 @@ def fitter(fixture_dataset, fixture_splits):
 
 @pytest.fixture(scope="module")
 def fused_bundle(fixture_dataset, fixture_splits, fitter, tmp_path_factory):
-    from modalfuse.fusion import train_fusion
+    from modalfuse.training.folds import train_fusion
 
     out = tmp_path_factory.mktemp("fused") / "stacking"
     return train_fusion(fixture_dataset, fixture_splits, out, fitter.cfg, fitter=fitter)
 
 
 def _tiny_nets(n_classes: int, n_tab: int):
-    from modalfuse.models.cnn import FusionNet, ImageNet, seed_everything
+    from modalfuse.training.nets import FusionNet, ImageNet, seed_everything
 
     seed_everything(0)
     cfg = NetConfig(**TINY)
@@ -46,8 +46,8 @@ def test_torch_and_onnx_runtime_agree(fitter):
     """Every network part, exported with a dynamic batch axis, matches torch within 1e-5."""
     import onnxruntime as ort
 
-    from modalfuse.models.cnn import export_onnx, torch_outputs
     from modalfuse.models.neural import net_feeds, softmax
+    from modalfuse.training.nets import export_onnx, torch_outputs
 
     rows = fitter.rows(frozenset())
     batch = fitter.batch(frozenset(), rows)
@@ -67,8 +67,8 @@ def test_torch_and_onnx_runtime_agree(fitter):
 
 def test_training_is_seeded_and_repeatable(fitter):
     """Two fits with the same seed give the same network (same ONNX outputs)."""
-    from modalfuse.models.cnn import ImageNet, fit_network, torch_outputs
     from modalfuse.models.neural import net_feeds
+    from modalfuse.training.nets import ImageNet, fit_network, torch_outputs
 
     rows = fitter.rows(frozenset())
     images = fitter.training_images(rows)
@@ -86,7 +86,7 @@ def test_training_is_seeded_and_repeatable(fitter):
 def test_cuda_request_without_gpu_is_a_clear_error():
     import torch
 
-    from modalfuse.models.cnn import DeviceError, resolve_device
+    from modalfuse.training.nets import DeviceError, resolve_device
 
     if torch.cuda.is_available():
         assert resolve_device("cuda").type == "cuda"
@@ -125,9 +125,9 @@ def test_stacking_meta_learner_uses_out_of_fold_predictions_only(fitter):
 
 
 def test_fused_bundle_serves_through_onnx_runtime(fused_bundle, fixture_dataset, fixture_splits):
-    from modalfuse.bundle import load_bundle, model_kinds
-    from modalfuse.evaluate import predict_dataset_rows
-    from modalfuse.predict import Predictor, table_records
+    from modalfuse.inference.bundle import load_bundle, model_kinds
+    from modalfuse.inference.evaluate import predict_dataset_rows
+    from modalfuse.inference.predictor import Predictor, table_records
 
     meta = json.loads((fused_bundle.path / "bundle.json").read_text())
     kinds = model_kinds(meta["model"])
@@ -156,7 +156,7 @@ def test_fused_bundle_serves_through_onnx_runtime(fused_bundle, fixture_dataset,
 
 
 def test_ablation_table_and_doc(fixture_dataset, fixture_splits, fitter, tmp_path):
-    from modalfuse.ablation import run_ablation, to_markdown
+    from modalfuse.training.ablation import run_ablation, to_markdown
 
     report = run_ablation(fixture_dataset, fixture_splits, tmp_path, fitter.cfg,
                           ("gbm_tabular", "cnn", "stacking"), fitter=fitter)

@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from modalfuse.bundle import BundleError, BundleVersionWarning, load_bundle
 from modalfuse.cli import app as cli_app
 from modalfuse.config import Settings
-from modalfuse.evaluate import predict_dataset_rows
-from modalfuse.predict import PredictionInputError, table_records
+from modalfuse.inference.bundle import BundleError, BundleVersionWarning, load_bundle
+from modalfuse.inference.evaluate import predict_dataset_rows
+from modalfuse.inference.predictor import PredictionInputError, table_records
 from modalfuse.serve.app import create_app
 
 
@@ -85,7 +85,7 @@ def test_direction_colour_of_the_sprite_moves_the_prediction(predictor, fixture_
 
 
 def test_training_is_repeatable(fixture_dataset, fixture_splits, tmp_path, fixture_bundle):
-    from modalfuse.train import TrainConfig, train
+    from modalfuse.training.train import TrainConfig, train
 
     again = train(fixture_dataset, fixture_splits, tmp_path / "again",
                   TrainConfig(num_boost_round=40, seed=0), evaluate_test=False)
@@ -133,8 +133,8 @@ def test_incompatible_bundle_is_refused(fixture_bundle, tmp_path):
 @pytest.fixture(scope="module")
 def fused_predictor(fixture_dataset, fixture_splits, tmp_path_factory):
     """A stacked bundle (two LightGBMs + a tiny CNN served by ONNX Runtime)."""
-    from modalfuse.predict import Predictor
-    from modalfuse.train import TrainConfig, train
+    from modalfuse.inference.predictor import Predictor
+    from modalfuse.training.train import TrainConfig, train
 
     tiny = {"image_size": 16, "width": 4, "embed_dim": 8, "epochs": 1, "views_per_epoch": 1}
     cfg = TrainConfig(model="stacking", seed=0, num_boost_round=15, cv=False, net=tiny)

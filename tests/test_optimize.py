@@ -15,8 +15,8 @@ TINY = {"image_size": 16, "width": 8, "embed_dim": 8, "epochs": 2, "batch_size":
 
 @pytest.fixture(scope="module")
 def fitter(fixture_dataset, fixture_splits):
-    from modalfuse.fusion import CrossFitter
-    from modalfuse.train import TrainConfig
+    from modalfuse.training.folds import CrossFitter
+    from modalfuse.training.train import TrainConfig
 
     labels = sorted(fixture_dataset.table.set_index("id").loc[fixture_splits.ids("train"),
                                                               "primary_type"].unique())
@@ -33,8 +33,8 @@ def variants(fitter, tmp_path_factory):
 
 
 def _test_proba(bundle, ds, splits):
-    from modalfuse.evaluate import predict_dataset_rows
-    from modalfuse.predict import Predictor
+    from modalfuse.inference.evaluate import predict_dataset_rows
+    from modalfuse.inference.predictor import Predictor
 
     return predict_dataset_rows(Predictor.from_path(bundle.path), ds, splits.ids("test"))
 
@@ -52,7 +52,7 @@ def test_calibration_rows_come_from_the_training_split(variants, fixture_dataset
 def test_quantized_bundle_is_int8_and_close(mode, variants, fixture_dataset, fixture_splits, tmp_path):
     import onnx
 
-    from modalfuse.bundle import load_bundle
+    from modalfuse.inference.bundle import load_bundle
     from modalfuse.optimize import onnx_parts
     from modalfuse.optimize.quantize import quantize_bundle
 
@@ -99,7 +99,7 @@ def test_channel_pruning_keeps_the_function_when_nothing_is_removed(fitter):
 
 
 def test_pruned_bundle_is_narrower_and_close(variants, fixture_dataset, fixture_splits):
-    from modalfuse.bundle import load_bundle
+    from modalfuse.inference.bundle import load_bundle
 
     dense, pruned = variants["fp32"], load_bundle(variants["pruned50"].path)
     assert pruned.meta["training"]["config"]["net"]["width"] == TINY["width"] // 2
@@ -113,7 +113,7 @@ def test_pruned_bundle_is_narrower_and_close(variants, fixture_dataset, fixture_
 
 def test_student_learns_from_out_of_fold_teacher_targets(fitter, fixture_bundle, fixture_dataset,
                                                         fixture_splits, tmp_path):
-    from modalfuse.bundle import load_bundle
+    from modalfuse.inference.bundle import load_bundle
     from modalfuse.optimize.distill import STUDENT, distill, teacher_soft_targets
 
     rows, soft = teacher_soft_targets(fitter, fixture_bundle)
@@ -153,8 +153,8 @@ def test_quantized_bundle_is_served_by_the_api_unchanged(variants, fixture_datas
     from fastapi.testclient import TestClient
 
     from modalfuse.config import Settings
+    from modalfuse.inference.predictor import Predictor
     from modalfuse.optimize.quantize import quantize_bundle
-    from modalfuse.predict import Predictor
     from modalfuse.serve.app import create_app
 
     q = quantize_bundle(variants["fp32"], fixture_dataset, fixture_splits, tmp_path / "q",

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from modalfuse.batch import predict_file
 from modalfuse.config import Settings
-from modalfuse.safe_csv import escape_cell, escape_frame, write_csv
+from modalfuse.inference.batch import predict_file
+from modalfuse.inference.safe_csv import escape_cell, escape_frame, write_csv
 from modalfuse.serve.app import create_app
 from prod_helpers import API_KEY, AUTH, job_inputs, wait_for
 

@@ -23,8 +23,8 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from modalfuse.batch import predict_file
 from modalfuse.cli import app
+from modalfuse.inference.batch import predict_file
 from modalfuse.scale.ray_batch import ROW, RayBatchConfig, ray_predict_file, read_output
 
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -9,7 +9,7 @@ import logging
 from fastapi.testclient import TestClient
 
 from modalfuse.config import Settings
-from modalfuse.predict import Predictor
+from modalfuse.inference.predictor import Predictor
 from modalfuse.serve.app import create_app
 
 

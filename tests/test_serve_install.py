@@ -18,7 +18,7 @@ TINY = {"image_size": 16, "width": 4, "embed_dim": 8, "epochs": 1, "batch_size":
 SCRIPT = textwrap.dedent("""
     import base64, importlib.util, json, sys
     assert importlib.util.find_spec("torch") is None, "torch is importable in the serve venv"
-    from modalfuse.predict import Predictor
+    from modalfuse.inference.predictor import Predictor
     req = json.load(open(sys.argv[2]))
     pred = Predictor.from_path(sys.argv[1])
     images = [base64.b64decode(b) for b in req["images"]]
@@ -31,8 +31,8 @@ SCRIPT = textwrap.dedent("""
 
 def test_serve_extra_scores_a_fused_bundle_without_torch(fixture_dataset, fixture_splits,
                                                          tmp_path):
-    from modalfuse.predict import Predictor, table_records
-    from modalfuse.train import TrainConfig, train
+    from modalfuse.inference.predictor import Predictor, table_records
+    from modalfuse.training.train import TrainConfig, train
 
     bundle = train(fixture_dataset, fixture_splits, tmp_path / "stacking",
                    TrainConfig(model="stacking", seed=1, num_boost_round=15, cv=False, net=TINY),

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from modalfuse.batch import score_frame
 from modalfuse.config import Settings
+from modalfuse.inference.batch import score_frame
 from modalfuse.serve.app import create_app
 from prod_helpers import API_KEY, AUTH, job_inputs, wait_for
 

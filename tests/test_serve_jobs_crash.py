@@ -106,7 +106,7 @@ def test_a_job_never_mixes_models_across_a_restart(fixture_bundle, fixture_datas
                                                    fixture_splits, tmp_path):
     """Killed mid-job, restarted with another model: it waits for its model ("wait"), or is
     rescored whole by the new one ("rescore"); never rows of two models in one result."""
-    from modalfuse.train import TrainConfig, train
+    from modalfuse.training.train import TrainConfig, train
 
     other = train(fixture_dataset, fixture_splits, tmp_path / "other",
                   TrainConfig(num_boost_round=8, cv=False, seed=3, exclude_fields=["color"]),

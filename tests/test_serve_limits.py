@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from modalfuse.config import Settings
-from modalfuse.predict import PixelBudgetError
+from modalfuse.inference.predictor import PixelBudgetError
 from modalfuse.serve.app import create_app
 from modalfuse.serve.ratelimit import ClientLimiter, ClientRateLimit, is_limited
 from prod_helpers import API_KEY

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from modalfuse.cli import app as cli_app
 from modalfuse.config import Settings
 from modalfuse.features.image import encode_png
-from modalfuse.predict import api_body, table_records
+from modalfuse.inference.predictor import api_body, table_records
 from modalfuse.serve.app import create_app
 from prod_helpers import API_KEY, AUTH
 

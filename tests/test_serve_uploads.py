@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from modalfuse.batch import count_rows, iter_row_chunks, read_rows
 from modalfuse.config import Settings
+from modalfuse.inference.batch import count_rows, iter_row_chunks, read_rows
 from modalfuse.serve.app import create_app
 from modalfuse.serve.uploads import UploadError, declared_entries, entry_parts
 from modalfuse.ui import app as ui

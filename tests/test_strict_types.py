@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from modalfuse.batch import predict_file
 from modalfuse.config import Settings
-from modalfuse.data.pokemon import pokemon_spec
+from modalfuse.data.builders.pokemon import pokemon_spec
 from modalfuse.features.image import ImageError, decode_base64_image
 from modalfuse.features.tabular import RecordError, parse_record
+from modalfuse.inference.batch import predict_file
 from modalfuse.serve.app import create_app
 
 SPEC = pokemon_spec()

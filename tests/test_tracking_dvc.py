@@ -71,7 +71,7 @@ def pipeline_repo(fixture_dataset, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_dvc_repro_runs_all_then_nothing_then_only_dependents(pipeline_repo):
     from modalfuse.data.dataset import load_dataset
-    from modalfuse.tracking import data_versions
+    from modalfuse.tracking.runs import data_versions
 
     d, env = pipeline_repo
     dvc = str(BIN / "dvc")

@@ -20,8 +20,8 @@ from modalfuse.config import Settings
 
 @pytest.fixture(scope="module")
 def embedded(fixture_dataset, fixture_splits, tmp_path_factory):
-    from modalfuse.tracking import log_training
-    from modalfuse.train import TrainConfig, train
+    from modalfuse.tracking.runs import log_training
+    from modalfuse.training.train import TrainConfig, train
 
     d = tmp_path_factory.mktemp("embedded")
     bundle = train(fixture_dataset, fixture_splits, d / "bundle",
@@ -37,7 +37,7 @@ def embedded(fixture_dataset, fixture_splits, tmp_path_factory):
 def test_embedded_store_is_explicit_and_complete(embedded, fixture_dataset):
     from mlflow import MlflowClient
 
-    from modalfuse.tracking import tracking_uri
+    from modalfuse.tracking.runs import tracking_uri
 
     s, tracked, d = embedded["settings"], embedded["tracked"], embedded["dir"]
     assert (s.mlflow_dir / "mlflow.db").is_file()
@@ -63,7 +63,7 @@ def test_embedded_store_is_explicit_and_complete(embedded, fixture_dataset):
 def test_trial_runs_nest_under_their_parent(embedded):
     import mlflow
 
-    from modalfuse.tracking import TrackingError, get_client, training_run, trial_run
+    from modalfuse.tracking.runs import TrackingError, get_client, training_run, trial_run
 
     s = embedded["settings"]
     with pytest.raises(TrackingError, match="active parent run"), trial_run({"lr": 0.1}):
@@ -86,10 +86,10 @@ def test_registered_pyfunc_and_api_score_like_the_predictor(embedded, fixture_da
     import mlflow
     from fastapi.testclient import TestClient
 
-    from modalfuse.predict import Predictor, table_records
-    from modalfuse.registry import RegistryError, parse_model_uri, promote, rollback
+    from modalfuse.inference.predictor import Predictor, table_records
     from modalfuse.serve.app import create_app
-    from modalfuse.tracking import using_store
+    from modalfuse.tracking.registry import RegistryError, parse_model_uri, promote, rollback
+    from modalfuse.tracking.runs import using_store
 
     s = embedded["settings"]
     ds = fixture_dataset

@@ -30,7 +30,7 @@ KEEP = {"height_m", "weight_kg"}
 
 
 def weak_config(fields):
-    from modalfuse.train import TrainConfig
+    from modalfuse.training.train import TrainConfig
 
     return TrainConfig(exclude_fields=[f.name for f in fields if f.name not in KEEP],
                        use_image_stats=False, num_boost_round=5, seed=0)
@@ -40,8 +40,8 @@ def weak_config(fields):
 def store(fixture_dataset, fixture_splits, tmp_path_factory):
     """A data folder of its own (the fixture dataset linked in) with an embedded registry whose
     champion (version 1) is the weak model."""
-    from modalfuse.tracking import log_training
-    from modalfuse.train import train
+    from modalfuse.tracking.runs import log_training
+    from modalfuse.training.train import train
 
     d = tmp_path_factory.mktemp("gate")
     data = d / "data"
@@ -62,13 +62,13 @@ def store(fixture_dataset, fixture_splits, tmp_path_factory):
 def _client(s: Settings):
     from mlflow import MlflowClient
 
-    from modalfuse.tracking import tracking_uri
+    from modalfuse.tracking.runs import tracking_uri
 
     return MlflowClient(tracking_uri(s), tracking_uri(s))
 
 
 def test_bundle_carries_out_of_fold_predictions(store, fixture_splits):
-    from modalfuse.oof import OutOfFold, folds_digest
+    from modalfuse.inference.oof import OutOfFold, folds_digest
 
     weak = store["weak"]
     oof = OutOfFold.load(weak.path, weak.labels)
@@ -84,9 +84,9 @@ def test_bundle_carries_out_of_fold_predictions(store, fixture_splits):
 
 
 def test_better_on_test_but_not_on_folds_is_refused(store, fixture_dataset, fixture_splits):
-    from modalfuse.registry import CHALLENGER, CHAMPION, TAG_GATE, alias_version, promote
-    from modalfuse.tracking import log_training
-    from modalfuse.train import TrainConfig, train
+    from modalfuse.tracking.registry import CHALLENGER, CHAMPION, TAG_GATE, alias_version, promote
+    from modalfuse.tracking.runs import log_training
+    from modalfuse.training.train import TrainConfig, train
 
     s, d = store["settings"], store["dir"]
     good = train(fixture_dataset, fixture_splits, d / "good", TrainConfig(num_boost_round=40, seed=0))
@@ -127,9 +127,9 @@ def test_better_on_test_but_not_on_folds_is_refused(store, fixture_dataset, fixt
 def test_other_folds_are_refused_and_the_served_model_follows_the_champion(
         store, fixture_dataset, fixture_splits):
     from modalfuse.data.split import make_splits
-    from modalfuse.registry import CHAMPION, alias_version, promote
-    from modalfuse.tracking import log_training
-    from modalfuse.train import TrainConfig, train
+    from modalfuse.tracking.registry import CHAMPION, alias_version, promote
+    from modalfuse.tracking.runs import log_training
+    from modalfuse.training.train import TrainConfig, train
 
     s, d = store["settings"], store["dir"]
     client = _client(s)
@@ -148,7 +148,7 @@ def test_other_folds_are_refused_and_the_served_model_follows_the_champion(
     assert served != bundle.model_version != tracked.registered_version
 
     # Serving follows the registry: the champion, not the latest bundle training wrote.
-    from modalfuse.serve.model_source import choose_model
+    from modalfuse.tracking.source import choose_model
 
     choice = choose_model(Settings(), "pokemon")
     assert choice.uri == "models:/pokemon@champion" and "registry" in choice.chosen_by
@@ -183,7 +183,7 @@ def test_other_folds_are_refused_and_the_served_model_follows_the_champion(
 
 
 def test_without_a_registry_the_latest_bundle_is_served(tmp_path, monkeypatch):
-    from modalfuse.serve.model_source import choose_model
+    from modalfuse.tracking.source import choose_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     s = Settings(data_dir=tmp_path)
@@ -225,8 +225,8 @@ def test_a_fallback_server_finds_the_champion_on_reload(fixture_dataset, fixture
     from fastapi.testclient import TestClient
 
     from modalfuse.serve.app import create_app
-    from modalfuse.serve.model_source import choose_model, load_choice, pinned_settings
-    from modalfuse.tracking import log_training
+    from modalfuse.tracking.runs import log_training
+    from modalfuse.tracking.source import choose_model, load_choice, pinned_settings
     from prod_helpers import API_KEY
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

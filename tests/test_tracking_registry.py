@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def weak_config(fields, rounds: int):
-    from modalfuse.train import TrainConfig
+    from modalfuse.training.train import TrainConfig
 
     return TrainConfig(exclude_fields=[f.name for f in fields if f.name not in KEEP],
                        use_image_stats=False, num_boost_round=rounds, seed=0)
@@ -84,7 +84,7 @@ def wait_healthy(server: dict, timeout: float = 180) -> None:
 @pytest.fixture(scope="module")
 def registry(mlflow_server, fixture_dataset, fixture_splits, tmp_path_factory):
     """The server with MLFLOW_TRACKING_URI pointing at it, and bundles trained meanwhile."""
-    from modalfuse.train import TrainConfig, train
+    from modalfuse.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("registry-bundles")
     # Train while the server boots: the good model and a second weak one.
@@ -160,9 +160,9 @@ def test_training_run_registers_into_server(registry, fixture_dataset):
 
 
 def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_splits):
-    from modalfuse.registry import promote, rollback, trace
     from modalfuse.serve.app import create_app
-    from modalfuse.tracking import log_training
+    from modalfuse.tracking.registry import promote, rollback, trace
+    from modalfuse.tracking.runs import log_training
 
     s = Settings(model_uri="models:/pokemon@champion", api_key=API_KEY)
     app = create_app(s)

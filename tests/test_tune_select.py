@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modalfuse.train import TrainConfig
+from modalfuse.training.train import TrainConfig
 
 
 def test_parse_duration():
-    from modalfuse.tune import parse_duration
+    from modalfuse.training.tune import parse_duration
 
     assert parse_duration("90s") == 90 and parse_duration("10m") == 600
     assert parse_duration("1.5h") == 5400 and parse_duration("45") == 45
@@ -25,8 +25,8 @@ def test_tune_uses_training_folds_only_and_nests_trials(fixture_dataset, fixture
 
     from modalfuse.config import Settings
     from modalfuse.data.dataset import Dataset
-    from modalfuse.tracking import get_client
-    from modalfuse.tune import default_storage, study_markdown, train_winner, tune
+    from modalfuse.tracking.runs import get_client
+    from modalfuse.training.tune import default_storage, study_markdown, train_winner, tune
 
     read: list[str] = []
     original = Dataset.image_bytes
@@ -66,14 +66,14 @@ def test_tune_uses_training_folds_only_and_nests_trials(fixture_dataset, fixture
 
 def test_tune_refuses_unknown_family(fixture_dataset, fixture_splits):
     from modalfuse.config import Settings
-    from modalfuse.tune import tune
+    from modalfuse.training.tune import tune
 
     with pytest.raises(ValueError, match="choose from"):
         tune(fixture_dataset, fixture_splits, Settings(), n_trials=1, families=("svm",), track=False)
 
 
 def test_selector_is_fitted_inside_each_fold(fixture_dataset, fixture_splits, monkeypatch):
-    from modalfuse.select import TabularSelector, selection_cv, to_markdown
+    from modalfuse.training.select import TabularSelector, selection_cv, to_markdown
 
     calls: list[tuple[np.ndarray, int]] = []
     original = TabularSelector.fit
@@ -98,7 +98,7 @@ def test_selector_is_fitted_inside_each_fold(fixture_dataset, fixture_splits, mo
 
 def test_selector_errors_are_typed():
     from modalfuse.features.tabular import NotFittedError
-    from modalfuse.select import TabularSelector
+    from modalfuse.training.select import TabularSelector
 
     with pytest.raises(NotFittedError):
         TabularSelector().transform(None)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from modalfuse.config import Settings
-from modalfuse.predict import table_records
+from modalfuse.inference.predictor import table_records
 from modalfuse.serve.uploads import UploadLimits, safe_extract_zip
 from modalfuse.ui.app import (
     UploadError,

@@ -20,9 +20,9 @@ resource "aws_ecs_task_definition" "batch" {
     # INPUT_PREFIX / OUTPUT_KEY are set per run with container overrides.
     command = [join(" && ", [
       "mlflow artifacts download --artifact-uri \"$MODALFUSE_MODEL_URI\" --dst-path /data/model",
-      "python -m modalfuse.aws_batch download s3://${aws_s3_bucket.artifacts.bucket}/$INPUT_PREFIX /data/in",
+      "python -m modalfuse.scale.aws_batch download s3://${aws_s3_bucket.artifacts.bucket}/$INPUT_PREFIX /data/in",
       "modalfuse predict --bundle /data/model/artifacts/bundle -i /data/in/rows.parquet --images /data/in/images -o /data/out.parquet",
-      "python -m modalfuse.aws_batch upload /data/out.parquet s3://${aws_s3_bucket.artifacts.bucket}/$OUTPUT_KEY",
+      "python -m modalfuse.scale.aws_batch upload /data/out.parquet s3://${aws_s3_bucket.artifacts.bucket}/$OUTPUT_KEY",
     ])]
     environment = [
       { name = "MODALFUSE_MODEL_URI", value = var.model_uri },

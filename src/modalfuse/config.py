@@ -1,18 +1,16 @@
-"""Settings read from the environment, and the DatasetSpec that describes any dataset.
+"""Settings read from the environment (paths, limits, serving options).
 
 Nothing here touches the disk at import time: paths are computed, never created.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -138,85 +136,3 @@ class Settings(BaseSettings):
 
     def default_bundle(self, dataset: str = "pokemon") -> Path:
         return self.models_dir / dataset / "latest"
-
-
-class FieldKind(str, Enum):
-    numeric = "numeric"
-    categorical = "categorical"
-    multi = "multi"  # several labels in one cell, joined by "|" (egg groups, abilities)
-    boolean = "boolean"
-
-
-class FieldSpec(BaseModel):
-    """One input column of the table and what values it may take."""
-
-    name: str
-    kind: FieldKind
-    required: bool = False
-    min: float | None = None
-    max: float | None = None
-    categories: list[str] | None = None  # allowed values for categorical/multi; None: open set
-    description: str = ""
-    example: float | str | bool | None = None
-
-
-class DatasetSpec(BaseModel):
-    """Everything the pipeline needs to know about a dataset; nothing about Pokémon.
-
-    The table lives at `table` (Parquet) next to the spec, the image of a row at
-    `images/<image column value>` relative to the dataset folder.
-    """
-
-    name: str
-    table: str = "table.parquet"
-    id_column: str
-    target: str
-    image_column: str
-    group_column: str
-    fields: list[FieldSpec]
-    views_table: str | None = None  # optional extra views: id, view, frame, path
-    image_size: int = Field(default=96, ge=16, le=512)
-    # Classes with fewer rows than this cannot be learned nor scored honestly:
-    # they are kept in the table but left out of modelling (split "excluded").
-    min_class_count: int = Field(default=2, ge=1)
-    display_column: str | None = None  # a human name for a row, if any
-    # Text that means "missing" in this dataset's CSV files besides an empty cell (what
-    # `data import --na-value` said): scoring a CSV reads them the way the import did.
-    na_values: list[str] = Field(default_factory=list)
-    slice_field: str | None = None  # a field whose values the model card reports metrics per
-    description: str = ""
-
-    @field_validator("fields")
-    @classmethod
-    def _unique_fields(cls, v: list[FieldSpec]) -> list[FieldSpec]:
-        names = [f.name for f in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"field names must be unique; repeated: {dupes}")
-        return v
-
-    @model_validator(mode="after")
-    def _columns_distinct(self) -> DatasetSpec:
-        reserved = {self.id_column, self.target, self.image_column, self.group_column}
-        clash = sorted(reserved & {f.name for f in self.fields})
-        if clash:
-            raise ValueError(
-                f"input fields may not reuse the id/target/image/group columns: {clash}"
-            )
-        return self
-
-    def field(self, name: str) -> FieldSpec:
-        for f in self.fields:
-            if f.name == name:
-                return f
-        raise KeyError(f"unknown field {name!r}; fields are {[f.name for f in self.fields]}")
-
-    def fields_of(self, kind: FieldKind) -> list[FieldSpec]:
-        return [f for f in self.fields if f.kind == kind]
-
-    def save(self, path: Path) -> None:
-        path.write_text(self.model_dump_json(indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> DatasetSpec:
-        return cls.model_validate(json.loads(path.read_text()))

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from modalfuse.config import DatasetSpec, FieldKind
+from modalfuse.spec import DatasetSpec, FieldKind
 
 # Near-duplicate threshold on a 64-bit pHash of the cropped front image. Hashing the
 # padded canvas instead makes small sprites collide (the blob's size dominates the DCT):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from modalfuse import __version__
-from modalfuse.config import DatasetSpec
+from modalfuse.spec import DatasetSpec
 
 
 def table_digest(table: pd.DataFrame) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pandas as pd
 import pandera.pandas as pa
 
-from modalfuse.config import DatasetSpec, FieldKind
 from modalfuse.features.image import ImageError, normalize_image
+from modalfuse.spec import DatasetSpec, FieldKind
 
 
 class DatasetValidationError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from modalfuse.data.pokemon import STATS
+from modalfuse.data.builders.pokemon import STATS
 from modalfuse.eda.report import (
     EdaContext,
     Section,

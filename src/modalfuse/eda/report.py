@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modalfuse.config import FieldKind
 from modalfuse.data.dataset import Dataset
 from modalfuse.features.image import HUE_BINS, IMAGE_FEATURE_NAMES, image_features, normalize_image
+from modalfuse.spec import FieldKind
 
 # Dataset-specific findings: dataset name -> "module:function" returning a list of Sections.
 FINDINGS = {"pokemon": "modalfuse.eda.pokemon:findings"}

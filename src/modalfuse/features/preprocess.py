@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from modalfuse.config import DatasetSpec
 from modalfuse.features.image import IMAGE_FEATURE_NAMES, image_features
 from modalfuse.features.tabular import RecordColumns, TabularEncoder
+from modalfuse.spec import DatasetSpec
 
 
 @dataclass

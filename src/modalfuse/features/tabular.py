@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modalfuse.config import DatasetSpec, FieldKind, FieldSpec
+from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
 
 OTHER = "__other__"
 

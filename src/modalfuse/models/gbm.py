@@ -9,7 +9,7 @@ import lightgbm as lgb
 import numpy as np
 
 from modalfuse.features.preprocess import FeatureBatch
-from modalfuse.models.base import register
+from modalfuse.models.registry import register
 
 DEFAULT_PARAMS = {
     "objective": "multiclass",

@@ -16,7 +16,7 @@ import numpy as np
 from modalfuse.features.image_tensor import image_tensor
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import NotFittedError
-from modalfuse.models.base import Model, load_model, register
+from modalfuse.models.registry import Model, load_model, register
 
 NET_INPUTS = ("image", "tabular")
 

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modalfuse.config import DatasetSpec, FieldKind
 from modalfuse.features.tabular import RecordError, parse_record, records_frame
+from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.monitor.predlog import LoggedPredictions
-from modalfuse.predict import Predictor, table_records
+from modalfuse.spec import DatasetSpec, FieldKind
 
 # Population stability index bands, as commonly used in credit-risk monitoring.
 PSI_WARN, PSI_DRIFT = 0.1, 0.25

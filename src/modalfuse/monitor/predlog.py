@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modalfuse.predict import PredictionEvent
+from modalfuse.inference.predictor import PredictionEvent
 from modalfuse.serve.logging import request_id_var
 
 log = logging.getLogger("modalfuse.monitor")

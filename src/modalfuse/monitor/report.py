@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modalfuse.config import FieldKind
+from modalfuse.inference.predictor import Predictor
 from modalfuse.monitor.drift import Reference, drift_summary, serving_fields
 from modalfuse.monitor.predlog import LoggedPredictions
-from modalfuse.predict import Predictor
+from modalfuse.spec import FieldKind
 
 PREDICTION_COLUMN = "predicted_label"
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from modalfuse.bundle import ModelBundle, load_bundle, save_bundle, update_bundle_meta
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
 from modalfuse.features.preprocess import FeatureBatch
-from modalfuse.models.base import Model
+from modalfuse.inference.bundle import ModelBundle, load_bundle, save_bundle, update_bundle_meta
 from modalfuse.models.neural import OnnxNetModel
+from modalfuse.models.registry import Model
 
 
 def onnx_parts(model: Any, path: str = "model") -> Iterator[tuple[str, OnnxNetModel]]:
@@ -41,7 +41,7 @@ def training_batch(bundle: ModelBundle, ds: Dataset, splits: Splits, rows: int |
                    seed: int = 0) -> tuple[np.ndarray, FeatureBatch]:
     """(ids, features) of training-split rows, turned into features by the bundle's own
     Predictor.prepare (the one inference path), never touching the test split."""
-    from modalfuse.predict import Predictor, table_records
+    from modalfuse.inference.predictor import Predictor, table_records
 
     ids = np.asarray(splits.ids("train"))
     if rows is not None and rows < len(ids):

@@ -18,11 +18,11 @@ import numpy as np
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
-from modalfuse.evaluate import classification_metrics
 from modalfuse.features.preprocess import FeatureBatch
+from modalfuse.inference.evaluate import classification_metrics
+from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.models.neural import net_feeds
 from modalfuse.optimize import file_size, onnx_parts
-from modalfuse.predict import Predictor, table_records
 
 
 @dataclass

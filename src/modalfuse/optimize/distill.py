@@ -16,13 +16,13 @@ from rich.progress import Progress
 from torch import nn
 from torch.nn import functional as F
 
-from modalfuse.bundle import ModelBundle
 from modalfuse.features.image_tensor import image_tensor
-from modalfuse.fusion import CrossFitter
-from modalfuse.models.cnn import FusionNet, TrainingImages, make_augment, seed_everything
+from modalfuse.inference.bundle import ModelBundle
 from modalfuse.models.netconfig import NetConfig
 from modalfuse.models.neural import CalibratedModel, StackingModel, apply_temperature
 from modalfuse.optimize.prune import ALL_FOLDS, save_net_bundle
+from modalfuse.training.folds import CrossFitter
+from modalfuse.training.nets import FusionNet, TrainingImages, make_augment, seed_everything
 
 STUDENT = NetConfig(image_size=16, width=4, embed_dim=16, tab_hidden=32, epochs=30, lr=5e-3,
                     dropout=0.2, tab_dropout=0.2)

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from modalfuse.bundle import ModelBundle, load_bundle, save_bundle, update_bundle_meta
-from modalfuse.fusion import CrossFitter
-from modalfuse.models.cnn import FusionNet, ImageNet, export_onnx, fit_network
+from modalfuse.inference.bundle import ModelBundle, load_bundle, save_bundle, update_bundle_meta
 from modalfuse.models.netconfig import NetConfig
 from modalfuse.models.neural import OnnxNetModel, net_feeds
+from modalfuse.training.folds import CrossFitter
+from modalfuse.training.nets import FusionNet, ImageNet, export_onnx, fit_network
 
 ALL_FOLDS: frozenset[int] = frozenset()
 
@@ -95,7 +95,7 @@ def to_onnx_model(fitter: CrossFitter, net: nn.Module, image_size: int) -> OnnxN
 def save_net_bundle(fitter: CrossFitter, net: nn.Module, kind: str, cfg: NetConfig, out: Path,
                     how: dict) -> ModelBundle:
     """A bundle of one network (no calibration: every variant is compared as trained)."""
-    from modalfuse.train import request_example
+    from modalfuse.training.train import request_example
 
     ds, splits = fitter.ds, fitter.splits
     model = to_onnx_model(fitter, net, cfg.image_size)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from modalfuse.bundle import ModelBundle
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
+from modalfuse.inference.bundle import ModelBundle
 from modalfuse.models.neural import OnnxNetModel, net_feeds
 from modalfuse.optimize import derive_bundle, fresh_copy, onnx_parts, training_batch
 

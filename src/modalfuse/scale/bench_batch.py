@@ -54,8 +54,8 @@ def run_bench(bundle: Path, dataset_root: Path, rows: int = 2000, chunk_size: in
               repeats: int = 3, actors: int = 2, ray_engine: bool = True) -> dict[str, Any]:
     import pandas as pd
 
-    from modalfuse.batch import load_image, predict_file
-    from modalfuse.predict import Predictor, table_records
+    from modalfuse.inference.batch import load_image, predict_file
+    from modalfuse.inference.predictor import Predictor, table_records
 
     predictor = Predictor.from_path(bundle)
     images = dataset_root / "images"
@@ -178,7 +178,7 @@ def bench_batch(
 ) -> None:
     """Rows/s of the local and Ray batch engines as ratios to the in-process Predictor limit."""
     from modalfuse.config import Settings
-    from modalfuse.serve.model_source import bundle_for
+    from modalfuse.tracking.source import bundle_for
 
     if rows < 1 or chunk_size < 1 or repeats < 1 or actors < 1:
         console.print(f"[bold red]error:[/] rows ({rows}), chunk-size ({chunk_size}), repeats "

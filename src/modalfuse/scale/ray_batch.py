@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from modalfuse.batch import CSV_NA_VALUES, BatchInputError, score_frame
+from modalfuse.inference.batch import CSV_NA_VALUES, BatchInputError, score_frame
 
 ROW = "row"
 # The row index travels under a name no input column will have; it becomes `row` on output.
@@ -149,7 +149,7 @@ class PredictorActor:
     """One Predictor per actor, loaded once; scores pandas batches with `score_frame`."""
 
     def __init__(self, bundle: str, images_dir: str, csv_text: bool):
-        from modalfuse.predict import Predictor
+        from modalfuse.inference.predictor import Predictor
 
         self.predictor = Predictor.from_path(bundle)
         self.images_dir = Path(images_dir)
@@ -233,7 +233,7 @@ def ray_predict_file(bundle: Path | str, input_path: Path | str, images_dir: Pat
     import ray
     import ray.data
 
-    from modalfuse.bundle import load_bundle
+    from modalfuse.inference.bundle import load_bundle
 
     cfg = config or RayBatchConfig()
     if cfg.actors < 1 or cfg.batch_size < 1 or cfg.cpus_per_actor <= 0:

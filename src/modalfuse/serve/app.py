@@ -11,17 +11,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modalfuse import __version__
 from modalfuse.config import Settings
 from modalfuse.features.image import ImageError
-from modalfuse.predict import PredictionInputError, Predictor
+from modalfuse.inference.predictor import PredictionInputError, Predictor
 from modalfuse.serve import production, ratelimit
 from modalfuse.serve.docs import install_docs
 from modalfuse.serve.errors import ServerErrors
-from modalfuse.serve.model_source import describe_source, load_served_predictor
 from modalfuse.serve.routes import admin as admin_routes
 from modalfuse.serve.routes import card as card_routes
 from modalfuse.serve.routes import explain as explain_routes
 from modalfuse.serve.routes import model as model_routes
 from modalfuse.serve.routes import predict as predict_routes
 from modalfuse.serve.schemas import record_model
+from modalfuse.tracking.source import describe_source, load_served_predictor
 
 log = logging.getLogger("modalfuse.serve")
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from modalfuse.config import Settings
-from modalfuse.predict import Predictor
+from modalfuse.inference.predictor import Predictor
 
 
 def get_predictor(request: Request) -> Predictor:

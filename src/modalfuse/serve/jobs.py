@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modalfuse.batch import iter_row_chunks, score_frame
-from modalfuse.predict import Predictor
+from modalfuse.inference.batch import iter_row_chunks, score_frame
+from modalfuse.inference.predictor import Predictor
 from modalfuse.serve.uploads import UploadError, UploadLimits, check_table, safe_extract_zip
 
 log = logging.getLogger("modalfuse.jobs")

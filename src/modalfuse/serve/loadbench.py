@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from modalfuse.predict import Predictor
+from modalfuse.inference.predictor import Predictor
 
 # Targets of the issue this benchmark answers; the table says pass/fail against each.
 TARGETS = {"p50_ms_c1": 3.0, "p99_ms_c1": 10.0, "throughput_vs_mlflow_c16": 3.0,
@@ -164,8 +164,8 @@ def save_mlflow_model(bundle: Path, out: Path) -> Path:
 
     import mlflow
 
-    from modalfuse.mlflow_pyfunc import BUNDLE_ARTIFACT, BundlePyfunc
-    from modalfuse.tracking import pip_requirements
+    from modalfuse.inference.mlflow_pyfunc import BUNDLE_ARTIFACT, BundlePyfunc
+    from modalfuse.tracking.runs import pip_requirements
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     path = out / "pyfunc"

@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modalfuse.predict import PredictionEvent
+from modalfuse.inference.predictor import PredictionEvent
 from modalfuse.serve.logging import request_id_from, request_id_var
 
 access_log = logging.getLogger("modalfuse.access")

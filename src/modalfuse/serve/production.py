@@ -17,9 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from modalfuse.config import Settings
+from modalfuse.inference.predictor import PredictionEvent, Predictor
 from modalfuse.monitor.drift import feature_names
 from modalfuse.monitor.predlog import PredictionLog
-from modalfuse.predict import PredictionEvent, Predictor
 from modalfuse.serve.jobs import JobStore, JobWorker
 from modalfuse.serve.metrics import ObservabilityMiddleware, ServiceMetrics
 from modalfuse.serve.retention import RetentionSweeper

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modalfuse.config import Settings
-from modalfuse.predict import PixelBudgetError
+from modalfuse.inference.predictor import PixelBudgetError
 
 # POSTs under these paths are limited (a prefix matches itself and what lies below it).
 LIMITED_PREFIXES = ("/v1/predict", "/v1/explain", "/v1/jobs", "/ui")

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, create_model
 
-from modalfuse.config import DatasetSpec, FieldKind, FieldSpec
+from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
 
 
 def _field_type(f: FieldSpec) -> tuple[Any, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from modalfuse.predict import Predictor
+from modalfuse.inference.predictor import Predictor
 from modalfuse.serve.loadbench import free_port, running
 
 TARGETS = {"rss_growth_pct": 10.0, "p99_end_vs_start_pct": 20.0}

@@ -19,8 +19,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from modalfuse.batch import BatchInputError, count_rows, iter_row_chunks, table_columns
 from modalfuse.config import Settings
+from modalfuse.inference.batch import BatchInputError, count_rows, iter_row_chunks, table_columns
 
 # Compression methods zipfile can unpack, with the names users know them by.
 SUPPORTED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate",

@@ -21,11 +21,11 @@ import pandas as pd
 from fastapi import FastAPI
 from PIL import Image
 
-from modalfuse.batch import BatchInputError, iter_row_chunks, load_image, score_frame
-from modalfuse.config import DatasetSpec, FieldKind, FieldSpec, Settings
-from modalfuse.explain import Explainer
-from modalfuse.predict import PredictionInputError, Predictor, table_records
-from modalfuse.safe_csv import write_csv
+from modalfuse.config import Settings
+from modalfuse.inference.batch import BatchInputError, iter_row_chunks, load_image, score_frame
+from modalfuse.inference.explain import Explainer
+from modalfuse.inference.predictor import PredictionInputError, Predictor, table_records
+from modalfuse.inference.safe_csv import write_csv
 from modalfuse.serve.uploads import (
     UploadError,
     UploadLimits,
@@ -33,6 +33,7 @@ from modalfuse.serve.uploads import (
     public_message,
     safe_extract_zip,
 )
+from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
 
 log = logging.getLogger("modalfuse.ui")
 

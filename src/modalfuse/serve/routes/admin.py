@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from modalfuse.bundle import BundleError
+from modalfuse.inference.bundle import BundleError
 from modalfuse.serve.deps import PredictorDep, SettingsDep
 from modalfuse.serve.security import AuthDep
 
@@ -42,8 +42,8 @@ def build_router() -> APIRouter:
                  summary="Reload the model (re-resolving its registry alias) and swap it in")
     def reload(request: Request, _: AuthDep, current: PredictorDep, settings: SettingsDep,
                body: ReloadRequest | None = None) -> ReloadResponse:
-        from modalfuse.registry import RegistryError
-        from modalfuse.serve.model_source import load_predictor, load_served_predictor
+        from modalfuse.tracking.registry import RegistryError
+        from modalfuse.tracking.source import load_predictor, load_served_predictor
 
         body = body or ReloadRequest()
         if not lock.acquire(blocking=False):

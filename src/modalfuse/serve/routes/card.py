@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
-from modalfuse.model_card import bundle_card
 from modalfuse.serve.deps import PredictorDep
+from modalfuse.tracking.model_card import bundle_card
 
 router = APIRouter(tags=["model"])
 

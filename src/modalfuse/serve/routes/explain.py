@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field, create_model
 
-from modalfuse.explain import METHOD, Explainer, Explanation
-from modalfuse.predict import PredictionInputError
+from modalfuse.inference.explain import METHOD, Explainer, Explanation
+from modalfuse.inference.predictor import PredictionInputError
 from modalfuse.serve.routes.predict import decode_base64, unprocessable
 from modalfuse.serve.schemas import Prediction
 

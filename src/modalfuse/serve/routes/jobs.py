@@ -17,7 +17,7 @@ from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from modalfuse.safe_csv import write_csv
+from modalfuse.inference.safe_csv import write_csv
 from modalfuse.serve.deps import PredictorDep, SettingsDep
 from modalfuse.serve.jobs import (
     IdempotencyConflict,

@@ -14,7 +14,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modalfuse import fusion_cli, optimize_cli, production_cli, see_cli, tracking_cli
+from modalfuse.cli import fusion as fusion_cli
+from modalfuse.cli import optimize as optimize_cli
+from modalfuse.cli import production as production_cli
+from modalfuse.cli import see as see_cli
+from modalfuse.cli import tracking as tracking_cli
 from modalfuse.config import Settings
 from modalfuse.scale import bench_batch
 
@@ -42,7 +46,7 @@ def _fail(msg: str, code: int = 2) -> None:
 
 def _bundle_path(bundle: Path | None, dataset: str) -> Path:
     """--bundle, else MODALFUSE_MODEL_URI/BUNDLE, else the registry's champion, else the latest."""
-    from modalfuse.serve.model_source import bundle_for, describe_source
+    from modalfuse.tracking.source import bundle_for, describe_source
 
     path, source = bundle_for(_settings(), dataset, bundle)
     if bundle is None:  # say which model a default picked
@@ -75,7 +79,7 @@ def data_build(
 ) -> None:
     """Build the built-in Pokémon dataset (fetching the sources if they are not cached)."""
     from modalfuse import __version__
-    from modalfuse.data.pokemon import build_pokemon
+    from modalfuse.data.builders.pokemon import build_pokemon
     from modalfuse.data.schema import DatasetValidationError
     from modalfuse.data.sources import POKEDEX, SPRITES, SourceError, fetch
 
@@ -121,7 +125,7 @@ def data_import(
     Only empty cells are missing unless --na-value names other markers. A row that breaks
     the schema is reported by its line in the CSV (header = line 1) and its id.
     """
-    from modalfuse.data.custom import build_custom
+    from modalfuse.data.builders.custom import build_custom
     from modalfuse.data.schema import DatasetValidationError
 
     s = _settings()
@@ -186,8 +190,8 @@ def train(
     """Train a model (default: the CV champion of docs/ablation.md) on the training split."""
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
-    from modalfuse.train import TrainConfig
-    from modalfuse.train import train as run_train
+    from modalfuse.training.train import TrainConfig
+    from modalfuse.training.train import train as run_train
 
     s = _settings()
     ds = load_dataset(s.dataset_dir(dataset))
@@ -240,8 +244,8 @@ def evaluate(
         return
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
-    from modalfuse.evaluate import evaluate as run_eval
-    from modalfuse.predict import Predictor
+    from modalfuse.inference.evaluate import evaluate as run_eval
+    from modalfuse.inference.predictor import Predictor
 
     s = _settings()
     ds = load_dataset(s.dataset_dir(dataset))
@@ -273,9 +277,9 @@ def predict(
     actors: Annotated[int, typer.Option(help="Predictor actors for --engine ray")] = 2,
 ) -> None:
     """Batch predictions: exactly one output row per input row; bad rows get an error."""
-    from modalfuse.batch import BatchInputError, predict_file
-    from modalfuse.predict import Predictor
-    from modalfuse.scale.ray_cli import check_engine, predict_ray
+    from modalfuse.cli.scale import check_engine, predict_ray
+    from modalfuse.inference.batch import BatchInputError, predict_file
+    from modalfuse.inference.predictor import Predictor
 
     check_engine(engine)
     if engine == "ray":
@@ -305,7 +309,7 @@ def serve(
 
     from modalfuse.serve.app import create_app
     from modalfuse.serve.logging import log_config
-    from modalfuse.serve.model_source import (
+    from modalfuse.tracking.source import (
         choose_model,
         describe_source,
         load_choice,
@@ -332,7 +336,7 @@ def example(
 ) -> None:
     """Print a /v1/predict JSON body for one row of the dataset (for curl -d @body.json)."""
     from modalfuse.data.dataset import load_dataset
-    from modalfuse.predict import api_body, table_records
+    from modalfuse.inference.predictor import api_body, table_records
 
     ds = load_dataset(_settings().dataset_dir(dataset), validate=False)
     t, spec = ds.table, ds.spec
@@ -380,7 +384,7 @@ def report_decisions(
     """Measure the data and modelling decisions (grouped vs random CV, abilities, image stats)."""
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
-    from modalfuse.decisions import measure, to_markdown
+    from modalfuse.training.decisions import measure, to_markdown
 
     ds = load_dataset(_settings().dataset_dir(dataset))
     m = measure(ds, load_splits(ds), seed=seed)
@@ -404,7 +408,7 @@ optimize_cli.register(app, bench_app)  # tune, optimize ..., bench models
 
 def main() -> None:
     """Entry point: user errors (missing files, bad bundles) print one clear line, no traceback."""
-    from modalfuse.bundle import BundleError
+    from modalfuse.inference.bundle import BundleError
 
     try:
         app()

@@ -34,13 +34,13 @@ def ablation(dataset: str, out: Path | None, doc: Path | None, models: list[str]
     """Run the ablation, print its table, save JSON + PNG (+ the markdown doc when asked)."""
     from pydantic import ValidationError
 
-    from modalfuse.ablation import run_ablation, to_markdown
     from modalfuse.config import Settings
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
-    from modalfuse.fusion import MODEL_NAMES
-    from modalfuse.models.cnn import DeviceError
-    from modalfuse.train import TrainConfig
+    from modalfuse.training.ablation import run_ablation, to_markdown
+    from modalfuse.training.folds import MODEL_NAMES
+    from modalfuse.training.nets import DeviceError
+    from modalfuse.training.train import TrainConfig
 
     s = Settings()
     ds = load_dataset(s.dataset_dir(dataset))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from modalfuse.data.dataset import Dataset
-from modalfuse.predict import Predictor, table_records
+from modalfuse.inference.predictor import Predictor, table_records
 
 
 def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from modalfuse.bundle import ModelBundle, save_bundle
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
-from modalfuse.evaluate import classification_metrics
 from modalfuse.features.image import normalize_image
 from modalfuse.features.image_tensor import image_tensor
 from modalfuse.features.preprocess import FeatureBatch, Preprocessor
-from modalfuse.models.base import Model
+from modalfuse.inference.bundle import ModelBundle, save_bundle
+from modalfuse.inference.evaluate import classification_metrics
+from modalfuse.inference.oof import OutOfFold
 from modalfuse.models.gbm import GBMModel
 from modalfuse.models.neural import (
     CalibratedModel,
@@ -34,7 +34,7 @@ from modalfuse.models.neural import (
     fit_temperature,
     net_feeds,
 )
-from modalfuse.oof import OutOfFold
+from modalfuse.models.registry import Model
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class CrossFitter:
     """Fits any model on the training rows outside some CV folds, once per (model, folds)."""
 
     def __init__(self, ds: Dataset, splits: Splits, cfg, labels: list[str], raw=None):
-        from modalfuse.train import load_raw
+        from modalfuse.training.train import load_raw
 
         self.ds, self.splits, self.cfg, self.labels = ds, splits, cfg, labels
         self.raw = raw if raw is not None else load_raw(ds, labels)
@@ -124,7 +124,7 @@ class CrossFitter:
         return self._views
 
     def training_images(self, rows: np.ndarray):
-        from modalfuse.models.cnn import TrainingImages
+        from modalfuse.training.nets import TrainingImages
 
         vp, vo = self.view_images()
         local = {int(p): i for i, p in enumerate(rows)}
@@ -148,7 +148,7 @@ class CrossFitter:
 
     def _gbm(self, excluded: Excluded, use_image_stats: bool,
              emb: OnnxNetModel | None = None) -> GBMModel:
-        from modalfuse.train import _safe_names
+        from modalfuse.training.train import _safe_names
 
         cfg, pre = self.cfg, self.preprocessor(excluded)
         rows = self.rows(excluded)
@@ -169,7 +169,7 @@ class CrossFitter:
         return self._gbm(excluded, False)
 
     def _net(self, excluded: Excluded, with_tabular: bool) -> OnnxNetModel:
-        from modalfuse.models.cnn import FusionNet, ImageNet, export_onnx, fit_network
+        from modalfuse.training.nets import FusionNet, ImageNet, export_onnx, fit_network
 
         cfg = self.cfg.net
         rows = self.rows(excluded)
@@ -249,7 +249,7 @@ class CrossFitter:
 def train_fusion(ds: Dataset, splits: Splits, out_dir: Path, cfg, evaluate_test: bool = True,
                  fitter: CrossFitter | None = None, cv: dict | None = None) -> ModelBundle:
     """Train `cfg.model` (any of MODEL_NAMES), calibrate it on held-out folds, bundle it, score test."""
-    from modalfuse.train import finish_bundle, git_commit
+    from modalfuse.training.train import finish_bundle, git_commit
 
     name = check_model_name(cfg.model)
     if fitter is None:

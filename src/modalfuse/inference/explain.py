@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from modalfuse.config import FieldKind
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import parse_record, records_frame
-from modalfuse.predict import PredictionInputError, Predictor
+from modalfuse.inference.predictor import PredictionInputError, Predictor
+from modalfuse.spec import FieldKind
 
 # FeatureBatch attributes whose columns are the encoded table fields; every other
 # attribute is derived from the image alone (pixels, image statistics, future embeddings).

@@ -34,8 +34,8 @@ def _data(dataset: str):
 
 def _fitter(ds, splits, teacher=None):
     """A CrossFitter with the teacher's training recipe (or the default one)."""
-    from modalfuse.fusion import CrossFitter
-    from modalfuse.train import TrainConfig
+    from modalfuse.training.folds import CrossFitter
+    from modalfuse.training.train import TrainConfig
 
     cfg = TrainConfig.model_validate(teacher.meta.get("training", {}).get("config", {})
                                      if teacher is not None else {})
@@ -46,7 +46,7 @@ def _fitter(ds, splits, teacher=None):
 
 
 def _register(bundle, ds, splits, settings) -> None:
-    from modalfuse.tracking import log_training
+    from modalfuse.tracking.runs import log_training
 
     tracked = log_training(bundle, ds, splits, settings, run_name=bundle.path.name)
     console.print(f"registered {tracked.registered_name} v{tracked.registered_version} "
@@ -64,7 +64,7 @@ def quantize(
     register: Annotated[bool, typer.Option(help="log to MLflow and register (challenger)")] = False,
 ) -> None:
     """INT8-quantize every ONNX network of a bundle into a new bundle."""
-    from modalfuse.bundle import load_bundle
+    from modalfuse.inference.bundle import load_bundle
     from modalfuse.optimize.quantize import quantize_bundle
 
     s, ds, splits = _data(dataset)
@@ -108,7 +108,7 @@ def distill(
     seed: int = 42,
 ) -> None:
     """Distil a teacher into a small fusion network, from its out-of-fold training predictions."""
-    from modalfuse.bundle import load_bundle
+    from modalfuse.inference.bundle import load_bundle
     from modalfuse.optimize.distill import STUDENT
     from modalfuse.optimize.distill import distill as run
 
@@ -131,7 +131,7 @@ def optimize_all(
 ) -> None:
     """Every variant in one process (shared folds and features): the dense FP32 network, its
     pruned, INT8 static and INT8 dynamic versions, and the distilled student (+ INT8)."""
-    from modalfuse.bundle import load_bundle
+    from modalfuse.inference.bundle import load_bundle
     from modalfuse.optimize.distill import STUDENT
     from modalfuse.optimize.distill import distill as run_distill
     from modalfuse.optimize.prune import prune_variants
@@ -168,8 +168,8 @@ def select(
     """In-fold feature selection: grouped CV with vs without top-k tabular columns."""
     import json
 
-    from modalfuse.select import selection_cv, to_markdown
-    from modalfuse.train import TrainConfig
+    from modalfuse.training.select import selection_cv, to_markdown
+    from modalfuse.training.train import TrainConfig
 
     s, ds, splits = _data(dataset)
     try:
@@ -203,8 +203,8 @@ def tune(
     seed: int = 42,
 ) -> None:
     """HPO over model families on the grouped CV folds of the training split; winner -> challenger."""
-    from modalfuse.tune import parse_duration, train_winner
-    from modalfuse.tune import tune as run
+    from modalfuse.training.tune import parse_duration, train_winner
+    from modalfuse.training.tune import tune as run
 
     s, ds, splits = _data(dataset)
     try:
@@ -231,7 +231,7 @@ def study(
 ) -> None:
     """Show the trials of a (possibly shared, still running) tuning study."""
     from modalfuse.config import Settings
-    from modalfuse.tune import default_storage, study_markdown
+    from modalfuse.training.tune import default_storage, study_markdown
 
     md = study_markdown(storage or default_storage(Settings()), study_name)
     console.print(md)

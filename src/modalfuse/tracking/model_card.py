@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from modalfuse.bundle import ModelBundle
     from modalfuse.data.dataset import Dataset
     from modalfuse.data.split import Splits
+    from modalfuse.inference.bundle import ModelBundle
 
 CARD_FILE = "model_card.md"
 # Below these counts a per-class or per-slice number is too noisy to lean on.
@@ -29,8 +29,8 @@ def card_facts(bundle: ModelBundle, ds: Dataset, splits: Splits,
 
     Per-slice metrics use `slice_field`, else the dataset spec's `slice_field`.
     """
-    from modalfuse.evaluate import classification_metrics, per_class_report, predict_dataset_rows
-    from modalfuse.predict import Predictor
+    from modalfuse.inference.evaluate import classification_metrics, per_class_report, predict_dataset_rows
+    from modalfuse.inference.predictor import Predictor
 
     spec = ds.spec
     test_ids = splits.ids("test")

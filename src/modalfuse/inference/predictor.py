@@ -17,8 +17,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from modalfuse.bundle import ModelBundle, load_bundle
-from modalfuse.config import DatasetSpec
 from modalfuse.features.image import (
     ImageError,
     load_first_frame,
@@ -27,6 +25,8 @@ from modalfuse.features.image import (
 )
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import RecordError, parse_record, records_columns
+from modalfuse.inference.bundle import ModelBundle, load_bundle
+from modalfuse.spec import DatasetSpec
 
 
 class PredictionInputError(ValueError):
@@ -229,7 +229,7 @@ def api_body(spec: DatasetSpec, record: dict[str, Any], image: bytes) -> dict[st
     """A /v1/predict JSON body for a raw record and its image bytes."""
     import base64
 
-    from modalfuse.config import FieldKind
+    from modalfuse.spec import FieldKind
 
     fields = parse_record(spec, record, allow_extra=True)
     for f in spec.fields:

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 from rich.progress import track
 
-from modalfuse.config import DatasetSpec, FieldKind, FieldSpec
 from modalfuse.data.dataset import write_dataset
 from modalfuse.features.image import encode_png, gif_frames, normalize_image, to_square_rgba
+from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
 
 DEX_JSON = "poke_env/data/static/pokedex/gen9pokedex.json"
 SPRITE_ROOT = "package/sprites/pokemon/versions/generation-v/black-white/animated/"

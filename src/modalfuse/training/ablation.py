@@ -17,7 +17,7 @@ import numpy as np
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
-from modalfuse.fusion import MODEL_HELP, MODEL_NAMES, CrossFitter, check_model_name, train_fusion
+from modalfuse.training.folds import MODEL_HELP, MODEL_NAMES, CrossFitter, check_model_name, train_fusion
 
 FUSED = ("stacking", "intermediate", "gbm_embed")
 SINGLE = {"gbm_tabular": "tabular", "cnn": "image"}
@@ -27,7 +27,7 @@ TARGETS = {"accuracy": 0.72, "macro_f1": 0.60, "ece": 0.05, "fusion_gain_macro_f
 def measure_latency(predictor, ds: Dataset, ids: np.ndarray, n: int = 40) -> dict:
     """Milliseconds per row through the Predictor from raw fields + image bytes: one-row
     requests (median) and one batch of all `ids` (mean per row)."""
-    from modalfuse.predict import table_records
+    from modalfuse.inference.predictor import table_records
 
     rows = ds.table.set_index(ds.spec.id_column).loc[ids].reset_index()
     records, images = table_records(ds.spec, rows), ds.row_images(rows)
@@ -45,7 +45,7 @@ def measure_latency(predictor, ds: Dataset, ids: np.ndarray, n: int = 40) -> dic
 
 def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg,
                  models: tuple[str, ...] = MODEL_NAMES, fitter: CrossFitter | None = None) -> dict:
-    from modalfuse.predict import Predictor
+    from modalfuse.inference.predictor import Predictor
 
     for m in models:
         check_model_name(m)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modalfuse.config import Settings
-from modalfuse.predict import Predictor
+from modalfuse.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -42,13 +42,13 @@ def registered_champion(settings: Settings, dataset: str) -> str | None:
     The embedded store is only read when it exists (nothing is created by asking); a
     registry that cannot be read, or no MLflow installed, counts as no champion.
     """
-    from modalfuse.tracking import EMBEDDED_DB
+    from modalfuse.tracking.runs import EMBEDDED_DB
 
     if not os.environ.get("MLFLOW_TRACKING_URI") and not (settings.mlflow_dir / EMBEDDED_DB).exists():
         return None
     try:
-        from modalfuse.registry import alias_version
-        from modalfuse.tracking import get_client
+        from modalfuse.tracking.registry import alias_version
+        from modalfuse.tracking.runs import get_client
 
         mv = alias_version(get_client(settings), dataset, CHAMPION)
     except ImportError:
@@ -91,7 +91,7 @@ def pinned_settings(settings: Settings, choice: ModelChoice) -> Settings:
 def resolve_bundle(settings: Settings, choice: ModelChoice) -> tuple[Path, dict[str, Any]]:
     """The local bundle folder of a choice and a description of its source."""
     if choice.uri:
-        from modalfuse.registry import fetch_bundle
+        from modalfuse.tracking.registry import fetch_bundle
 
         path, info = fetch_bundle(choice.uri, settings)
         return path, {"source": "registry", **info, "bundle": str(path),

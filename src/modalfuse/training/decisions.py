@@ -15,7 +15,7 @@ from modalfuse.data.audit import PHASH_THRESHOLD, hamming_matrix, phash_bits
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
 from modalfuse.features.image import normalize_image
-from modalfuse.train import TrainConfig, cross_validate, fit_fold, load_raw
+from modalfuse.training.train import TrainConfig, cross_validate, fit_fold, load_raw
 
 
 def _random_folds(splits: Splits, n_folds: int, seed: int) -> Splits:
@@ -28,12 +28,12 @@ def _random_folds(splits: Splits, n_folds: int, seed: int) -> Splits:
 
 
 def _cv_and_test(ds: Dataset, raw, splits: Splits, cfg: TrainConfig, labels: list[str]) -> dict:
-    from modalfuse.evaluate import classification_metrics
+    from modalfuse.inference.evaluate import classification_metrics
 
     cv = cross_validate(ds, raw, splits, cfg, labels)["summary"]
     tr, te = raw.rows(splits.ids("train")), raw.rows(splits.ids("test"))
     pre, model = fit_fold(ds, raw, tr, cfg, len(labels))
-    from modalfuse.train import features
+    from modalfuse.training.train import features
 
     test = classification_metrics(model.predict_proba(features(pre, raw, te)), raw.y[te], labels)
     return {"cv_acc": cv["accuracy"], "cv_f1": cv["macro_f1"], "test_acc": test["accuracy"],

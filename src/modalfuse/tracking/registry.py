@@ -24,10 +24,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-    from modalfuse.bundle import ModelBundle
     from modalfuse.data.dataset import Dataset
     from modalfuse.data.split import Splits
-    from modalfuse.oof import OutOfFold
+    from modalfuse.inference.bundle import ModelBundle
+    from modalfuse.inference.oof import OutOfFold
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "weighted_f1": True,
@@ -54,7 +54,7 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 
 def _client(settings: Settings) -> MlflowClient:
-    from modalfuse.tracking import get_client
+    from modalfuse.tracking.runs import get_client
 
     return get_client(settings)
 
@@ -98,8 +98,8 @@ def fetch_bundle(uri: str, settings: Settings) -> tuple[Path, dict[str, Any]]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from modalfuse.bundle import BUNDLE_FILE
-    from modalfuse.tracking import registry_uri, using_store
+    from modalfuse.inference.bundle import BUNDLE_FILE
+    from modalfuse.tracking.runs import registry_uri, using_store
 
     name, alias, version = parse_model_uri(uri)
     client = _client(settings)
@@ -165,7 +165,7 @@ GATES = ("cv", "test")
 
 
 def _candidate(uri: str, settings: Settings) -> tuple[Candidate, ModelBundle]:
-    from modalfuse.bundle import load_bundle
+    from modalfuse.inference.bundle import load_bundle
 
     path, info = fetch_bundle(uri, settings)
     bundle = load_bundle(path)
@@ -178,8 +178,8 @@ def _candidate(uri: str, settings: Settings) -> tuple[Candidate, ModelBundle]:
 
 def _score_test(cand: Candidate, bundle: ModelBundle, ds: Dataset, splits: Splits) -> None:
     """The frozen test split through the Predictor (a report, unless `--on test` decides)."""
-    from modalfuse.evaluate import evaluate
-    from modalfuse.predict import Predictor
+    from modalfuse.inference.evaluate import evaluate
+    from modalfuse.inference.predictor import Predictor
 
     if cand.dataset_version == ds.version:
         result = evaluate(Predictor(bundle), ds, splits.ids("test"), None, "test")
@@ -189,7 +189,7 @@ def _score_test(cand: Candidate, bundle: ModelBundle, ds: Dataset, splits: Split
 
 
 def _score_cv(cand: Candidate, oof: OutOfFold) -> None:
-    from modalfuse.evaluate import classification_metrics, per_class_report
+    from modalfuse.inference.evaluate import classification_metrics, per_class_report
 
     cand.cv = {k: float(v) for k, v in classification_metrics(oof.proba, oof.y, oof.labels).items()
                if k != "n"}
@@ -296,7 +296,7 @@ def promote(settings: Settings, name: str, ds: Dataset, splits: Splits,
 def _decide_on_cv(name: str, challenger: Candidate, champion: Candidate, cb: ModelBundle,
                   hb: ModelBundle, ds: Dataset, splits: Splits, metric: str, margin: float,
                   plot: Path, confidence: float, resamples: int, seed: int) -> PromotionDecision:
-    from modalfuse.oof import OutOfFold, OutOfFoldError, paired_bootstrap_gain
+    from modalfuse.inference.oof import OutOfFold, OutOfFoldError, paired_bootstrap_gain
 
     refusal = _cv_refusal(challenger, champion, cb, hb)
     oofs = [OutOfFold.load(b.path, b.labels) for b in (cb, hb)]

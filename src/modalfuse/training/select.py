@@ -15,9 +15,9 @@ import numpy as np
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
-from modalfuse.evaluate import classification_metrics
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import NotFittedError
+from modalfuse.inference.evaluate import classification_metrics
 
 METHODS = ("gain", "mutual_info")
 
@@ -81,7 +81,7 @@ def selection_cv(ds: Dataset, splits: Splits, cfg: Any, k: int, method: str = "g
 
     from modalfuse.features.preprocess import Preprocessor
     from modalfuse.models.gbm import GBMModel
-    from modalfuse.train import _safe_names, features, load_raw
+    from modalfuse.training.train import _safe_names, features, load_raw
 
     train = training_only(ds, splits)
     labels = sorted(train.table[ds.spec.target].unique())

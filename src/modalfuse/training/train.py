@@ -18,17 +18,17 @@ import pandas as pd
 from pydantic import BaseModel, Field
 from rich.progress import track
 
-from modalfuse.bundle import ModelBundle, save_bundle, update_bundle_meta
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
-from modalfuse.evaluate import classification_metrics, evaluate
 from modalfuse.features.image import normalize_image
 from modalfuse.features.preprocess import FeatureBatch, Preprocessor
 from modalfuse.features.tabular import parse_record, records_frame
+from modalfuse.inference.bundle import ModelBundle, save_bundle, update_bundle_meta
+from modalfuse.inference.evaluate import classification_metrics, evaluate
+from modalfuse.inference.oof import OOF_FILE, OutOfFold, folds_digest
+from modalfuse.inference.predictor import Predictor, api_body, table_records
 from modalfuse.models.gbm import GBMModel
 from modalfuse.models.netconfig import NetConfig
-from modalfuse.oof import OOF_FILE, OutOfFold, folds_digest
-from modalfuse.predict import Predictor, api_body, table_records
 
 # The cross-validation result's key for its out-of-fold predictions (saved apart from cv.json).
 OOF_KEY = "oof"
@@ -142,7 +142,7 @@ def train(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig | None = 
           evaluate_test: bool = True) -> ModelBundle:
     cfg = cfg or TrainConfig()
     if cfg.model != "gbm":
-        from modalfuse.fusion import train_fusion
+        from modalfuse.training.folds import train_fusion
 
         return train_fusion(ds, splits, out_dir, cfg, evaluate_test)
     unknown = sorted(set(cfg.exclude_fields) - {f.name for f in ds.spec.fields})

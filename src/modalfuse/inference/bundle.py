@@ -20,9 +20,9 @@ from importlib import metadata
 from pathlib import Path
 
 from modalfuse import __version__
-from modalfuse.config import DatasetSpec
 from modalfuse.features.preprocess import Preprocessor
-from modalfuse.models.base import Model, load_model
+from modalfuse.models.registry import Model, load_model
+from modalfuse.spec import DatasetSpec
 
 BUNDLE_FORMAT = 1
 BUNDLE_FILE = "bundle.json"

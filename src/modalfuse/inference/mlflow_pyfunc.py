@@ -31,13 +31,13 @@ class BundlePyfunc(PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from modalfuse.predict import Predictor
+        from modalfuse.inference.predictor import Predictor
 
         self.predictor = Predictor.from_path(context.artifacts[BUNDLE_ARTIFACT])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None
                 ) -> pd.DataFrame:
-        from modalfuse.predict import table_records
+        from modalfuse.inference.predictor import table_records
 
         if IMAGE_COLUMN not in model_input.columns:
             raise ValueError(f"input needs an {IMAGE_COLUMN!r} column (the image in base64); "

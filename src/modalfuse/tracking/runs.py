@@ -27,9 +27,9 @@ from modalfuse.config import Settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from modalfuse.bundle import ModelBundle
     from modalfuse.data.dataset import Dataset
     from modalfuse.data.split import Splits
+    from modalfuse.inference.bundle import ModelBundle
 
 EMBEDDED_DB = "mlflow.db"
 MODEL_ARTIFACT = "model"  # name of the logged pyfunc model inside a run
@@ -209,8 +209,8 @@ def content_version(root: Path) -> str:
     """Recompute a dataset folder's content hash from its files, as `write_dataset` computes it."""
     import pandas as pd
 
-    from modalfuse.config import DatasetSpec
     from modalfuse.data.dataset import images_digest, table_digest
+    from modalfuse.spec import DatasetSpec
 
     root = Path(root)
     spec = DatasetSpec.load(root / "spec.json")
@@ -246,7 +246,7 @@ class TrackedRun:
 
 def pip_requirements() -> list[str]:
     """What a pyfunc model needs: this package and the libraries a bundle is read with."""
-    from modalfuse.bundle import library_versions
+    from modalfuse.inference.bundle import library_versions
 
     reqs = [f"modalfuse=={__version__}"]
     reqs += [f"{lib}=={v}" for lib, v in library_versions().items()
@@ -265,8 +265,8 @@ def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Set
     """
     import mlflow
 
-    from modalfuse.mlflow_pyfunc import BUNDLE_ARTIFACT, BundlePyfunc
-    from modalfuse.model_card import write_card
+    from modalfuse.inference.mlflow_pyfunc import BUNDLE_ARTIFACT, BundlePyfunc
+    from modalfuse.tracking.model_card import write_card
 
     store = resolve_store(settings)
     card_path, facts = write_card(bundle, ds, splits)
@@ -329,7 +329,7 @@ def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Set
         tracked = TrackedRun(run_id=run_id, experiment_id=run.info.experiment_id,
                              model_uri=info.model_uri)
     if register:
-        from modalfuse.registry import register_version
+        from modalfuse.tracking.registry import register_version
 
         with using_store(store):
             mv, alias = register_version(client, ds.spec.name, tracked.model_uri, run_id, bundle,

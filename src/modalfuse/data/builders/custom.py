@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pandera.pandas as pa
 
-from modalfuse.config import DatasetSpec, FieldKind, FieldSpec
 from modalfuse.data.dataset import write_dataset
 from modalfuse.data.schema import DatasetValidationError, table_schema
+from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
 
 ROWS_SHOWN_PER_RULE = 10  # a rule broken by thousands of rows still gives a short message
 

@@ -1,4 +1,4 @@
-"""S3 copy steps of the AWS batch task: `python -m modalfuse.aws_batch download|upload SRC DST`.
+"""S3 copy steps of the AWS batch task: `python -m modalfuse.scale.aws_batch download|upload SRC DST`.
 
 The task downloads a prefix (the table and its images), runs `modalfuse predict` on it and
 uploads the result; keys that would land outside the target folder are refused.
@@ -45,7 +45,7 @@ def upload_file(path: Path, uri: str) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] not in ("download", "upload"):
-        sys.stderr.write("usage: python -m modalfuse.aws_batch download s3://b/prefix DIR | "
+        sys.stderr.write("usage: python -m modalfuse.scale.aws_batch download s3://b/prefix DIR | "
                          "upload FILE s3://b/key\n")
         return 2
     if argv[0] == "download":

@@ -21,7 +21,7 @@ def check_engine(engine: str) -> None:
 def predict_ray(input: str, output: str, images: Path, bundle: Path, address: str | None,
                 actors: int, batch_size: int) -> None:
     """Score `input` on Ray (local, or the cluster at `address`) into the Parquet folder."""
-    from modalfuse.batch import BatchInputError
+    from modalfuse.inference.batch import BatchInputError
     from modalfuse.scale.ray_batch import RayBatchConfig, ray_predict_file
 
     cfg = RayBatchConfig(address=address, actors=actors, batch_size=batch_size)

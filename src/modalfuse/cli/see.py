@@ -1,6 +1,6 @@
 """Commands that let people see the data and the model: `modalfuse eda` and `modalfuse explain`.
 
-Thin Typer wrappers over `modalfuse.eda.report` and `modalfuse.explain`; registered on the
+Thin Typer wrappers over `modalfuse.eda.report` and `modalfuse.inference.explain`; registered on the
 main app by `register(app)`.
 """
 
@@ -16,7 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from modalfuse.config import Settings
-from modalfuse.serve.model_source import bundle_for
+from modalfuse.tracking.source import bundle_for
 
 console = Console()
 
@@ -77,8 +77,8 @@ def explain(
 
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
-    from modalfuse.explain import Explainer
-    from modalfuse.predict import Predictor, table_records
+    from modalfuse.inference.explain import Explainer
+    from modalfuse.inference.predictor import Predictor, table_records
 
     if global_ == (row_id is not None):
         _fail("give exactly one of --global or --id ID")
@@ -145,7 +145,7 @@ def global_plots(explanations, truth, image_name: str, model_version: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from modalfuse.explain import global_importance
+    from modalfuse.inference.explain import global_importance
 
     imp = global_importance(explanations, image_name)["mean_abs_contribution"]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(imp) + 1.5))

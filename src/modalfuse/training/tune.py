@@ -20,9 +20,9 @@ import numpy as np
 from modalfuse.config import Settings
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
-from modalfuse.evaluate import classification_metrics
-from modalfuse.select import training_only
-from modalfuse.train import TrainConfig
+from modalfuse.inference.evaluate import classification_metrics
+from modalfuse.training.select import training_only
+from modalfuse.training.train import TrainConfig
 
 FAMILIES = ("gbm", "gbm_tabular", "intermediate")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
@@ -84,7 +84,7 @@ class FoldScorer:
     """Scores a TrainConfig fold by fold on the training-only data; records the ids it reads."""
 
     def __init__(self, ds: Dataset, splits: Splits):
-        from modalfuse.train import load_raw
+        from modalfuse.training.train import load_raw
 
         self.ds, self.splits = training_only(ds, splits), splits
         self.labels = sorted(self.ds.table[ds.spec.target].unique())
@@ -94,11 +94,11 @@ class FoldScorer:
 
     def scores(self, cfg: TrainConfig):
         """Yield (fold, macro-F1) as each fold finishes, so poor trials can stop early."""
-        from modalfuse.train import features, fit_fold
+        from modalfuse.training.train import features, fit_fold
 
         fitter = None
         if cfg.model != "gbm":
-            from modalfuse.fusion import CrossFitter
+            from modalfuse.training.folds import CrossFitter
 
             fitter = CrossFitter(self.ds, self.splits, cfg, self.labels, raw=self.raw)
         for k, (tr_ids, va_ids) in enumerate(self.folds):
@@ -147,7 +147,7 @@ def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | N
             return _run_trial(trial, cfg, scorer)
         import mlflow
 
-        from modalfuse.tracking import trial_run
+        from modalfuse.tracking.runs import trial_run
 
         with trial_run(trial.params, run_name=f"{study_name}-trial-{trial.number}") as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -170,7 +170,7 @@ def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | N
     if track:
         import mlflow
 
-        from modalfuse.tracking import training_run
+        from modalfuse.tracking.runs import training_run
 
         with training_run(settings, ds.spec.name, run_name=f"tune-{study_name}",
                           tags={"modalfuse.tune.study": study_name, "modalfuse.tune.storage":
@@ -218,13 +218,13 @@ def _redact(url: str) -> str:
 def train_winner(result: TuneResult, ds: Dataset, splits: Splits, out: Path, settings: Settings,
                  register: bool = True) -> TuneResult:
     """Retrain the best configuration on the whole training part, bundle it, register it."""
-    from modalfuse.train import train
+    from modalfuse.training.train import train
 
     cfg = result.best_config.model_copy(update={"cv": True})
     bundle = train(ds, splits, out, cfg)
     result.bundle_path = bundle.path
     if register:
-        from modalfuse.tracking import log_training
+        from modalfuse.tracking.runs import log_training
 
         tracked = log_training(bundle, ds, splits, settings, run_name=f"tune-winner-{result.study_name}")
         result.registered = f"{tracked.registered_name} v{tracked.registered_version} @{tracked.alias}"

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modalfuse.config import Settings
-from modalfuse.serve.model_source import bundle_for
+from modalfuse.tracking.source import bundle_for
 
 console = Console()
 
@@ -37,10 +37,10 @@ def monitor(
                                              "<data dir>/reports/monitoring/<time>)")] = None,
 ) -> None:
     """Drift (Evidently: fields and predictions) and skew (features) of logged predictions."""
+    from modalfuse.inference.predictor import Predictor
     from modalfuse.monitor.drift import NoReferenceError, load_or_build_reference
     from modalfuse.monitor.predlog import PredictionLog
     from modalfuse.monitor.report import monitor_report
-    from modalfuse.predict import Predictor
 
     s = Settings()
     predictor = Predictor.from_path(bundle_for(s, dataset, bundle)[0])

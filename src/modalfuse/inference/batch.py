@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import Progress
 
-from modalfuse.predict import Predictor, table_records
-from modalfuse.safe_csv import write_csv
+from modalfuse.inference.predictor import Predictor, table_records
+from modalfuse.inference.safe_csv import write_csv
 
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # A CSV is read as written, as `data import` reads it: only an empty cell is missing ("NA"

@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.table import Table
 
 from modalfuse.config import Settings
-from modalfuse.serve.model_source import bundle_for
+from modalfuse.tracking.source import bundle_for
 
 if TYPE_CHECKING:
-    from modalfuse.bundle import ModelBundle
     from modalfuse.data.dataset import Dataset
+    from modalfuse.inference.bundle import ModelBundle
 
 console = Console()
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
@@ -39,7 +39,7 @@ def _fail(msg: str, code: int = 2) -> None:
 def track_trained(bundle: ModelBundle, ds: Dataset, settings: Settings) -> None:
     """Log a bundle `modalfuse train` just wrote, register it, and say where it went."""
     from modalfuse.data.split import load_splits
-    from modalfuse.tracking import log_training, resolve_store
+    from modalfuse.tracking.runs import log_training, resolve_store
 
     store = resolve_store(settings)
     with console.status("logging the run to MLflow"):
@@ -69,8 +69,8 @@ def promote(
     out-of-fold predictions (a paired bootstrap); the test split is only reported."""
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
-    from modalfuse.registry import RegistryError
-    from modalfuse.registry import promote as run_promote
+    from modalfuse.tracking.registry import RegistryError
+    from modalfuse.tracking.registry import promote as run_promote
 
     s = Settings()
     ds = load_dataset(s.dataset_dir(dataset))
@@ -124,8 +124,8 @@ def rollback(
                                                  "the current champion replaced)")] = None,
 ) -> None:
     """Move the champion alias back to the previous champion (or to --to VERSION)."""
-    from modalfuse.registry import RegistryError
-    from modalfuse.registry import rollback as run_rollback
+    from modalfuse.tracking.registry import RegistryError
+    from modalfuse.tracking.registry import rollback as run_rollback
 
     try:
         old, new = run_rollback(Settings(), model or dataset, to)
@@ -141,7 +141,7 @@ def trace(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Trace a prediction's model version to its run, code commit, params and data version."""
-    from modalfuse.registry import trace as run_trace
+    from modalfuse.tracking.registry import trace as run_trace
 
     s = Settings()
     found = run_trace(s, model_version)
@@ -173,10 +173,10 @@ def card(
         = None,
 ) -> None:
     """Write the model card (model_card.md) of a bundle, scored on the frozen test split."""
-    from modalfuse.bundle import load_bundle
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
-    from modalfuse.model_card import write_card
+    from modalfuse.inference.bundle import load_bundle
+    from modalfuse.tracking.model_card import write_card
 
     s = Settings()
     ds = load_dataset(s.dataset_dir(dataset))
@@ -191,7 +191,7 @@ def card(
 def data_version(dataset: DatasetOpt = "pokemon") -> None:
     """Show that the dataset's files, its manifest and DVC's lock describe the same version."""
     from modalfuse.data.dataset import load_dataset
-    from modalfuse.tracking import data_versions
+    from modalfuse.tracking.runs import data_versions
 
     v = data_versions(load_dataset(Settings().dataset_dir(dataset), validate=False))
     console.print(f"dataset {v['dataset']}: manifest version {v['manifest_version']}, "
@@ -206,7 +206,7 @@ def data_version(dataset: DatasetOpt = "pokemon") -> None:
 
 
 def _store_uri(s: Settings) -> str:
-    from modalfuse.tracking import tracking_uri
+    from modalfuse.tracking.runs import tracking_uri
 
     return tracking_uri(s)
 
@@ -216,7 +216,7 @@ def mlflow_ui(
     port: Annotated[int, typer.Option(help="port")] = 5000,
 ) -> None:
     """Open the MLflow UI on the embedded store (or MLFLOW_TRACKING_URI's)."""
-    from modalfuse.tracking import resolve_store
+    from modalfuse.tracking.runs import resolve_store
 
     store = resolve_store(Settings())
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri,
