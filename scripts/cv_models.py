@@ -17,7 +17,7 @@ from rich.console import Console
 from modalfuse.config import Settings
 from modalfuse.data.dataset import load_dataset
 from modalfuse.data.split import load_splits
-from modalfuse.training.folds import CrossFitter
+from modalfuse.training.folds import FoldEngine
 from modalfuse.training.train import TrainConfig
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     labels = sorted(ds.table.set_index(ds.spec.id_column)
                     .loc[splits.ids("train"), ds.spec.target].unique())
     cfg = TrainConfig(model=args.model[0], seed=args.seed, net=json.loads(args.net))
-    fitter = CrossFitter(ds, splits, cfg, labels)
+    fitter = FoldEngine(ds, splits, cfg, labels)
     for name in args.model:
         started = time.perf_counter()
         cv = fitter.cross_validate(name)

@@ -19,19 +19,19 @@ def _labels(ds, splits) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fitter(fixture_dataset, fixture_splits):
-    from modalfuse.training.folds import CrossFitter
+    from modalfuse.training.folds import FoldEngine
     from modalfuse.training.train import TrainConfig
 
     cfg = TrainConfig(model="stacking", seed=0, num_boost_round=20, net=TINY)
-    return CrossFitter(fixture_dataset, fixture_splits, cfg, _labels(fixture_dataset, fixture_splits))
+    return FoldEngine(fixture_dataset, fixture_splits, cfg, _labels(fixture_dataset, fixture_splits))
 
 
 @pytest.fixture(scope="module")
 def fused_bundle(fixture_dataset, fixture_splits, fitter, tmp_path_factory):
-    from modalfuse.training.folds import train_fusion
+    from modalfuse.training.train import train
 
     out = tmp_path_factory.mktemp("fused") / "stacking"
-    return train_fusion(fixture_dataset, fixture_splits, out, fitter.cfg, fitter=fitter)
+    return train(fixture_dataset, fixture_splits, out, fitter.cfg, engine=fitter)
 
 
 def _tiny_nets(n_classes: int, n_tab: int):
@@ -159,7 +159,7 @@ def test_ablation_table_and_doc(fixture_dataset, fixture_splits, fitter, tmp_pat
     from modalfuse.training.ablation import run_ablation, to_markdown
 
     report = run_ablation(fixture_dataset, fixture_splits, tmp_path, fitter.cfg,
-                          ("gbm_tabular", "cnn", "stacking"), fitter=fitter)
+                          ("gbm_tabular", "cnn", "stacking"), engine=fitter)
     names = [r["model"] for r in report["results"]]
     assert names == ["gbm_tabular", "cnn", "stacking"]
     best_cv = max(report["results"], key=lambda r: r["cv"]["macro_f1"]["mean"])["model"]

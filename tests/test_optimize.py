@@ -15,13 +15,13 @@ TINY = {"image_size": 16, "width": 8, "embed_dim": 8, "epochs": 2, "batch_size":
 
 @pytest.fixture(scope="module")
 def fitter(fixture_dataset, fixture_splits):
-    from modalfuse.training.folds import CrossFitter
+    from modalfuse.training.folds import FoldEngine
     from modalfuse.training.train import TrainConfig
 
     labels = sorted(fixture_dataset.table.set_index("id").loc[fixture_splits.ids("train"),
                                                               "primary_type"].unique())
     cfg = TrainConfig(model="gbm", seed=0, num_boost_round=20, net=TINY)
-    return CrossFitter(fixture_dataset, fixture_splits, cfg, labels)
+    return FoldEngine(fixture_dataset, fixture_splits, cfg, labels)
 
 
 @pytest.fixture(scope="module")

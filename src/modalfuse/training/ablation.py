@@ -17,7 +17,11 @@ import numpy as np
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
-from modalfuse.training.folds import MODEL_HELP, MODEL_NAMES, CrossFitter, check_model_name, train_fusion
+from modalfuse.inference.predictor import Predictor, table_records
+from modalfuse.training import recipes
+from modalfuse.training.config import TrainConfig
+from modalfuse.training.folds import FoldEngine, training_labels
+from modalfuse.training.train import train
 
 FUSED = ("stacking", "intermediate", "gbm_embed")
 SINGLE = {"gbm_tabular": "tabular", "cnn": "image"}
@@ -27,8 +31,6 @@ TARGETS = {"accuracy": 0.72, "macro_f1": 0.60, "ece": 0.05, "fusion_gain_macro_f
 def measure_latency(predictor, ds: Dataset, ids: np.ndarray, n: int = 40) -> dict:
     """Milliseconds per row through the Predictor from raw fields + image bytes: one-row
     requests (median) and one batch of all `ids` (mean per row)."""
-    from modalfuse.inference.predictor import table_records
-
     rows = ds.table.set_index(ds.spec.id_column).loc[ids].reset_index()
     records, images = table_records(ds.spec, rows), ds.row_images(rows)
     predictor.predict_proba(records[:1], images[:1])  # warm-up: sessions, lazy imports
@@ -43,25 +45,24 @@ def measure_latency(predictor, ds: Dataset, ids: np.ndarray, n: int = 40) -> dic
     return {"single_ms": statistics.median(single), "batch_ms_per_row": batch}
 
 
-def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg,
-                 models: tuple[str, ...] = MODEL_NAMES, fitter: CrossFitter | None = None) -> dict:
-    from modalfuse.inference.predictor import Predictor
-
+def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig,
+                 models: tuple[str, ...] | None = None, engine: FoldEngine | None = None) -> dict:
+    """Cross-validate, train, bundle and score every recipe in `models` (default: all), sharing
+    fits through one fold engine; the champion is the best grouped-CV macro-F1."""
+    models = models or recipes.names()
     for m in models:
-        check_model_name(m)
+        recipes.get(m)
     train_ids = splits.ids("train")
-    if fitter is None:
-        labels = sorted(ds.table.set_index(ds.spec.id_column).loc[train_ids, ds.spec.target].unique())
-        fitter = CrossFitter(ds, splits, cfg, labels)
+    fitter = engine or FoldEngine(ds, splits, cfg, training_labels(ds, splits))
     results = []
     for name in models:
         started = time.perf_counter()
         cv = fitter.cross_validate(name)
-        bundle = train_fusion(ds, splits, out_dir / name, cfg.model_copy(update={"model": name}),
-                              fitter=fitter, cv=cv)
+        bundle = train(ds, splits, out_dir / name, cfg.model_copy(update={"model": name}),
+                       engine=fitter, cv=cv)
         latency = measure_latency(Predictor(bundle), ds, splits.ids("test"))
         results.append({
-            "model": name, "description": MODEL_HELP[name], "cv": cv["summary"],
+            "model": name, "description": recipes.get(name).help, "cv": cv["summary"],
             "temperature": cv["temperature"], "test": bundle.metrics["test"],
             "latency": latency, "bundle": str(bundle.path), "model_version": bundle.model_version,
             "seconds": round(time.perf_counter() - started, 1),

@@ -15,10 +15,12 @@ from modalfuse.data.audit import PHASH_THRESHOLD, hamming_matrix, phash_bits
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
 from modalfuse.features.image import normalize_image
-from modalfuse.training.train import TrainConfig, cross_validate, fit_fold, load_raw
+from modalfuse.inference.evaluate import classification_metrics
+from modalfuse.training.config import TrainConfig
+from modalfuse.training.folds import FoldEngine, load_raw, training_labels
 
 
-def _random_folds(splits: Splits, n_folds: int, seed: int) -> Splits:
+def random_folds(splits: Splits, n_folds: int, seed: int) -> Splits:
     """The same training rows cut into random (ungrouped) folds: the leaky alternative."""
     t = splits.table.copy()
     train = t["split"] == "train"
@@ -27,22 +29,19 @@ def _random_folds(splits: Splits, n_folds: int, seed: int) -> Splits:
     return Splits(table=t, audit=splits.audit)
 
 
-def _cv_and_test(ds: Dataset, raw, splits: Splits, cfg: TrainConfig, labels: list[str]) -> dict:
-    from modalfuse.inference.evaluate import classification_metrics
-
-    cv = cross_validate(ds, raw, splits, cfg, labels)["summary"]
-    tr, te = raw.rows(splits.ids("train")), raw.rows(splits.ids("test"))
-    pre, model = fit_fold(ds, raw, tr, cfg, len(labels))
-    from modalfuse.training.train import features
-
-    test = classification_metrics(model.predict_proba(features(pre, raw, te)), raw.y[te], labels)
+def cv_and_test(engine: FoldEngine, splits: Splits) -> dict:
+    """Grouped-CV accuracy and macro-F1 of the `gbm` recipe, and the final model's on test."""
+    cv = engine.cross_validate("gbm")["summary"]
+    te = engine.raw.rows(splits.ids("test"))
+    model = engine.fit("gbm")
+    test = classification_metrics(model.predict_proba(engine.batch(frozenset(), te)),
+                                  engine.raw.y[te], engine.labels)
     return {"cv_acc": cv["accuracy"], "cv_f1": cv["macro_f1"], "test_acc": test["accuracy"],
             "test_f1": test["macro_f1"]}
 
 
 def measure(ds: Dataset, splits: Splits, seed: int = 42) -> dict:
-    labels = sorted(ds.table.set_index(ds.spec.id_column).loc[splits.ids("train"),
-                                                             ds.spec.target].unique())
+    labels = training_labels(ds, splits)
     raw = load_raw(ds, labels)
     n_folds = len(splits.folds())
     variants = {
@@ -50,11 +49,11 @@ def measure(ds: Dataset, splits: Splits, seed: int = 42) -> dict:
         "without abilities": (TrainConfig(seed=seed, exclude_fields=["abilities"]), splits),
         "without image stats (tabular only)": (TrainConfig(seed=seed, use_image_stats=False), splits),
         "default, random (ungrouped) CV folds": (TrainConfig(seed=seed),
-                                                 _random_folds(splits, n_folds, seed)),
+                                                 random_folds(splits, n_folds, seed)),
     }
     results = {}
     for name, (cfg, sp) in track(list(variants.items()), description="decision variants"):
-        results[name] = _cv_and_test(ds, raw, sp, cfg, labels)
+        results[name] = cv_and_test(FoldEngine(ds, sp, cfg, labels, raw=raw), sp)
     return {"variants": results, "images": _image_facts(ds), "classes": _class_facts(ds, splits)}
 
 

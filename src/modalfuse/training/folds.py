@@ -1,19 +1,24 @@
-"""Neural and fused models: cross-fitting on the grouped folds, stacking, calibration, training.
+"""The one fold engine: every model of every recipe is fitted here, on the training rows
+outside some CV folds, and memoised per (recipe, excluded folds).
 
-Every model is fitted by `CrossFitter.fit(name, excluded)` on the training rows outside the
-`excluded` CV folds, and memoised, so the ablation shares fits between models. A stacked
-model fitted without folds E learns its meta-learner from predictions of parts fitted
-without E ∪ {j} on fold j: the meta-learner never sees a prediction made on a row its
-part trained on, and its own CV score (excluding fold k) never touches fold k.
+`FoldEngine.fit(name, excluded)` fits recipe `name` on the training rows outside the
+`excluded` folds: the preprocessor, the features and the model all see those rows only.
+Cross-validation (`cross_validate`), held-out predictions (`heldout`), the final fit
+(`fit(name)`, nothing excluded), tuning, selection, the decisions and the ablation all go
+through it. A stacked model fitted without folds E learns its meta-learner from predictions
+of parts fitted without E ∪ {j} on fold j: the meta-learner never sees a prediction made on a
+row its part trained on, and its own CV score (excluding fold k) never touches fold k.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from rich.progress import track
 
 from modalfuse.data.dataset import Dataset
@@ -21,51 +26,95 @@ from modalfuse.data.split import Splits
 from modalfuse.features.image import normalize_image
 from modalfuse.features.image_tensor import image_tensor
 from modalfuse.features.preprocess import FeatureBatch, Preprocessor
-from modalfuse.inference.bundle import ModelBundle, save_bundle
+from modalfuse.features.tabular import parse_record, records_frame
 from modalfuse.inference.evaluate import classification_metrics
 from modalfuse.inference.oof import OutOfFold
+from modalfuse.inference.predictor import table_records
 from modalfuse.models.gbm import GBMModel
 from modalfuse.models.neural import (
-    CalibratedModel,
     EmbeddingGBMModel,
     OnnxNetModel,
-    StackingModel,
     apply_temperature,
     fit_temperature,
     net_feeds,
 )
 from modalfuse.models.registry import Model
+from modalfuse.training import recipes
+from modalfuse.training.config import TrainConfig
 
-log = logging.getLogger(__name__)
-
-MODEL_NAMES = ("gbm_tabular", "gbm", "cnn", "stacking", "intermediate", "gbm_embed")
-MODEL_HELP = {
-    "gbm_tabular": "tabular only: LightGBM on the Pokédex record",
-    "gbm": "LightGBM on tabular + hand-made image statistics (concatenation baseline)",
-    "cnn": "image only: sprite CNN trained from scratch",
-    "stacking": "late fusion: log-linear pool of gbm, gbm_tabular and cnn, fitted out of fold",
-    "intermediate": "intermediate fusion: CNN embedding ⊕ tabular MLP -> shared head",
-    "gbm_embed": "LightGBM on tabular + image statistics + CNN embedding",
-}
-# Two GBMs (with and without image statistics) disagree usefully; the CNN adds the sprite.
-STACKING_PARTS = ("gbm", "gbm_tabular", "cnn")
-NET_MODELS = ("cnn", "intermediate", "gbm_embed", "stacking")
+if TYPE_CHECKING:
+    from modalfuse.training.nets import TrainingImages
 
 Excluded = frozenset[int]
+CV_METRICS = ("accuracy", "macro_f1", "ece", "log_loss")
+# Largest image a dataset row may hold when training decodes it (pixels).
+MAX_TRAIN_PIXELS = 10_000_000
+# The cross-validation result's key for its out-of-fold predictions (saved apart from cv.json).
+OOF_KEY = "oof"
 
 
-def check_model_name(name: str) -> str:
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; available: {list(MODEL_NAMES)}")
-    return name
+@dataclass
+class RawData:
+    """Parsed fields and normalized pixels of every dataset row, computed once."""
+
+    ids: np.ndarray
+    frame: pd.DataFrame
+    images: np.ndarray
+    y: np.ndarray  # label index, -1 for rows outside the modelled labels
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Positions of these row ids in the raw data, in the order given."""
+        pos = pd.Series(np.arange(len(self.ids)), index=self.ids)
+        return pos.loc[ids].to_numpy()
 
 
-class CrossFitter:
-    """Fits any model on the training rows outside some CV folds, once per (model, folds)."""
+def training_labels(ds: Dataset, splits: Splits) -> list[str]:
+    """The modelled labels: every target value of the training split, sorted."""
+    return sorted(ds.table.set_index(ds.spec.id_column).loc[splits.ids("train"),
+                                                            ds.spec.target].unique())
 
-    def __init__(self, ds: Dataset, splits: Splits, cfg, labels: list[str], raw=None):
-        from modalfuse.training.train import load_raw
 
+def load_raw(ds: Dataset, labels: list[str]) -> RawData:
+    """Parse every row's fields and decode every row's image once, the way serving does."""
+    spec = ds.spec
+    records = [parse_record(spec, r) for r in table_records(spec, ds.table)]
+    images = np.stack([
+        normalize_image(ds.image_bytes(n), spec.image_size, MAX_TRAIN_PIXELS)
+        for n in track(ds.table[spec.image_column], description="decoding images")
+    ])
+    pos = {lab: i for i, lab in enumerate(labels)}
+    y = ds.table[spec.target].map(lambda v: pos.get(v, -1)).to_numpy()
+    return RawData(ds.table[spec.id_column].to_numpy(), records_frame(spec, records), images, y)
+
+
+def safe_feature_names(names: list[str]) -> list[str]:
+    """Feature names LightGBM accepts (it refuses some characters), still readable."""
+    return ["".join(c if c.isalnum() or c in "_-." else "_" for c in n) for n in names]
+
+
+def fit_lightgbm(batch: FeatureBatch, y: np.ndarray, n_classes: int, cfg: TrainConfig,
+                 names: list[str], use_image_stats: bool) -> GBMModel:
+    """The one place LightGBM is configured from a TrainConfig (tuned `gbm_params` included)."""
+    model = GBMModel(use_image_stats=use_image_stats, num_boost_round=cfg.num_boost_round,
+                     params={"learning_rate": cfg.learning_rate, **cfg.gbm_params}, seed=cfg.seed,
+                     class_weight=cfg.class_weight)
+    return model.fit(batch, y, n_classes, feature_names=safe_feature_names(names))
+
+
+def cv_summary(per_fold: list[dict], keys: tuple[str, ...] = CV_METRICS) -> dict:
+    """Mean and sample standard deviation over folds of each metric."""
+    summary = {}
+    for key in keys:
+        vals = np.array([f[key] for f in per_fold])
+        summary[key] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1))}
+    return summary
+
+
+class FoldEngine:
+    """Fits any recipe on the training rows outside some CV folds, once per (recipe, folds)."""
+
+    def __init__(self, ds: Dataset, splits: Splits, cfg: TrainConfig, labels: list[str],
+                 raw: RawData | None = None):
         self.ds, self.splits, self.cfg, self.labels = ds, splits, cfg, labels
         self.raw = raw if raw is not None else load_raw(ds, labels)
         self.train_pos = self.raw.rows(splits.ids("train"))
@@ -80,6 +129,7 @@ class CrossFitter:
 
     @property
     def n_classes(self) -> int:
+        """How many labels the models predict."""
         return len(self.labels)
 
     def rows(self, excluded: Excluded) -> np.ndarray:
@@ -87,9 +137,11 @@ class CrossFitter:
         return self.train_pos[~np.isin(self.fold_of, list(excluded))]
 
     def fold_rows(self, k: int) -> np.ndarray:
+        """Positions of the training rows of fold `k`."""
         return self.train_pos[self.fold_of == k]
 
     def preprocessor(self, excluded: Excluded) -> Preprocessor:
+        """The preprocessor fitted on the training rows outside the excluded folds."""
         if excluded not in self._pre:
             cfg = self.cfg
             pre = Preprocessor(self.ds.spec, tuple(cfg.exclude_fields), cfg.min_category_count)
@@ -102,6 +154,10 @@ class CrossFitter:
             self._batches[excluded] = self.preprocessor(excluded).transform(self.raw.frame,
                                                                             self.raw.images)
         return self._batches[excluded].take(pos)
+
+    def seed(self, excluded: Excluded) -> int:
+        """A seed of its own for every set of excluded folds (networks)."""
+        return self.cfg.seed + 1000 * (1 + sum(2**k for k in excluded))
 
     # -- training images: the front sprite plus extra views, for training species only -----
     def view_images(self) -> tuple[np.ndarray, np.ndarray]:
@@ -117,13 +173,14 @@ class CrossFitter:
                 for rid, path in track(list(zip(sel["id"], sel["path"], strict=True)),
                                        description="decoding training views"):
                     pixels.append(normalize_image(self.ds.image_bytes(path), spec.image_size,
-                                                  10_000_000))
+                                                  MAX_TRAIN_PIXELS))
                     owner.append(pos[rid])
             empty = np.zeros((0, *self.raw.images.shape[1:]), np.uint8)
             self._views = (np.stack(pixels) if pixels else empty, np.array(owner, dtype=int))
         return self._views
 
-    def training_images(self, rows: np.ndarray):
+    def training_images(self, rows: np.ndarray) -> TrainingImages:
+        """The images a network trains on for these rows: each row's sprite plus its views."""
         from modalfuse.training.nets import TrainingImages
 
         vp, vo = self.view_images()
@@ -135,40 +192,31 @@ class CrossFitter:
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, name: str, excluded: Excluded = frozenset()) -> Model:
-        check_model_name(name)
+        """Recipe `name` fitted on the training rows outside `excluded` (memoised)."""
+        recipe = recipes.get(name)
         key = (name, excluded)
         if key not in self._fits:
             started = time.perf_counter()
-            self._fits[key] = getattr(self, f"_fit_{name}")(excluded)
+            self._fits[key] = recipe.fit(self, excluded)
             self.fit_seconds[name] = self.fit_seconds.get(name, 0.0) + time.perf_counter() - started
         return self._fits[key]
 
-    def _seed(self, excluded: Excluded) -> int:
-        return self.cfg.seed + 1000 * (1 + sum(2**k for k in excluded))
-
-    def _gbm(self, excluded: Excluded, use_image_stats: bool,
-             emb: OnnxNetModel | None = None) -> GBMModel:
-        from modalfuse.training.train import _safe_names
-
-        cfg, pre = self.cfg, self.preprocessor(excluded)
+    def lightgbm(self, excluded: Excluded, use_image_stats: bool,
+                 embedder: OnnxNetModel | None = None) -> GBMModel:
+        """LightGBM on the rows outside `excluded`; with `embedder`, its embedding is appended
+        to the image statistics."""
+        pre = self.preprocessor(excluded)
         rows = self.rows(excluded)
         batch = self.batch(excluded, rows)
         names = pre.tabular_names + (pre.image_stat_names if use_image_stats else [])
-        if emb is not None:
-            batch = EmbeddingGBMModel.with_embedding(batch, emb.embedding(batch))
+        if embedder is not None:
+            batch = EmbeddingGBMModel.with_embedding(batch, embedder.embedding(batch))
             names += [f"cnn_emb_{i}" for i in range(batch.image_stats.shape[1] - len(pre.image_stat_names))]
-        model = GBMModel(use_image_stats=use_image_stats, num_boost_round=cfg.num_boost_round,
-                         params={"learning_rate": cfg.learning_rate}, seed=cfg.seed,
-                         class_weight=cfg.class_weight)
-        return model.fit(batch, self.raw.y[rows], self.n_classes, feature_names=_safe_names(names))
+        return fit_lightgbm(batch, self.raw.y[rows], self.n_classes, self.cfg, names, use_image_stats)
 
-    def _fit_gbm(self, excluded: Excluded) -> Model:
-        return self._gbm(excluded, True)
-
-    def _fit_gbm_tabular(self, excluded: Excluded) -> Model:
-        return self._gbm(excluded, False)
-
-    def _net(self, excluded: Excluded, with_tabular: bool) -> OnnxNetModel:
+    def network(self, excluded: Excluded, with_tabular: bool) -> OnnxNetModel:
+        """The image network (or, with tabular input, the fusion network), trained with torch
+        and exported to ONNX."""
         from modalfuse.training.nets import FusionNet, ImageNet, export_onnx, fit_network
 
         cfg = self.cfg.net
@@ -180,48 +228,36 @@ class CrossFitter:
                else ImageNet(self.n_classes, cfg))
         label = "intermediate" if with_tabular else "cnn"
         held = ",".join(str(k) for k in sorted(excluded)) or "none"
-        fit_network(net, images, tab, self.raw.y[rows], self.n_classes, cfg, self._seed(excluded),
+        fit_network(net, images, tab, self.raw.y[rows], self.n_classes, cfg, self.seed(excluded),
                     description=f"{label} (folds held out: {held})")
         inputs = list(net.input_names)
         feeds = net_feeds(batch.take(np.arange(min(2, len(rows)))), inputs, cfg.image_size)
         return OnnxNetModel(export_onnx(net, feeds), inputs, cfg.image_size,
                             outputs=["logits", "embedding"])
 
-    def _fit_cnn(self, excluded: Excluded) -> Model:
-        return self._net(excluded, with_tabular=False)
-
-    def _fit_intermediate(self, excluded: Excluded) -> Model:
-        return self._net(excluded, with_tabular=True)
-
-    def _fit_gbm_embed(self, excluded: Excluded) -> Model:
-        emb = self.fit("cnn", excluded)
-        assert isinstance(emb, OnnxNetModel)
-        return EmbeddingGBMModel(emb, self._gbm(excluded, True, emb=emb))
-
-    def _fit_stacking(self, excluded: Excluded) -> Model:
-        rows = self.rows(excluded)
-        oof = [self.heldout(part, excluded)[1] for part in STACKING_PARTS]
-        model = StackingModel({part: self.fit(part, excluded) for part in STACKING_PARTS},
-                              l2=10.0, balanced=False)
-        return model.fit_meta(oof, self.raw.y[rows])
-
     # -- out-of-fold predictions ---------------------------------------------------------------
+    def fold_predictions(self, name: str, excluded: Excluded = frozenset()
+                         ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(fold, rows, probabilities) for each fold outside `excluded`: the fold's rows
+        predicted by recipe `name` fitted without that fold (and without `excluded`)."""
+        for k in self.folds:
+            if k in excluded:
+                continue
+            held = frozenset(excluded | {k})
+            rows = self.fold_rows(k)
+            yield k, rows, self.fit(name, held).predict_proba(self.batch(held, rows))
+
     def heldout(self, name: str, excluded: Excluded = frozenset()) -> tuple[np.ndarray, np.ndarray]:
         """(rows, probabilities): every training row outside `excluded`, each predicted by the
         model fitted without its own fold (and without `excluded`)."""
         rows = self.rows(excluded)
         proba = np.zeros((len(rows), self.n_classes))
-        for k in self.folds:
-            if k in excluded:
-                continue
-            held = excluded | {k}
-            mask = np.isin(rows, self.fold_rows(k))
-            proba[mask] = self.fit(name, frozenset(held)).predict_proba(self.batch(frozenset(held),
-                                                                                   rows[mask]))
+        for _, fold_rows, p in self.fold_predictions(name, excluded):
+            proba[np.isin(rows, fold_rows)] = p
         return rows, proba
 
     def cross_validate(self, name: str) -> dict:
-        """Grouped-CV scores of a model, calibrated per fold with a temperature fitted on the
+        """Grouped-CV scores of a recipe, calibrated per fold with a temperature fitted on the
         other folds' out-of-fold predictions; plus the temperature for the final model."""
         rows, proba = self.heldout(name)
         y = self.raw.y[rows]
@@ -235,42 +271,10 @@ class CrossFitter:
             calibrated[m] = apply_temperature(proba[m], t)
             per_fold.append({"fold": k, "temperature": t,
                              **classification_metrics(calibrated[m], y[m], self.labels)})
-        summary = {}
-        for key in ("accuracy", "macro_f1", "ece", "log_loss"):
-            vals = np.array([f[key] for f in per_fold])
-            summary[key] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1))}
         # Each row's calibrated probabilities come from models that never saw its fold.
         oof = OutOfFold(self.raw.ids[rows], fold, y, calibrated, list(self.labels))
-        return {"model": name, "folds": per_fold, "summary": summary, "n_folds": len(self.folds),
-                "temperature": fit_temperature(proba, y),
-                "uncalibrated": classification_metrics(proba, y, self.labels), "oof": oof}
+        return {"model": name, "folds": per_fold, "summary": cv_summary(per_fold),
+                "n_folds": len(self.folds), "temperature": fit_temperature(proba, y),
+                "uncalibrated": classification_metrics(proba, y, self.labels), OOF_KEY: oof}
 
 
-def train_fusion(ds: Dataset, splits: Splits, out_dir: Path, cfg, evaluate_test: bool = True,
-                 fitter: CrossFitter | None = None, cv: dict | None = None) -> ModelBundle:
-    """Train `cfg.model` (any of MODEL_NAMES), calibrate it on held-out folds, bundle it, score test."""
-    from modalfuse.training.train import finish_bundle, git_commit
-
-    name = check_model_name(cfg.model)
-    if fitter is None:
-        train_ids = splits.ids("train")
-        labels = sorted(ds.table.set_index(ds.spec.id_column).loc[train_ids, ds.spec.target].unique())
-        fitter = CrossFitter(ds, splits, cfg, labels)
-    started = time.perf_counter()
-    if cv is None and cfg.cv:
-        cv = fitter.cross_validate(name)
-    final = fitter.fit(name)
-    temperature = cv["temperature"] if cv else 1.0
-    model = CalibratedModel(final, temperature)
-    metrics: dict = {"cv": cv["summary"] if cv else None}
-    bundle = save_bundle(
-        out_dir, ds.spec, fitter.preprocessor(frozenset()), model, fitter.labels,
-        dataset={"name": ds.spec.name, "version": ds.version,
-                 "split_params": splits.audit.get("params"),
-                 "train_rows": len(fitter.train_pos), "test_rows": len(splits.ids("test"))},
-        metrics=metrics,
-        training={"config": cfg.model_dump(mode="json"), "git_commit": git_commit(),
-                  "train_seconds": round(time.perf_counter() - started, 2),
-                  "temperature": temperature, "model_help": MODEL_HELP[name]},
-    )
-    return finish_bundle(bundle, ds, splits, cv, metrics, evaluate_test)

@@ -17,11 +17,12 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from modalfuse.errors import InvalidInput
 from modalfuse.features.image_tensor import IMAGE_CHANNELS
 from modalfuse.models.netconfig import NetConfig
 
 
-class DeviceError(ValueError):
+class DeviceError(InvalidInput):
     """A device was asked for that this machine (or this torch build) does not have."""
 
 
@@ -122,7 +123,7 @@ class TrainingImages:
         counts = np.bincount(self.owner, minlength=n_rows)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         if (counts == 0).any():
-            raise ValueError("every training row needs at least one image")
+            raise InvalidInput("every training row needs at least one image")
 
         def draw(rng: np.random.Generator, k: int) -> tuple[np.ndarray, np.ndarray]:
             rows = np.repeat(np.arange(n_rows), k)
@@ -149,7 +150,7 @@ def fit_network(net: nn.Module, images: TrainingImages, tabular: np.ndarray | No
         trunk = getattr(net, "trunk")  # noqa: B009
         missing = trunk.load_state_dict(state, strict=False)
         if missing.missing_keys and len(missing.missing_keys) == len(trunk.state_dict()):
-            raise ValueError(f"checkpoint {cfg.checkpoint} has no weights for the image trunk; "
+            raise InvalidInput(f"checkpoint {cfg.checkpoint} has no weights for the image trunk; "
                              f"expected keys like {list(trunk.state_dict())[:3]}")
     net = net.to(device)
     augment = make_augment(cfg).to(device) if cfg.augment else None

@@ -12,12 +12,16 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+from rich.progress import track
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
+from modalfuse.errors import InvalidInput
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import NotFittedError
 from modalfuse.inference.evaluate import classification_metrics
+from modalfuse.training.config import TrainConfig
+from modalfuse.training.folds import FoldEngine, cv_summary, fit_lightgbm, safe_feature_names
 
 METHODS = ("gain", "mutual_info")
 
@@ -35,9 +39,9 @@ class TabularSelector:
             ids: np.ndarray | None = None) -> TabularSelector:
         """Score every column on these rows only (one fold's training rows)."""
         if self.method not in METHODS:
-            raise ValueError(f"unknown selection method {self.method!r}; choose one of {list(METHODS)}")
+            raise InvalidInput(f"unknown selection method {self.method!r}; choose one of {list(METHODS)}")
         if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
+            raise InvalidInput(f"k must be at least 1, got {self.k}")
         if self.method == "gain":
             import lightgbm as lgb
 
@@ -75,25 +79,21 @@ def training_only(ds: Dataset, splits: Splits) -> Dataset:
     return dataclasses.replace(ds, table=table, views=views)
 
 
-def selection_cv(ds: Dataset, splits: Splits, cfg: Any, k: int, method: str = "gain") -> dict[str, Any]:
+def selection_cv(ds: Dataset, splits: Splits, cfg: TrainConfig, k: int,
+                 method: str = "gain") -> dict[str, Any]:
     """Grouped CV of the LightGBM model with and without in-fold top-k selection of tabular columns."""
-    from rich.progress import track
-
-    from modalfuse.features.preprocess import Preprocessor
-    from modalfuse.models.gbm import GBMModel
-    from modalfuse.training.train import _safe_names, features, load_raw
-
     train = training_only(ds, splits)
     labels = sorted(train.table[ds.spec.target].unique())
-    raw = load_raw(train, labels)
+    engine = FoldEngine(train, splits, cfg, labels)
+    raw = engine.raw
     per_fold: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
-    for fold, (tr_ids, va_ids) in enumerate(track(splits.folds(), description="selection CV")):
-        tr, va = raw.rows(tr_ids), raw.rows(va_ids)
-        pre = Preprocessor(ds.spec, tuple(cfg.exclude_fields), cfg.min_category_count)
-        pre.fit(raw.frame.iloc[tr].reset_index(drop=True))
-        btr, bva = features(pre, raw, tr), features(pre, raw, va)
-        names = _safe_names(pre.tabular_names)
+    for fold, held_fold in enumerate(track(engine.folds, description="selection CV")):
+        held = frozenset({held_fold})
+        tr, va = engine.rows(held), engine.fold_rows(held_fold)
+        pre = engine.preprocessor(held)
+        btr, bva = engine.batch(held, tr), engine.batch(held, va)
+        names = safe_feature_names(pre.tabular_names)
         selector = TabularSelector(k, method, seed=cfg.seed).fit(btr.tabular, raw.y[tr], names,
                                                                  len(labels), ids=raw.ids[tr])
         counts.update(selector.selected_names_)
@@ -103,18 +103,14 @@ def selection_cv(ds: Dataset, splits: Splits, cfg: Any, k: int, method: str = "g
         for label, (a, b, cols) in {"all": (btr, bva, names),
                                     "selected": (selector.transform(btr), selector.transform(bva),
                                                  selector.selected_names_)}.items():
-            model = GBMModel(use_image_stats=cfg.use_image_stats, num_boost_round=cfg.num_boost_round,
-                             params={"learning_rate": cfg.learning_rate, **cfg.gbm_params},
-                             seed=cfg.seed, class_weight=cfg.class_weight)
             extra = pre.image_stat_names if cfg.use_image_stats else []
-            model.fit(a, raw.y[tr], len(labels), feature_names=_safe_names(cols + extra))
+            model = fit_lightgbm(a, raw.y[tr], len(labels), cfg, cols + extra, cfg.use_image_stats)
             result[label] = classification_metrics(model.predict_proba(b), raw.y[va], labels)
         per_fold.append(result)
     summary = {}
     for label in ("all", "selected"):
-        for key in ("accuracy", "macro_f1"):
-            vals = np.array([f[label][key] for f in per_fold])
-            summary[f"{label}_{key}"] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1))}
+        for key, value in cv_summary([f[label] for f in per_fold], ("accuracy", "macro_f1")).items():
+            summary[f"{label}_{key}"] = value
     return {"k": k, "method": method, "n_folds": len(per_fold), "summary": summary,
             "selected_in_folds": dict(counts.most_common()), "folds": per_fold}
 

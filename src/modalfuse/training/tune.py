@@ -20,11 +20,16 @@ import numpy as np
 from modalfuse.config import Settings
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
+from modalfuse.errors import InvalidInput, ModelError
 from modalfuse.inference.evaluate import classification_metrics
+from modalfuse.training import recipes
+from modalfuse.training.config import TrainConfig
+from modalfuse.training.folds import FoldEngine, load_raw
 from modalfuse.training.select import training_only
-from modalfuse.training.train import TrainConfig
+from modalfuse.training.train import train
 
-FAMILIES = ("gbm", "gbm_tabular", "intermediate")
+# The recipes with a tunable space.
+FAMILIES = recipes.tunable()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 
 
@@ -32,7 +37,7 @@ def parse_duration(text: str) -> float:
     """'90s', '10m', '1.5h' or plain seconds -> seconds."""
     m = _DURATION.match(str(text))
     if not m or float(m[1]) <= 0:
-        raise ValueError(f"time budget {text!r} is not a positive duration like 90s, 10m or 1h")
+        raise InvalidInput(f"time budget {text!r} is not a positive duration like 90s, 10m or 1h")
     return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
 
 
@@ -41,28 +46,13 @@ def default_storage(settings: Settings) -> str:
 
 
 def suggest_config(trial: Any, families: tuple[str, ...], base: TrainConfig) -> TrainConfig:
-    """The trial's model family and hyperparameters (a define-by-run, conditional space)."""
+    """The trial's model family and hyperparameters (a define-by-run, conditional space): the
+    family is a recipe, and the recipe's own space suggests the rest."""
     family = trial.suggest_categorical("family", list(families))
-    if family in ("gbm", "gbm_tabular"):
-        return base.model_copy(update={
-            "model": "gbm", "use_image_stats": family == "gbm",
-            "num_boost_round": trial.suggest_int("num_boost_round", 100, 500, step=50),
-            "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
-            "gbm_params": {
-                "num_leaves": trial.suggest_int("num_leaves", 7, 63, log=True),
-                "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 3, 30, log=True),
-                "feature_fraction": trial.suggest_float("feature_fraction", 0.3, 1.0),
-                "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
-            }})
-    if family == "intermediate":
-        net = base.net.model_copy(update={
-            "lr": trial.suggest_float("net_lr", 1e-3, 1e-2, log=True),
-            "width": trial.suggest_categorical("net_width", [8, 16]),
-            "dropout": trial.suggest_float("net_dropout", 0.0, 0.5),
-            "epochs": trial.suggest_int("net_epochs", max(1, base.net.epochs // 2), base.net.epochs),
-        })
-        return base.model_copy(update={"model": "intermediate", "net": net})
-    raise ValueError(f"unknown model family {family!r}; choose from {list(FAMILIES)}")
+    recipe = recipes.get(family)
+    if recipe.space is None:
+        raise InvalidInput(f"recipe {family!r} has no tunable space; choose from {list(FAMILIES)}")
+    return recipe.space(trial, base)
 
 
 @dataclass
@@ -84,34 +74,18 @@ class FoldScorer:
     """Scores a TrainConfig fold by fold on the training-only data; records the ids it reads."""
 
     def __init__(self, ds: Dataset, splits: Splits):
-        from modalfuse.training.train import load_raw
-
         self.ds, self.splits = training_only(ds, splits), splits
         self.labels = sorted(self.ds.table[ds.spec.target].unique())
         self.raw = load_raw(self.ds, self.labels)
-        self.folds = splits.folds()
         self.ids_seen: set = set()
 
     def scores(self, cfg: TrainConfig):
         """Yield (fold, macro-F1) as each fold finishes, so poor trials can stop early."""
-        from modalfuse.training.train import features, fit_fold
-
-        fitter = None
-        if cfg.model != "gbm":
-            from modalfuse.training.folds import CrossFitter
-
-            fitter = CrossFitter(self.ds, self.splits, cfg, self.labels, raw=self.raw)
-        for k, (tr_ids, va_ids) in enumerate(self.folds):
-            self.ids_seen.update(tr_ids.tolist())
-            self.ids_seen.update(va_ids.tolist())
-            tr, va = self.raw.rows(tr_ids), self.raw.rows(va_ids)
-            if fitter is None:
-                pre, model = fit_fold(self.ds, self.raw, tr, cfg, len(self.labels))
-                p = model.predict_proba(features(pre, self.raw, va))
-            else:
-                held = frozenset({fitter.folds[k]})
-                p = fitter.fit(cfg.model, held).predict_proba(fitter.batch(held, va))
-            yield k, classification_metrics(p, self.raw.y[va], self.labels)["macro_f1"]
+        engine = FoldEngine(self.ds, self.splits, cfg, self.labels, raw=self.raw)
+        for k, (fold, rows, proba) in enumerate(engine.fold_predictions(cfg.model)):
+            self.ids_seen.update(self.raw.ids[engine.rows(frozenset({fold}))].tolist())
+            self.ids_seen.update(self.raw.ids[rows].tolist())
+            yield k, classification_metrics(proba, self.raw.y[rows], self.labels)["macro_f1"]
 
 
 def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | None = 600.0,
@@ -124,9 +98,9 @@ def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | N
 
     bad = sorted(set(families) - set(FAMILIES))
     if bad or not families:
-        raise ValueError(f"unknown model families {bad or families}; choose from {list(FAMILIES)}")
+        raise InvalidInput(f"unknown model families {bad or families}; choose from {list(FAMILIES)}")
     if time_budget is None and n_trials is None:
-        raise ValueError("give a time budget or a number of trials, or the study never ends")
+        raise InvalidInput("give a time budget or a number of trials, or the study never ends")
     base = base or TrainConfig(seed=seed)
     storage = storage or default_storage(settings)
     if storage.startswith("sqlite:///"):
@@ -185,7 +159,7 @@ def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | N
         study.optimize(objective, n_trials=n_trials, timeout=time_budget)
     states = [t.state for t in study.trials]
     if optuna.trial.TrialState.COMPLETE not in states:
-        raise RuntimeError(f"no trial of study {study_name!r} completed in the budget "
+        raise ModelError(f"no trial of study {study_name!r} completed in the budget "
                            f"({time.perf_counter() - started:.0f}s); give it more time")
     best = study.best_trial
     result = TuneResult(study_name, _redact(storage), float(study.best_value), dict(best.params),
@@ -218,8 +192,6 @@ def _redact(url: str) -> str:
 def train_winner(result: TuneResult, ds: Dataset, splits: Splits, out: Path, settings: Settings,
                  register: bool = True) -> TuneResult:
     """Retrain the best configuration on the whole training part, bundle it, register it."""
-    from modalfuse.training.train import train
-
     cfg = result.best_config.model_copy(update={"cv": True})
     bundle = train(ds, splits, out, cfg)
     result.bundle_path = bundle.path
