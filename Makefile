@@ -58,9 +58,10 @@ test: lint unit smoke ## lint, unit/data/model tests, then the real-data smoke
 container-test: install ## hadolint, debootstrap base, build + run the serve image with podman, call it
 	docker/container-test.sh $(SMOKE_DIR)/models/pokemon/latest
 
-lint: install ## ruff and mypy
+lint: install ## ruff, mypy and the import contract (layers, no cycles: pyproject.toml)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/mypy src/modalfuse
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -30,7 +30,7 @@ def main() -> None:
     settings = Settings()
     bundle = args.bundle or settings.bundle or settings.default_bundle("pokemon")
     app = create_app(Settings(bundle=bundle))
-    example = app.state.predictor.bundle.meta.get("example")
+    example = app.state.model_holder.current.predictor.bundle.meta.get("example")
     if not example:
         raise SystemExit(f"{bundle} has no example record to upload")
     with tempfile.TemporaryDirectory() as tmp:

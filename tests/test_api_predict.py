@@ -132,4 +132,4 @@ def test_cli_batch_refuses_unusable_input(predictor, tmp_path):
     res = CliRunner().invoke(cli_app, ["predict", "-i", str(src), "-o", str(tmp_path / "o.csv"),
                                        "--images", str(tmp_path), "--bundle",
                                        str(predictor.bundle.path)])
-    assert res.exit_code == 2 and "no image column" in res.output
+    assert res.exit_code == 1 and "no image column" in res.output

@@ -1,10 +1,18 @@
-"""Every command's boolean flags read naturally: `--x/--no-x` or a lone `--x`, never `--no-no-x`."""
+"""The command line's shape: flags read naturally (`--x/--no-x` or a lone `--x`, never `--no-no-x`),
+commands sit in stage panels, and errors end the way `main` promises."""
 
 from __future__ import annotations
 
-import typer
+import subprocess
+import sys
 
-from modalfuse.cli import app
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from modalfuse import __version__
+from modalfuse.cli import app, main
+from modalfuse.errors import InvalidInput
 
 
 def _commands(cmd, path: str = "modalfuse"):
@@ -40,3 +48,91 @@ def test_renamed_flags_keep_their_meaning():
     bench = cmd.commands["bench"].commands["serve"]  # type: ignore[attr-defined]
     mlflow = next(p for p in bench.params if "--mlflow" in getattr(p, "opts", []))
     assert mlflow.secondary_opts == ["--no-mlflow"] and mlflow.default is True
+
+
+def _help(*args: str) -> str:
+    res = CliRunner().invoke(app, [*args, "--help"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_ablation_is_its_own_command():
+    out = _help("ablation")
+    for opt in ("--model", "--doc", "--device", "--epochs", "--seed", "--out", "--dataset"):
+        assert opt in out, opt
+    evaluate = _help("evaluate")
+    assert "--ablation" not in evaluate
+    for gone in ("--doc", "--device", "--epochs", "--seed", "--model"):
+        assert gone not in evaluate, gone
+    assert "--metrics-file" in evaluate and "--split" in evaluate
+
+
+def test_root_help_groups_commands_by_stage():
+    out = _help()
+    panels = ["1 · Data", "2 · Training", "3 · Inference", "4 · Tracking", "5 · Serving",
+              "6 · Operations", "7 · Optimization & scale", "Reports"]
+    at = [out.index(p) for p in panels]
+    assert at == sorted(at), "panels are in pipeline order"
+    assert "─ Commands ─" not in out  # every command sits in a stage panel
+    # a command and a group land in their stage's panel
+    assert at[1] < out.index("ablation ") < at[2]
+    assert at[0] < out.index(" data ") < at[1]
+
+
+def test_help_imports_no_heavy_library():
+    code = ("import sys, modalfuse.cli; "
+            "print(sorted(m for m in ('torch', 'mlflow', 'ray', 'pandas', 'numpy', 'sklearn', "
+            "'lightgbm', 'uvicorn', 'gradio', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def failing_command():
+    """A test-only command on the real app that raises whatever the test puts in `raise_`."""
+    raise_: list[BaseException] = []
+
+    @app.command("test-only-raise", hidden=True)
+    def boom() -> None:
+        raise raise_[0]
+
+    yield raise_
+    app.registered_commands[:] = [c for c in app.registered_commands
+                                  if c.name != "test-only-raise"]
+
+
+def test_modalfuse_error_exits_1_with_its_message(failing_command, capsys, monkeypatch):
+    monkeypatch.delenv("MODALFUSE_DEBUG", raising=False)
+    failing_command.append(InvalidInput("--rows must be >= 1, got 0"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["test-only-raise"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --rows must be >= 1, got 0"
+    assert "Traceback" not in err
+
+
+def test_unexpected_exception_is_reported_as_a_bug(failing_command, capsys, monkeypatch):
+    monkeypatch.delenv("MODALFUSE_DEBUG", raising=False)
+    failing_command.append(ZeroDivisionError("division by zero"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["test-only-raise"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"modalfuse {__version__} bug: ZeroDivisionError: division by zero — "
+                           "please report it with the command you ran")
+    monkeypatch.setenv("MODALFUSE_DEBUG", "1")
+    with pytest.raises(SystemExit):
+        main(["test-only-raise"])
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().endswith("please report it with the command you ran")
+
+
+def test_usage_errors_and_exit_keep_click_behaviour(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--ablation"])
+    assert exit_.value.code == 2 and "No such option" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["explain", "--bundle", "nowhere"])  # neither --global nor --id: fail(..., USAGE)
+    assert exit_.value.code == 2
+    assert "give exactly one of --global or --id ID" in capsys.readouterr().err

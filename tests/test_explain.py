@@ -16,6 +16,19 @@ from modalfuse.inference.predictor import PredictionInputError, table_records
 
 
 @pytest.fixture(scope="module")
+def predictor(fixture_dataset, fixture_splits, tmp_path_factory):
+    """A LightGBM bundle at temperature 1 (no CV): the fixture's classes separate perfectly,
+    so a CV temperature would saturate every probability and leave nothing to explain."""
+    from modalfuse.inference.predictor import Predictor
+    from modalfuse.training.config import TrainConfig
+    from modalfuse.training.train import train
+
+    out = tmp_path_factory.mktemp("explain") / "gbm"
+    cfg = TrainConfig(num_boost_round=40, seed=0, cv=False)
+    return Predictor.from_path(train(fixture_dataset, fixture_splits, out, cfg).path)
+
+
+@pytest.fixture(scope="module")
 def explainer(predictor):
     return Explainer(predictor, permutations=16)
 
@@ -57,7 +70,7 @@ def test_explanations_are_deterministic(explainer, rows):
 
 def test_ignored_inputs_leave_the_explanation_unchanged(explainer, predictor, rows):
     records, images = rows
-    gains = predictor.bundle.model.feature_importance()
+    gains = predictor.bundle.model.inner.feature_importance()  # the calibrated LightGBM
     names = predictor.bundle.preprocessor.tabular_names
     # A field none of whose encoded columns the trees ever split on is ignored by the model.
     ignored = [f.name for f in predictor.spec.fields if f.kind.value == "boolean"

@@ -182,4 +182,4 @@ def test_cli_ray_engine_on_parquet_and_clear_errors(cluster, batch_input, fixtur
     table.drop(columns=["image"]).to_csv(tmp_path / "noimage.csv", index=False)
     res = runner.invoke(app, [*base, "-i", str(tmp_path / "noimage.csv"), "-o",
                               str(tmp_path / "y"), "--engine", "ray", "--address", cluster])
-    assert res.exit_code == 2 and "no image column 'image'" in res.output
+    assert res.exit_code == 1 and "no image column 'image'" in res.output

@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 
 from modalfuse.config import Settings
 from modalfuse.inference.batch import count_rows, iter_row_chunks, read_rows
+from modalfuse.inference.uploads import UploadError, declared_entries, entry_parts
 from modalfuse.serve.app import create_app
-from modalfuse.serve.uploads import UploadError, declared_entries, entry_parts
 from modalfuse.ui import app as ui
 from prod_helpers import API_KEY, AUTH, job_inputs
 

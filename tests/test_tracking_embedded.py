@@ -20,7 +20,7 @@ from modalfuse.config import Settings
 
 @pytest.fixture(scope="module")
 def embedded(fixture_dataset, fixture_splits, tmp_path_factory):
-    from modalfuse.tracking.runs import log_training
+    from modalfuse.tracking.registry import log_and_register
     from modalfuse.training.train import TrainConfig, train
 
     d = tmp_path_factory.mktemp("embedded")
@@ -30,7 +30,7 @@ def embedded(fixture_dataset, fixture_splits, tmp_path_factory):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.chdir(d)  # anything MLflow wrote "wherever it runs" would land here
         s = Settings(data_dir=d / "data")
-        tracked = log_training(bundle, fixture_dataset, fixture_splits, s)
+        tracked = log_and_register(bundle, fixture_dataset, fixture_splits, s)
         yield {"settings": s, "bundle": bundle, "tracked": tracked, "dir": d}
 
 

@@ -40,7 +40,7 @@ def weak_config(fields):
 def store(fixture_dataset, fixture_splits, tmp_path_factory):
     """A data folder of its own (the fixture dataset linked in) with an embedded registry whose
     champion (version 1) is the weak model."""
-    from modalfuse.tracking.runs import log_training
+    from modalfuse.tracking.registry import log_and_register
     from modalfuse.training.train import train
 
     d = tmp_path_factory.mktemp("gate")
@@ -54,7 +54,7 @@ def store(fixture_dataset, fixture_splits, tmp_path_factory):
         mp.delenv("MODALFUSE_MODEL_URI", raising=False)
         mp.setenv("MODALFUSE_DATA_DIR", str(data))
         s = Settings()
-        champion = log_training(weak, fixture_dataset, fixture_splits, s)
+        champion = log_and_register(weak, fixture_dataset, fixture_splits, s)
         assert champion.alias == "champion"
         yield {"settings": s, "dir": d, "weak": weak, "data": data}
 
@@ -84,8 +84,14 @@ def test_bundle_carries_out_of_fold_predictions(store, fixture_splits):
 
 
 def test_better_on_test_but_not_on_folds_is_refused(store, fixture_dataset, fixture_splits):
-    from modalfuse.tracking.registry import CHALLENGER, CHAMPION, TAG_GATE, alias_version, promote
-    from modalfuse.tracking.runs import log_training
+    from modalfuse.tracking.registry import (
+        CHALLENGER,
+        CHAMPION,
+        TAG_GATE,
+        alias_version,
+        log_and_register,
+        promote,
+    )
     from modalfuse.training.train import TrainConfig, train
 
     s, d = store["settings"], store["dir"]
@@ -94,7 +100,7 @@ def test_better_on_test_but_not_on_folds_is_refused(store, fixture_dataset, fixt
     # Its out-of-fold predictions are the champion's: on the folds it gains nothing.
     shutil.copy(store["weak"].path / "evaluation" / "oof.parquet",
                 good.path / "evaluation" / "oof.parquet")
-    tracked = log_training(good, fixture_dataset, fixture_splits, s)
+    tracked = log_and_register(good, fixture_dataset, fixture_splits, s)
     assert tracked.alias == CHALLENGER
 
     d_cv = promote(s, "pokemon", fixture_dataset, fixture_splits, "macro_f1", 0.01)
@@ -127,8 +133,7 @@ def test_better_on_test_but_not_on_folds_is_refused(store, fixture_dataset, fixt
 def test_other_folds_are_refused_and_the_served_model_follows_the_champion(
         store, fixture_dataset, fixture_splits):
     from modalfuse.data.split import make_splits
-    from modalfuse.tracking.registry import CHAMPION, alias_version, promote
-    from modalfuse.tracking.runs import log_training
+    from modalfuse.tracking.registry import CHAMPION, alias_version, log_and_register, promote
     from modalfuse.training.train import TrainConfig, train
 
     s, d = store["settings"], store["dir"]
@@ -139,7 +144,7 @@ def test_other_folds_are_refused_and_the_served_model_follows_the_champion(
     # Trained into the dataset's latest folder, the way `modalfuse train` does it.
     latest = s.default_bundle("pokemon")
     bundle = train(fixture_dataset, other, latest, TrainConfig(num_boost_round=30, seed=1))
-    tracked = log_training(bundle, fixture_dataset, other, s)
+    tracked = log_and_register(bundle, fixture_dataset, other, s)
     decision = promote(s, "pokemon", fixture_dataset, fixture_splits, "macro_f1", 0.0)
     assert not decision.promoted
     assert "different folds" in decision.reason and "--on test" in decision.reason
@@ -225,7 +230,7 @@ def test_a_fallback_server_finds_the_champion_on_reload(fixture_dataset, fixture
     from fastapi.testclient import TestClient
 
     from modalfuse.serve.app import create_app
-    from modalfuse.tracking.runs import log_training
+    from modalfuse.tracking.registry import log_and_register
     from modalfuse.tracking.source import choose_model, load_choice, pinned_settings
     from prod_helpers import API_KEY
 
@@ -238,7 +243,7 @@ def test_a_fallback_server_finds_the_champion_on_reload(fixture_dataset, fixture
     app = create_app(pinned_settings(s, choice), predictor, source)
     with TestClient(app) as client:
         assert client.get("/v1/model").json()["source"]["source"] == "bundle"
-        tracked = log_training(fixture_bundle, fixture_dataset, fixture_splits, s)
+        tracked = log_and_register(fixture_bundle, fixture_dataset, fixture_splits, s)
         assert tracked.alias == "champion"
         r = client.post("/admin/reload", headers={"X-API-Key": API_KEY})
         assert r.status_code == 200, r.text

@@ -161,8 +161,7 @@ def test_training_run_registers_into_server(registry, fixture_dataset):
 
 def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_splits):
     from modalfuse.serve.app import create_app
-    from modalfuse.tracking.registry import promote, rollback, trace
-    from modalfuse.tracking.runs import log_training
+    from modalfuse.tracking.registry import log_and_register, promote, rollback, trace
 
     s = Settings(model_uri="models:/pokemon@champion", api_key=API_KEY)
     app = create_app(s)
@@ -174,7 +173,7 @@ def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_s
         assert "### Per generation (test)" in card.text
 
         # A better challenger passes the gate.
-        good = log_training(registry["good"], fixture_dataset, fixture_splits, s)
+        good = log_and_register(registry["good"], fixture_dataset, fixture_splits, s)
         assert good.alias == "challenger"
         d = promote(s, "pokemon", fixture_dataset, fixture_splits, "macro_f1", 0.05)
         assert d.promoted, d.reason
@@ -214,7 +213,7 @@ def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_s
         assert httpx.get(url + "/health").json()["model_version"] == new
 
         # A worse challenger is refused, and says why; the champion stays.
-        log_training(registry["weak2"], fixture_dataset, fixture_splits, s)
+        log_and_register(registry["weak2"], fixture_dataset, fixture_splits, s)
         d = promote(s, "pokemon", fixture_dataset, fixture_splits, "macro_f1", 0.01)
         assert not d.promoted and "below the margin" in d.reason, d.reason
         from mlflow import MlflowClient

@@ -11,7 +11,7 @@ import pytest
 
 from modalfuse.config import Settings
 from modalfuse.inference.predictor import table_records
-from modalfuse.serve.uploads import UploadLimits, safe_extract_zip
+from modalfuse.inference.uploads import UploadLimits, safe_extract_zip
 from modalfuse.ui.app import (
     UploadError,
     explain_one,

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from modalfuse.errors import InvalidInput
+
 
 def default_data_dir() -> Path:
     """Where modalfuse keeps data, caches and artifacts unless MODALFUSE_DATA_DIR says otherwise.
@@ -38,8 +40,8 @@ def parse_duration(value: object) -> float:
     except ValueError:
         seconds = math.nan
     if isinstance(value, bool) or not math.isfinite(seconds):
-        raise ValueError(f"duration {value!r} is not seconds (e.g. 3600) or a number with one "
-                         f"of the units {', '.join(_DURATION_UNITS)} (e.g. 12h, 7d)")
+        raise InvalidInput(f"duration {value!r} is not seconds (e.g. 3600) or a number with one "
+                           f"of the units {', '.join(_DURATION_UNITS)} (e.g. 12h, 7d)")
     return seconds
 
 
@@ -112,18 +114,22 @@ class Settings(BaseSettings):
     # Folder layout under data_dir: one place for everything the project writes.
     @property
     def cache_dir(self) -> Path:
+        """Where downloaded sources are kept between builds."""
         return self.data_dir / "cache"
 
     @property
     def datasets_dir(self) -> Path:
+        """The folder that holds one folder per built dataset."""
         return self.data_dir / "datasets"
 
     @property
     def models_dir(self) -> Path:
+        """The folder that holds trained bundles, one folder per dataset."""
         return self.data_dir / "models"
 
     @property
     def reports_dir(self) -> Path:
+        """The folder benchmarks, EDA and monitoring reports are written to."""
         return self.data_dir / "reports"
 
     @property
@@ -132,7 +138,9 @@ class Settings(BaseSettings):
         return self.data_dir / "mlflow"
 
     def dataset_dir(self, name: str) -> Path:
+        """The folder of the built dataset `name`."""
         return self.datasets_dir / name
 
     def default_bundle(self, dataset: str = "pokemon") -> Path:
+        """The bundle `modalfuse train` last wrote for `dataset` (served when nothing else is named)."""
         return self.models_dir / dataset / "latest"

@@ -27,3 +27,7 @@ class ModelError(ModalfuseError, RuntimeError):
 
 class NotFitted(ModalfuseError, RuntimeError):
     """A fitted step (preprocessor, selector, model) was used before `fit`."""
+
+
+class MissingData(DataError, FileNotFoundError):
+    """A file or folder a stage needs (a dataset, its splits, a source) does not exist yet."""

@@ -14,12 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modalfuse.config import Settings
+from modalfuse.errors import MissingData
+from modalfuse.serve.soak import check_rows
 
 TableFn = Callable[["Sources"], str]
 TABLES: dict[str, tuple[str, TableFn]] = {}  # name -> (command that makes the source, renderer)
 
 
-class MissingSource(FileNotFoundError):
+class MissingSource(MissingData):
     """The JSON a table is made from has not been produced yet."""
 
 
@@ -30,6 +32,7 @@ class Sources:
         self.settings, self.docs, self.dataset = settings, docs, dataset
 
     def json(self, *candidates: Path) -> dict:
+        """The first of `candidates` that exists, parsed; MissingSource names them all if none does."""
         for p in candidates:
             if p.exists():
                 return json.loads(p.read_text())
@@ -37,14 +40,17 @@ class Sources:
 
     @property
     def dataset_dir(self) -> Path:
+        """The built dataset the report is about."""
         return self.settings.dataset_dir(self.dataset)
 
     @property
     def bench_dir(self) -> Path:
+        """Where `modalfuse bench ...` commands write their measurements."""
         return self.settings.reports_dir / "bench"
 
 
 def table(name: str, command: str) -> Callable[[TableFn], TableFn]:
+    """Decorator that registers a renderer for the report table `name`, made from the output of `command`."""
     def deco(fn: TableFn) -> TableFn:
         TABLES[name] = (command, fn)
         return fn
@@ -53,6 +59,7 @@ def table(name: str, command: str) -> Callable[[TableFn], TableFn]:
 
 
 def md_table(header: list[str], rows: list[list[object]]) -> str:
+    """A markdown table; floats are shown with three decimals."""
     def cell(v: object) -> str:
         if isinstance(v, float):
             return f"{v:.3f}"
@@ -138,8 +145,6 @@ def _serve(src: Sources) -> str:
 
 @table("soak", "modalfuse bench soak --minutes 10 --clients 4")
 def _soak(src: Sources) -> str:
-    from modalfuse.serve.soak import check_rows
-
     b = src.json(src.docs / "benchmarks" / "soak.json")
     head = (f"`{b['command']}`, model `{b['model_version']}`, statuses {b['statuses']}; RSS "
             f"{b['rss_start_mb']:.0f} → {b['rss_end_mb']:.0f} MB, p99 {b['p99_start_ms']:.1f} → "
@@ -149,6 +154,7 @@ def _soak(src: Sources) -> str:
 
 
 def render(src: Sources, name: str) -> str:
+    """One table's markdown, or a line naming the command to run when its source is missing."""
     command, fn = TABLES[name]
     try:
         body = fn(src)

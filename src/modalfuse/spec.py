@@ -13,6 +13,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 class FieldKind(str, Enum):
+    """How a field's raw value is read and encoded: a number, one category, several labels or a flag."""
+
     numeric = "numeric"
     categorical = "categorical"
     multi = "multi"  # several labels in one cell, joined by "|" (egg groups, abilities)
@@ -78,17 +80,21 @@ class DatasetSpec(BaseModel):
         return self
 
     def field(self, name: str) -> FieldSpec:
+        """The spec of the input field `name` (KeyError listing the fields if there is none)."""
         for f in self.fields:
             if f.name == name:
                 return f
         raise KeyError(f"unknown field {name!r}; fields are {[f.name for f in self.fields]}")
 
     def fields_of(self, kind: FieldKind) -> list[FieldSpec]:
+        """The input fields of one kind, in spec order."""
         return [f for f in self.fields if f.kind == kind]
 
     def save(self, path: Path) -> None:
+        """Write the spec as JSON (the dataset's and the bundle's `spec.json`)."""
         path.write_text(self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, path: Path) -> DatasetSpec:
+        """The spec saved at `path`, validated."""
         return cls.model_validate(json.loads(path.read_text()))

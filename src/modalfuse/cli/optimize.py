@@ -1,54 +1,47 @@
-"""Thin Typer layer for tuning and optimization: `modalfuse tune`, `modalfuse optimize ...`,
-`modalfuse bench models`."""
+"""Stage 7, optimization: `modalfuse optimize quantize/prune/distill/all/select/study` and
+`modalfuse bench models`, which measures every variant through the same Predictor.
+
+Thin Typer wrappers over `modalfuse.optimize`; ONNX Runtime and torch are imported inside.
+"""
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-optimize_app = typer.Typer(help="Quantize, prune, distil and select features; measure the effect.",
-                           no_args_is_help=True)
-
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(2)
-
-
-def _data(dataset: str):
-    from modalfuse.config import Settings
-    from modalfuse.data.dataset import load_dataset
-    from modalfuse.data.split import load_splits
-
-    s = Settings()
-    ds = load_dataset(s.dataset_dir(dataset))
-    return s, ds, load_splits(ds)
+from modalfuse.cli.common import (
+    DatasetOpt,
+    bench_app,
+    console,
+    fail,
+    load_data,
+    optimize_app,
+    settings,
+)
 
 
 def _fitter(ds, splits, teacher=None):
-    """A CrossFitter with the teacher's training recipe (or the default one)."""
-    from modalfuse.training.folds import CrossFitter
-    from modalfuse.training.train import TrainConfig
+    """A FoldEngine with the teacher's training recipe and labels (or the default ones)."""
+    from modalfuse.training.config import TrainConfig
+    from modalfuse.training.folds import FoldEngine, training_labels
 
     cfg = TrainConfig.model_validate(teacher.meta.get("training", {}).get("config", {})
                                      if teacher is not None else {})
-    labels = (teacher.labels if teacher is not None else
-              sorted(ds.table.set_index(ds.spec.id_column).loc[splits.ids("train"),
-                                                                 ds.spec.target].unique()))
-    return CrossFitter(ds, splits, cfg, labels)
+    labels = teacher.labels if teacher is not None else training_labels(ds, splits)
+    return FoldEngine(ds, splits, cfg, labels)
 
 
 def _register(bundle, ds, splits, settings) -> None:
-    from modalfuse.tracking.runs import log_training
+    """Log a variant bundle to MLflow and register it as a challenger."""
+    from modalfuse.tracking.registry import log_and_register
 
-    tracked = log_training(bundle, ds, splits, settings, run_name=bundle.path.name)
+    tracked = log_and_register(bundle, ds, splits, settings, run_name=bundle.path.name)
     console.print(f"registered {tracked.registered_name} v{tracked.registered_version} "
                   f"as @{tracked.alias}")
 
@@ -67,11 +60,11 @@ def quantize(
     from modalfuse.inference.bundle import load_bundle
     from modalfuse.optimize.quantize import quantize_bundle
 
-    s, ds, splits = _data(dataset)
+    s, ds, splits = load_data(dataset)
     try:
         q = quantize_bundle(load_bundle(bundle), ds, splits, out, mode, calibration_rows)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"[green]wrote[/] {q.path} ({q.model_version})")
     if register:
         _register(q, ds, splits, s)
@@ -89,12 +82,12 @@ def prune(
     """Train the dense network on the training split, prune its channels, fine-tune, export."""
     from modalfuse.optimize.prune import prune_variants
 
-    _, ds, splits = _data(dataset)
+    _, ds, splits = load_data(dataset)
     try:
         made = prune_variants(_fitter(ds, splits), out_root, network, tuple(sparsity or (0.25, 0.5)),
                               finetune_epochs, seed)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     for name, b in made.items():
         console.print(f"[green]wrote[/] {name}: {b.path} ({b.meta['training']['params']} parameters)")
 
@@ -112,7 +105,7 @@ def distill(
     from modalfuse.optimize.distill import STUDENT
     from modalfuse.optimize.distill import distill as run
 
-    _, ds, splits = _data(dataset)
+    _, ds, splits = load_data(dataset)
     t = load_bundle(teacher)
     student = run(_fitter(ds, splits, t), t, out, STUDENT.model_copy(update={"epochs": epochs}),
                   seed=seed)
@@ -137,7 +130,7 @@ def optimize_all(
     from modalfuse.optimize.prune import prune_variants
     from modalfuse.optimize.quantize import quantize_bundle
 
-    _, ds, splits = _data(dataset)
+    _, ds, splits = load_data(dataset)
     t = load_bundle(teacher)
     fitter = _fitter(ds, splits, t)
     made = prune_variants(fitter, out_root, "intermediate", tuple(sparsity or (0.25, 0.5)),
@@ -166,16 +159,14 @@ def select(
     seed: int = 42,
 ) -> None:
     """In-fold feature selection: grouped CV with vs without top-k tabular columns."""
-    import json
-
+    from modalfuse.training.config import TrainConfig
     from modalfuse.training.select import selection_cv, to_markdown
-    from modalfuse.training.train import TrainConfig
 
-    s, ds, splits = _data(dataset)
+    s, ds, splits = load_data(dataset)
     try:
         report = selection_cv(ds, splits, TrainConfig(num_boost_round=rounds, seed=seed), k, method)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     md = to_markdown(report)
     console.print(md)
     out = out or s.reports_dir / "selection"
@@ -188,40 +179,6 @@ def select(
         console.print(f"[green]updated[/] {doc}")
 
 
-def tune(
-    time_budget: Annotated[str, typer.Option(help="wall-clock budget: 90s, 10m, 1h")] = "10m",
-    trials: Annotated[int | None, typer.Option(help="stop after this many trials (default: budget)")] = None,
-    family: Annotated[list[str] | None, typer.Option(help="model families to search: gbm, "
-                                                          "gbm_tabular, intermediate")] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna RDB URL shared by workers (default: "
-                                                     "sqlite under the data dir)")] = None,
-    study_name: Annotated[str | None, typer.Option(help="join this study (workers share it)")] = None,
-    out: Annotated[Path | None, typer.Option(help="winner bundle folder")] = None,
-    register: Annotated[bool, typer.Option("--register/--no-register",
-                                           help="log the winner to MLflow and register it")] = True,
-    dataset: DatasetOpt = "pokemon",
-    seed: int = 42,
-) -> None:
-    """HPO over model families on the grouped CV folds of the training split; winner -> challenger."""
-    from modalfuse.training.tune import parse_duration, train_winner
-    from modalfuse.training.tune import tune as run
-
-    s, ds, splits = _data(dataset)
-    try:
-        budget = parse_duration(time_budget)
-        result, _ = run(ds, splits, s, budget, trials, tuple(family or ("gbm", "gbm_tabular")),
-                        storage, study_name, seed, track=s.tracking)
-        result = train_winner(result, ds, splits, out or s.models_dir / ds.spec.name / "tuned", s,
-                              register=s.tracking and register)
-    except (ValueError, RuntimeError) as e:
-        _fail(str(e))
-    console.print(f"study {result.study_name} ({result.storage}): {result.n_complete} complete, "
-                  f"{result.n_pruned} pruned; best CV macro-F1 {result.best_value:.3f}")
-    console.print(f"best: {result.best_params}")
-    console.print(f"winner bundle: {result.bundle_path}" +
-                  (f", registered {result.registered}" if result.registered else ""))
-
-
 @optimize_app.command("study")
 def study(
     study_name: Annotated[str, typer.Option(help="the study to show")],
@@ -230,16 +187,16 @@ def study(
     doc: Annotated[Path | None, typer.Option(help="also write the table into this markdown doc")] = None,
 ) -> None:
     """Show the trials of a (possibly shared, still running) tuning study."""
-    from modalfuse.config import Settings
     from modalfuse.training.tune import default_storage, study_markdown
 
-    md = study_markdown(storage or default_storage(Settings()), study_name)
+    md = study_markdown(storage or default_storage(settings()), study_name)
     console.print(md)
     if doc is not None:
         write_doc_table(doc, "tune", f"modalfuse optimize study --study-name {study_name}", md)
         console.print(f"[green]updated[/] {doc}")
 
 
+@bench_app.command("models")
 def bench_models(
     variant: Annotated[list[str], typer.Option(help="NAME=BUNDLE_PATH, repeat for every variant "
                                                     "(relative paths: under <data>/models)")],
@@ -255,13 +212,10 @@ def bench_models(
     dataset: DatasetOpt = "pokemon",
 ) -> None:
     """Every variant through the same Predictor on the frozen test split: quality, latency, size."""
-    import shlex
-    import sys
-
     from modalfuse.optimize.bench import bench_models as run
     from modalfuse.optimize.bench import parse_variant, save_report, to_markdown
 
-    s, ds, splits = _data(dataset)
+    s, ds, splits = load_data(dataset)
     try:
         # A relative path that is not there is read under the models folder (docs stay portable).
         variants = [(n, p if p.exists() or p.is_absolute() else s.models_dir / p)
@@ -271,7 +225,7 @@ def bench_models(
             raise ValueError(f"--versus takes A=B, got {versus}")
         report = run(variants, ds, splits, baseline, rounds, batch, pairs)  # type: ignore[arg-type]
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     t = Table(title=f"bench models (test split, {report['n_test']} rows; ratios to {report['baseline']})")
     for col in ("variant", "macro-F1", "ΔF1 pts", "ECE", "p50 ms", "× p50", "model p50 ms", "× model",
                 "rows/s @64", "size KiB"):
@@ -300,9 +254,3 @@ def write_doc_table(doc: Path, marker: str, command: str, table: str) -> None:
     else:
         text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
     doc.write_text(text)
-
-
-def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    app.add_typer(optimize_app, name="optimize")
-    app.command("tune")(tune)
-    bench_app.command("models")(bench_models)

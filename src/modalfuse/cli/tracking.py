@@ -1,8 +1,7 @@
-"""CLI commands for tracking and the registry: promote, rollback, trace, card, data-version,
-mlflow-ui.
+"""Stage 4, tracking and the registry: `modalfuse promote`, `rollback`, `trace`, `card` and
+`mlflow-ui`.
 
-Registered on the main app by `register(app)`; MLflow is imported inside the commands so
-`modalfuse serve` keeps its slim install.
+MLflow is imported inside the commands, so `modalfuse serve` keeps its slim install.
 """
 
 from __future__ import annotations
@@ -15,41 +14,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from modalfuse.config import Settings
-from modalfuse.tracking.source import bundle_for
+from modalfuse.cli.common import (
+    TRACKING,
+    DatasetOpt,
+    app,
+    bundle_path,
+    console,
+    fail,
+    load_data,
+    settings,
+)
 
 if TYPE_CHECKING:
-    from modalfuse.data.dataset import Dataset
-    from modalfuse.inference.bundle import ModelBundle
+    from modalfuse.config import Settings
+    from modalfuse.tracking.registry import PromotionDecision
 
-console = Console()
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="registered model name (default: the dataset's name)")]
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code)
-
-
-def track_trained(bundle: ModelBundle, ds: Dataset, settings: Settings) -> None:
-    """Log a bundle `modalfuse train` just wrote, register it, and say where it went."""
-    from modalfuse.data.split import load_splits
-    from modalfuse.tracking.runs import log_training, resolve_store
-
-    store = resolve_store(settings)
-    with console.status("logging the run to MLflow"):
-        run = log_training(bundle, ds, load_splits(ds), settings)
-    console.print(f"MLflow run {run.run_id} in {store.tracking_uri}")
-    console.print(f"registered [bold]{run.registered_name}[/] version {run.registered_version} "
-                  f"as [bold]{run.alias}[/]" + ("" if run.alias == "champion" else
-                                               "; compare it with `modalfuse promote`"))
-
-
+@app.command(rich_help_panel=TRACKING)
 def promote(
     dataset: DatasetOpt = "pokemon",
     model: ModelOpt = None,
@@ -67,18 +53,15 @@ def promote(
 ) -> None:
     """Make the challenger champion only if it beats the champion by MARGIN, chosen on grouped-CV
     out-of-fold predictions (a paired bootstrap); the test split is only reported."""
-    from modalfuse.data.dataset import load_dataset
-    from modalfuse.data.split import load_splits
     from modalfuse.tracking.registry import RegistryError
     from modalfuse.tracking.registry import promote as run_promote
 
-    s = Settings()
-    ds = load_dataset(s.dataset_dir(dataset))
+    s, ds, splits = load_data(dataset)
     try:
-        d = run_promote(s, model or dataset, ds, load_splits(ds), metric, margin, on=on,
+        d = run_promote(s, model or dataset, ds, splits, metric, margin, on=on,
                         confidence=confidence, resamples=resamples)
     except RegistryError as e:
-        _fail(str(e))
+        fail(str(e))
     if d.challenger:
         _print_candidates(model or dataset, d, ds.version)
     if d.plot:
@@ -96,7 +79,8 @@ def promote(
         raise typer.Exit(1)
 
 
-def _print_candidates(name: str, d, dataset_version: str) -> None:
+def _print_candidates(name: str, d: PromotionDecision, dataset_version: str) -> None:
+    """The challenger's and the champion's metrics side by side, saying which one decides."""
     # Only the gate's metric on the gate's data decides; everything else is shown for context.
     decides = {("cv", "macro_f1"): "out-of-fold (decides)",
                ("test", d.metric): "test (decides, --on test)"}
@@ -117,6 +101,7 @@ def _print_candidates(name: str, d, dataset_version: str) -> None:
     console.print(t)
 
 
+@app.command(rich_help_panel=TRACKING)
 def rollback(
     dataset: DatasetOpt = "pokemon",
     model: ModelOpt = None,
@@ -128,13 +113,14 @@ def rollback(
     from modalfuse.tracking.registry import rollback as run_rollback
 
     try:
-        old, new = run_rollback(Settings(), model or dataset, to)
+        old, new = run_rollback(settings(), model or dataset, to)
     except RegistryError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"[green]rolled back[/] {model or dataset}: champion version {old} -> {new}; "
                   "reload the API (POST /admin/reload) to serve it")
 
 
+@app.command(rich_help_panel=TRACKING)
 def trace(
     model_version: Annotated[str, typer.Argument(help="the model_version an API response "
                                                       "carries, e.g. pokemon-lightgbm-0123abcd")],
@@ -143,10 +129,10 @@ def trace(
     """Trace a prediction's model version to its run, code commit, params and data version."""
     from modalfuse.tracking.registry import trace as run_trace
 
-    s = Settings()
+    s = settings()
     found = run_trace(s, model_version)
     if not found:
-        _fail(f"no registered version has bundle {model_version!r} in the registry "
+        fail(f"no registered version has bundle {model_version!r} in the registry "
               f"({_store_uri(s)})")
     if as_json:
         typer.echo(json.dumps(found, indent=2))
@@ -164,6 +150,7 @@ def trace(
         console.print(f"  params: {params}")
 
 
+@app.command(rich_help_panel=TRACKING)
 def card(
     dataset: DatasetOpt = "pokemon",
     bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="bundle folder "
@@ -178,39 +165,24 @@ def card(
     from modalfuse.inference.bundle import load_bundle
     from modalfuse.tracking.model_card import write_card
 
-    s = Settings()
+    s = settings()
     ds = load_dataset(s.dataset_dir(dataset))
     try:
-        path, _ = write_card(load_bundle(bundle_for(s, dataset, bundle)[0]), ds,
+        path, _ = write_card(load_bundle(bundle_path(bundle, dataset, announce=False)), ds,
                              load_splits(ds), slice_field)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"[green]wrote[/] {path}")
 
 
-def data_version(dataset: DatasetOpt = "pokemon") -> None:
-    """Show that the dataset's files, its manifest and DVC's lock describe the same version."""
-    from modalfuse.data.dataset import load_dataset
-    from modalfuse.tracking.runs import data_versions
-
-    v = data_versions(load_dataset(Settings().dataset_dir(dataset), validate=False))
-    console.print(f"dataset {v['dataset']}: manifest version {v['manifest_version']}, "
-                  f"content of the files now {v['content_version']}")
-    dvc = v["dvc"]
-    console.print(f"DVC: stage {dvc['stage']} output {dvc['path']} md5 {dvc['md5']} ({dvc['lock']})"
-                  if dvc else "DVC: not a pipeline output (no dvc.lock above the dataset)")
-    if not v["agree"]:
-        _fail("the files no longer match the manifest: the dataset was changed after it was "
-              "built; rebuild it (`dvc repro` or `modalfuse data build`)", 1)
-    console.print("[green]agree[/]: the files are the version the manifest names")
-
-
 def _store_uri(s: Settings) -> str:
+    """Where the registry lives, for error messages."""
     from modalfuse.tracking.runs import tracking_uri
 
     return tracking_uri(s)
 
 
+@app.command("mlflow-ui", rich_help_panel=TRACKING)
 def mlflow_ui(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 5000,
@@ -218,7 +190,7 @@ def mlflow_ui(
     """Open the MLflow UI on the embedded store (or MLFLOW_TRACKING_URI's)."""
     from modalfuse.tracking.runs import resolve_store
 
-    store = resolve_store(Settings())
+    store = resolve_store(settings())
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.tracking_uri,
            "--host", host, "--port", str(port), "--workers", "1"]
     if store.artifact_root:
@@ -227,12 +199,3 @@ def mlflow_ui(
     console.print(f"MLflow UI for {store.tracking_uri} on http://{host}:{port}")
     raise typer.Exit(subprocess.call(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY":
                                                 os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}))
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(promote)
-    app.command()(rollback)
-    app.command()(trace)
-    app.command()(card)
-    app.command("mlflow-ui")(mlflow_ui)
-    app.command("data-version")(data_version)

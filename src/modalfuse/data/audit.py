@@ -24,6 +24,8 @@ PHASH_THRESHOLD = 8
 
 @dataclass
 class CheckResult:
+    """What one audit check found: whether it passed, a summary, and per-row scores and flags."""
+
     name: str
     blocking: bool
     passed: bool
@@ -31,22 +33,32 @@ class CheckResult:
     rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-row score and flag
 
     def to_dict(self) -> dict:
+        """The result without its rows, as the split audit JSON records it."""
         return {"name": self.name, "blocking": self.blocking, "passed": self.passed,
                 "summary": self.summary}
 
 
 @dataclass
 class SplitContext:
+    """What every check reads: the spec, the table with its split and fold, and image hashes."""
+
     spec: DatasetSpec
     table: pd.DataFrame  # with columns split ("train"/"test"/"excluded") and fold
     phash: np.ndarray | None  # (n, 64) bool bits per row, aligned with table
 
 
 class Check:
+    """The contract of a leakage check: `run` a split context, return a CheckResult.
+
+    How to implement a new one: subclass it, set `name` (and `blocking = False` for a
+    check that only reports), implement `run`, and add the class to CHECKS.
+    """
+
     name: ClassVar[str]
     blocking: ClassVar[bool] = True
 
     def run(self, ctx: SplitContext) -> CheckResult:
+        """Score every row of the split and say whether the check passes."""
         raise NotImplementedError
 
 
@@ -56,6 +68,7 @@ class GroupCrossingCheck(Check):
     name = "group_crossing"
 
     def run(self, ctx: SplitContext) -> CheckResult:
+        """Flag the groups with rows on both sides of train/test."""
         t = ctx.table[ctx.table["split"] != "excluded"]
         g = ctx.spec.group_column
         sides = t.groupby(g)["split"].nunique()
@@ -82,6 +95,8 @@ class NearDuplicateCheck(Check):
         self.threshold = threshold
 
     def run(self, ctx: SplitContext) -> CheckResult:
+        """Score each test row by its pHash distance to the nearest training image; flag those
+        within the threshold."""
         if ctx.phash is None:
             return CheckResult(self.name, True, True, {"skipped": "no hashes"})
         split = ctx.table["split"].to_numpy()
@@ -112,6 +127,8 @@ class ClassBalanceCheck(Check):
     blocking = False
 
     def run(self, ctx: SplitContext) -> CheckResult:
+        """Count each class per split; fails, without blocking, when a modelled class has no
+        training row."""
         t = ctx.table
         y = ctx.spec.target
         counts = pd.crosstab(t[y], t["split"])
@@ -137,6 +154,8 @@ class TargetEncodingFieldCheck(Check):
     blocking = False
 
     def run(self, ctx: SplitContext) -> CheckResult:
+        """Per categorical or multi-valued field: the values that point to one class in 90% of
+        their training rows, and the share of rows holding one."""
         t = ctx.table[ctx.table["split"] == "train"]
         y = ctx.spec.target
         out = {}
@@ -174,9 +193,11 @@ def phash_bits(rgba: np.ndarray) -> np.ndarray:
 
 
 def hamming_matrix(bits: np.ndarray) -> np.ndarray:
+    """(n, n) Hamming distances between rows of (n, bits) boolean hashes."""
     b = bits.astype(np.int32)
     return (b[:, None, :] != b[None, :, :]).sum(axis=2)
 
 
 def audit_split(ctx: SplitContext, checks: list[Check] | None = None) -> list[CheckResult]:
+    """Run the given checks (all of CHECKS by default) on a split."""
     return [c.run(ctx) for c in (checks or [cls() for cls in CHECKS])]

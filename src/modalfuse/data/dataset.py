@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from modalfuse import __version__
+from modalfuse.data.schema import DatasetValidationError, validate_images, validate_table
+from modalfuse.errors import MissingData
 from modalfuse.spec import DatasetSpec
 
 
@@ -25,6 +27,7 @@ def table_digest(table: pd.DataFrame) -> str:
 
 
 def images_digest(files: dict[str, bytes]) -> str:
+    """Hash of a set of named image files, independent of the order they are given in."""
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
@@ -33,6 +36,11 @@ def images_digest(files: dict[str, bytes]) -> str:
 
 @dataclass
 class Dataset:
+    """A built dataset loaded from its folder: spec, table, manifest and (optionally) extra views.
+
+    Every stage (split, train, evaluate, EDA) takes one; images are read from disk on demand.
+    """
+
     root: Path
     spec: DatasetSpec
     table: pd.DataFrame
@@ -41,19 +49,24 @@ class Dataset:
 
     @property
     def version(self) -> str:
+        """The content version from the manifest (a hash of table and images)."""
         return str(self.manifest["version"])
 
     @property
     def image_dir(self) -> Path:
+        """The folder holding the dataset's images."""
         return self.root / "images"
 
     def image_path(self, name: str) -> Path:
+        """The path of the image a row names."""
         return self.image_dir / name
 
     def image_bytes(self, name: str) -> bytes:
+        """The raw bytes of the image a row names."""
         return self.image_path(name).read_bytes()
 
     def row_images(self, table: pd.DataFrame | None = None) -> list[bytes]:
+        """The image bytes of every row of `table` (the whole table by default), in row order."""
         t = self.table if table is None else table
         return [self.image_bytes(n) for n in t[self.spec.image_column]]
 
@@ -62,8 +75,6 @@ def write_dataset(out_dir: Path, spec: DatasetSpec, table: pd.DataFrame,
                   images: dict[str, bytes], views: pd.DataFrame | None,
                   sources: dict[str, str]) -> Path:
     """Validate, then write atomically: a failed build leaves the previous dataset intact."""
-    from modalfuse.data.schema import validate_images, validate_table
-
     validate_table(spec, table)
     validate_images(spec, table, images)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -99,9 +110,10 @@ def write_dataset(out_dir: Path, spec: DatasetSpec, table: pd.DataFrame,
 
 
 def load_dataset(root: Path, validate: bool = True) -> Dataset:
+    """The dataset in folder `root`, checked against its schema and manifest unless told not to."""
     root = Path(root)
     if not (root / "spec.json").exists():
-        raise FileNotFoundError(
+        raise MissingData(
             f"no dataset at {root} (spec.json missing); build one with `modalfuse data build`"
         )
     spec = DatasetSpec.load(root / "spec.json")
@@ -112,7 +124,22 @@ def load_dataset(root: Path, validate: bool = True) -> Dataset:
         views = pd.read_parquet(root / spec.views_table)
     ds = Dataset(root=root, spec=spec, table=table, manifest=manifest, views=views)
     if validate:
-        from modalfuse.data.schema import validate_dataset
-
         validate_dataset(ds)
     return ds
+
+
+def validate_dataset(ds: Dataset) -> None:
+    """Check a loaded dataset: its table against the schema and the manifest's hash, and every
+    image present and decodable."""
+    validate_table(ds.spec, ds.table)
+    if table_digest(ds.table) != ds.manifest.get("table_sha256"):
+        raise DatasetValidationError(
+            f"{ds.root / ds.spec.table} changed since the dataset was built (hash differs from "
+            "manifest.json); rebuild it with `modalfuse data build`"
+        )
+    files = {}
+    for name in ds.table[ds.spec.image_column]:
+        p = ds.image_path(name)
+        if p.exists():
+            files[name] = p.read_bytes()
+    validate_images(ds.spec, ds.table, files)

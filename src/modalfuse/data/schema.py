@@ -2,22 +2,31 @@
 
 A failure raises DatasetValidationError naming each rule and the ids of the rows that
 broke it, so a bad build is fixed at the source rather than debugged downstream.
+pandera (the `train` extra) is imported by the functions that use it, so importing this
+module, and `data.dataset` above it, stays cheap on the serving install.
 """
 
 from __future__ import annotations
 
-import pandas as pd
-import pandera.pandas as pa
+from typing import TYPE_CHECKING
 
+import pandas as pd
+
+from modalfuse.errors import DataError
 from modalfuse.features.image import ImageError, normalize_image
 from modalfuse.spec import DatasetSpec, FieldKind
 
+if TYPE_CHECKING:
+    import pandera.pandas as pa
 
-class DatasetValidationError(ValueError):
+
+class DatasetValidationError(DataError, ValueError):
     """The dataset breaks its schema; the message lists rules and offending rows."""
 
 
 def _multi_check(allowed: list[str]) -> pa.Check:
+    import pandera.pandas as pa
+
     allowed_set = set(allowed)
 
     def ok(s: pd.Series) -> pd.Series:
@@ -27,6 +36,9 @@ def _multi_check(allowed: list[str]) -> pa.Check:
 
 
 def table_schema(spec: DatasetSpec) -> pa.DataFrameSchema:
+    """The pandera schema a dataset table must meet: the spec's columns, types, ranges and vocabularies."""
+    import pandera.pandas as pa
+
     cols: dict[str, pa.Column] = {
         spec.id_column: pa.Column(unique=True, nullable=False),
         spec.target: pa.Column(str, nullable=False, checks=pa.Check.str_length(min_value=1)),
@@ -55,6 +67,9 @@ def table_schema(spec: DatasetSpec) -> pa.DataFrameSchema:
 
 
 def validate_table(spec: DatasetSpec, table: pd.DataFrame) -> pd.DataFrame:
+    """The table, coerced by its schema; DatasetValidationError lists every broken rule."""
+    import pandera.pandas as pa
+
     try:
         return table_schema(spec).validate(table, lazy=True)
     except pa.errors.SchemaErrors as e:
@@ -72,6 +87,7 @@ def validate_table(spec: DatasetSpec, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def validate_images(spec: DatasetSpec, table: pd.DataFrame, images: dict[str, bytes]) -> None:
+    """Check that every row's image is present and decodes; DatasetValidationError lists those that fail."""
     problems = []
     for rid, name in zip(table[spec.id_column], table[spec.image_column], strict=True):
         data = images.get(name)
@@ -87,20 +103,3 @@ def validate_images(spec: DatasetSpec, table: pd.DataFrame, images: dict[str, by
             f"dataset {spec.name!r}: {len(problems)} row(s) fail the rule 'every image present "
             "and decodable':\n" + "\n".join(problems[:50])
         )
-
-
-def validate_dataset(ds) -> None:  # ds: modalfuse.data.dataset.Dataset (avoid an import cycle)
-    from modalfuse.data.dataset import table_digest
-
-    validate_table(ds.spec, ds.table)
-    if table_digest(ds.table) != ds.manifest.get("table_sha256"):
-        raise DatasetValidationError(
-            f"{ds.root / ds.spec.table} changed since the dataset was built (hash differs from "
-            "manifest.json); rebuild it with `modalfuse data build`"
-        )
-    files = {}
-    for name in ds.table[ds.spec.image_column]:
-        p = ds.image_path(name)
-        if p.exists():
-            files[name] = p.read_bytes()
-    validate_images(ds.spec, ds.table, files)

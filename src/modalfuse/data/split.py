@@ -25,22 +25,29 @@ from modalfuse.data.audit import (
     phash_bits,
 )
 from modalfuse.data.dataset import Dataset
+from modalfuse.errors import DataError, MissingData
 from modalfuse.features.image import normalize_image
 
 SPLITS_FILE = "splits.parquet"
 AUDIT_FILE = "split_audit.json"
 
 
-class SplitError(RuntimeError):
+class SplitError(DataError):
     """The split breaks a blocking leakage rule."""
 
 
 @dataclass
 class Splits:
+    """A dataset's split: each row's part (train, test, excluded) and CV fold, with the audit that passed it.
+
+    Training, tuning and evaluation all read their rows from it; it is saved beside the dataset.
+    """
+
     table: pd.DataFrame  # id, split, fold (fold = -1 outside train)
     audit: dict
 
     def ids(self, split: str) -> np.ndarray:
+        """The ids of the rows in one part ("train", "test" or "excluded")."""
         return self.table.loc[self.table["split"] == split, "id"].to_numpy()
 
     def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -79,6 +86,9 @@ def _stratified_group_cut(y: np.ndarray, groups: np.ndarray, n_splits: int, seed
 
 def make_splits(ds: Dataset, seed: int = 42, test_size: float = 0.2, n_folds: int = 5,
                 phash_threshold: int = PHASH_THRESHOLD) -> Splits:
+    """Split a dataset into a grouped, stratified test part and CV folds, and audit it for leakage.
+
+    Raises SplitError when a blocking audit check fails."""
     spec = ds.spec
     t = ds.table[[spec.id_column, spec.target, spec.group_column]].copy()
     t = t.rename(columns={spec.id_column: "id"}) if spec.id_column != "id" else t
@@ -138,14 +148,16 @@ def _audit_dict(ds: Dataset, t: pd.DataFrame, results: list[CheckResult], seed: 
 
 
 def save_splits(splits: Splits, root: Path) -> None:
+    """Write the split table and its audit beside the dataset."""
     splits.table.to_parquet(root / SPLITS_FILE, index=False)
     (root / AUDIT_FILE).write_text(json.dumps(splits.audit, indent=2, default=str))
 
 
 def load_splits(ds: Dataset) -> Splits:
+    """The saved split of `ds`; refuses one made for another version of the data."""
     path = ds.root / SPLITS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"no splits for {ds.root}; run `modalfuse data split` first")
+        raise MissingData(f"no splits for {ds.root}; run `modalfuse data split` first")
     audit = json.loads((ds.root / AUDIT_FILE).read_text())
     if audit.get("dataset_version") != ds.version:
         raise SplitError(

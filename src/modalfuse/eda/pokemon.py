@@ -9,17 +9,18 @@ from modalfuse.data.builders.pokemon import STATS
 from modalfuse.eda.report import (
     EdaContext,
     Section,
-    _plt,
     cramers_v,
     explode_multi,
     figure_png,
     heatmap_figure,
     html_table,
     pct,
+    pyplot,
 )
 
 
 def generation_section(ctx: EdaContext) -> Section:
+    """How the type mix changes over game generations."""
     t, y, classes = ctx.table, ctx.y, ctx.classes
     gen = t["generation"].astype(int)
     share = pd.crosstab(y, gen, normalize="columns").reindex(classes)
@@ -61,7 +62,8 @@ def generation_section(ctx: EdaContext) -> Section:
 
 
 def legendary_section(ctx: EdaContext) -> Section:
-    plt = _plt()
+    """How legendary and mythical species differ in type and base stats."""
+    plt = pyplot()
     t, y, classes = ctx.table, ctx.y, ctx.classes
     special = t["is_legendary"].astype(bool) | t["is_mythical"].astype(bool)
     bst = t[list(STATS)].sum(axis=1)
@@ -87,6 +89,7 @@ def legendary_section(ctx: EdaContext) -> Section:
 
 
 def abilities_section(ctx: EdaContext) -> Section:
+    """Which abilities all but name the type, and how many families share each."""
     t, y = ctx.table, ctx.y
     ex = explode_multi(t["abilities"])
     frame = pd.DataFrame({"ability": ex.to_numpy(), "type": y.loc[ex.index].to_numpy(),
@@ -124,6 +127,7 @@ def abilities_section(ctx: EdaContext) -> Section:
 
 
 def findings(ctx: EdaContext) -> list[Section]:
+    """The Pokémon-only sections of the EDA report (none when the table lacks their columns)."""
     needed = {"generation", "is_legendary", "is_mythical", "abilities", *STATS}
     if not needed <= set(ctx.table.columns):
         return []

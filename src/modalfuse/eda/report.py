@@ -20,8 +20,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from modalfuse.data.audit import PHASH_THRESHOLD, hamming_matrix, phash_bits
 from modalfuse.data.dataset import Dataset
+from modalfuse.data.split import AUDIT_FILE, SPLITS_FILE
 from modalfuse.features.image import HUE_BINS, IMAGE_FEATURE_NAMES, image_features, normalize_image
 from modalfuse.spec import FieldKind
 
@@ -33,6 +36,8 @@ HUE_NAMES = ["red", "orange", "yellow", "yellow-green", "green", "green-cyan", "
 
 @dataclass
 class Section:
+    """One section of the EDA report: what its figures and tables show and what that means for modelling."""
+
     title: str
     shows: list[str] = field(default_factory=list)  # what the plots and tables show
     means: list[str] = field(default_factory=list)  # what it means for modelling
@@ -52,14 +57,17 @@ class EdaContext:
 
     @property
     def spec(self):
+        """The dataset's spec."""
         return self.ds.spec
 
     @property
     def table(self) -> pd.DataFrame:
+        """The dataset's table."""
         return self.ds.table
 
     @property
     def y(self) -> pd.Series:
+        """The target of every row, as text."""
         return self.ds.table[self.spec.target].astype(str)
 
     @property
@@ -78,11 +86,13 @@ class EdaContext:
         return self._images
 
     def image_features(self) -> np.ndarray:
+        """The image statistics of every row (computed once)."""
         if self._features is None:
             self._features = np.stack([image_features(im) for im in self.images()])
         return self._features
 
     def split_of(self) -> pd.Series | None:
+        """Each row's part of the split, or None when no current split exists."""
         if self.splits is None:
             return None
         s = self.splits.set_index("id")["split"]
@@ -103,6 +113,7 @@ def eta_squared(x: pd.Series, y: pd.Series) -> float:
 
 
 def cramers_v(a: pd.Series, b: pd.Series) -> float:
+    """Cramér's V association between two categorical series (0: none, 1: one determines the other)."""
     table = pd.crosstab(a, b).to_numpy().astype(float)
     if table.shape[0] < 2 or table.shape[1] < 2:
         return 0.0
@@ -113,6 +124,7 @@ def cramers_v(a: pd.Series, b: pd.Series) -> float:
 
 
 def pct(x: float, digits: int = 0) -> str:
+    """A share as a percentage string."""
     return f"{100 * x:.{digits}f}%"
 
 
@@ -122,13 +134,15 @@ def explode_multi(values: pd.Series) -> pd.Series:
 
 
 def html_table(frame: pd.DataFrame, max_rows: int = 40) -> str:
+    """The first `max_rows` rows of a frame as an escaped HTML table."""
     return frame.head(max_rows).to_html(index=False, border=0, classes="t", float_format="%.3g",
                                         escape=True)
 
 
 # ---- figures ---------------------------------------------------------------------------
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (matplotlib is imported only when drawing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +152,8 @@ def _plt():
 
 
 def figure_png(fig, dpi: int = 80) -> str:
-    plt = _plt()
+    """A matplotlib figure as base64 PNG, closing the figure."""
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -147,7 +162,8 @@ def figure_png(fig, dpi: int = 80) -> str:
 
 def heatmap_figure(matrix: pd.DataFrame, title: str, fmt: str = "{:.0%}", cmap: str = "Blues",
                    width: float | None = None, annotate: bool = True, vmin=None, vmax=None):
-    plt = _plt()
+    """A labelled heatmap of a matrix, cells annotated with `fmt`."""
+    plt = pyplot()
     h, w = matrix.shape
     fig, ax = plt.subplots(figsize=(width or max(6, 0.55 * w + 2), max(2.5, 0.32 * h + 1.5)))
     im = ax.imshow(matrix.to_numpy(dtype=float), cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
@@ -170,7 +186,8 @@ def heatmap_figure(matrix: pd.DataFrame, title: str, fmt: str = "{:.0%}", cmap: 
 # ---- sections --------------------------------------------------------------------------
 
 def overview_section(ctx: EdaContext) -> Section:
-    plt = _plt()
+    """Rows per class: how balanced the target is."""
+    plt = pyplot()
     spec, y = ctx.spec, ctx.y
     counts = y.value_counts().reindex(ctx.classes)
     n = len(y)
@@ -203,7 +220,8 @@ def overview_section(ctx: EdaContext) -> Section:
 
 
 def missing_section(ctx: EdaContext) -> Section:
-    plt = _plt()
+    """The share of rows missing each field, and what that means for imputation."""
+    plt = pyplot()
     t, spec = ctx.table, ctx.spec
     miss = {}
     for f in spec.fields:
@@ -245,7 +263,8 @@ def missing_section(ctx: EdaContext) -> Section:
 
 
 def numeric_section(ctx: EdaContext) -> Section | None:
-    plt = _plt()
+    """Distributions of the numeric fields per class (None without numeric fields)."""
+    plt = pyplot()
     fields = [f.name for f in ctx.spec.fields_of(FieldKind.numeric)]
     if not fields:
         return None
@@ -288,6 +307,7 @@ def numeric_section(ctx: EdaContext) -> Section | None:
 
 
 def categorical_section(ctx: EdaContext) -> Section | None:
+    """Association of categorical and boolean fields with the target (None without such fields)."""
     fields = ctx.spec.fields_of(FieldKind.categorical) + ctx.spec.fields_of(FieldKind.boolean)
     if not fields:
         return None
@@ -337,6 +357,7 @@ def categorical_section(ctx: EdaContext) -> Section | None:
 
 
 def multi_section(ctx: EdaContext) -> Section | None:
+    """How labels of multi-valued fields spread over classes (None without such fields)."""
     fields = ctx.spec.fields_of(FieldKind.multi)
     if not fields:
         return None
@@ -384,6 +405,7 @@ def multi_section(ctx: EdaContext) -> Section | None:
 
 
 def correlation_section(ctx: EdaContext) -> Section | None:
+    """Rank correlations between numeric and boolean fields (None with fewer than two)."""
     fields = [f.name for f in ctx.spec.fields if f.kind in (FieldKind.numeric, FieldKind.boolean)]
     if len(fields) < 2:
         return None
@@ -405,7 +427,8 @@ def correlation_section(ctx: EdaContext) -> Section | None:
 
 
 def image_section(ctx: EdaContext) -> Section:
-    plt = _plt()
+    """Object sizes in the normalized images, and colour statistics per class."""
+    plt = pyplot()
     spec, y, classes = ctx.spec, ctx.y, ctx.classes
     size = spec.image_size
     feats = pd.DataFrame(ctx.image_features(), columns=IMAGE_FEATURE_NAMES)
@@ -473,8 +496,8 @@ def image_section(ctx: EdaContext) -> Section:
 
 
 def mosaic_section(ctx: EdaContext, per_class: int = 10, thumb: int = 64) -> Section:
-    plt = _plt()
-    from PIL import Image
+    """A grid of `per_class` random images of every class."""
+    plt = pyplot()
 
     y, classes, images = ctx.y.to_numpy(), ctx.classes, ctx.images()
     grid = np.full((len(classes) * thumb, per_class * thumb, 3), 255, dtype=np.uint8)
@@ -500,7 +523,8 @@ def mosaic_section(ctx: EdaContext, per_class: int = 10, thumb: int = 64) -> Sec
 
 
 def split_section(ctx: EdaContext, pairs_shown: int = 8) -> Section:
-    plt = _plt()
+    """The split's audit: group and look-alike separation, class shares, closest image pairs."""
+    plt = pyplot()
     s = Section("Split audit")
     spec, t = ctx.spec, ctx.table
     g = t[spec.group_column]
@@ -535,8 +559,6 @@ def split_section(ctx: EdaContext, pairs_shown: int = 8) -> Section:
             f"train. {len(checks) - len(failed)} of {len(checks)} audit checks pass" +
             (f"; failing: {', '.join(failed['check'])}" if len(failed) else "") + ".")
     # Near-duplicate images: the closest pairs by perceptual hash, whatever their split.
-    from modalfuse.data.audit import PHASH_THRESHOLD, hamming_matrix, phash_bits
-
     bits = np.stack([phash_bits(im) for im in ctx.images()])
     dist_m = hamming_matrix(bits)
     iu = np.triu_indices(len(dist_m), 1)
@@ -586,6 +608,7 @@ GENERIC: list[Callable[[EdaContext], Section | None]] = [
 
 
 def dataset_findings(ctx: EdaContext) -> list[Section]:
+    """The sections a dataset adds for itself (FINDINGS maps its name to their function)."""
     target = FINDINGS.get(ctx.spec.name)
     if target is None:
         return []
@@ -594,8 +617,7 @@ def dataset_findings(ctx: EdaContext) -> list[Section]:
 
 
 def build_sections(ds: Dataset, progress: Callable[[str], None] | None = None) -> list[Section]:
-    from modalfuse.data.split import AUDIT_FILE, SPLITS_FILE
-
+    """Every section of the EDA report of `ds`, calling `progress` with each title."""
     audit_path, splits_path = ds.root / AUDIT_FILE, ds.root / SPLITS_FILE
     audit = json.loads(audit_path.read_text()) if audit_path.exists() else None
     if audit is not None and audit.get("dataset_version") != ds.version:
@@ -626,6 +648,7 @@ nav a{margin-right:1em}
 
 
 def render_html(ds: Dataset, sections: list[Section]) -> str:
+    """The report as one self-contained HTML page (figures inlined)."""
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'>"
              f"<title>EDA: {esc(ds.spec.name)}</title><style>{CSS}</style></head><body>",
@@ -663,6 +686,7 @@ def write_report(ds: Dataset, out: Path, progress: Callable[[str], None] | None 
 
 
 def report_summary(path: Path) -> dict[str, Any]:
+    """Size, figure count and section count of a written report."""
     text = Path(path).read_text(encoding="utf-8")
     return {"bytes": len(text.encode()), "figures": text.count("data:image/png;base64,"),
             "sections": text.count("<h2 ")}

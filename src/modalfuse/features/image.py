@@ -18,10 +18,12 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from modalfuse.errors import InvalidInput
+
 ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 
 
-class ImageError(ValueError):
+class ImageError(InvalidInput):
     """An image that cannot be used: unreadable, empty, too large or of a refused format."""
 
 
@@ -134,6 +136,7 @@ def gif_frames(data: bytes, count: int) -> list[Image.Image]:
 
 
 def encode_png(rgba: np.ndarray) -> bytes:
+    """PNG bytes of an RGBA array (how built datasets store their normalized images)."""
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG", optimize=False)
     return buf.getvalue()

@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from modalfuse.errors import InvalidInput, NotFitted
 from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
 
 OTHER = "__other__"
 
 
-class NotFittedError(RuntimeError):
+class NotFittedError(NotFitted):
     """A fitted object was used before `fit`."""
 
 
-class RecordError(ValueError):
+class RecordError(InvalidInput):
     """A record's fields break the input schema; `errors` maps field -> message."""
 
     def __init__(self, errors: dict[str, str]):
@@ -81,14 +82,14 @@ def _is_missing(f: FieldSpec, v: Any, from_text: bool, na_values: frozenset[str]
 
 def _number(v: Any, from_text: bool) -> float:
     if isinstance(v, bool | np.bool_):
-        raise ValueError(f"must be a number, got {_kind_of(v)}")
+        raise InvalidInput(f"must be a number, got {_kind_of(v)}")
     if isinstance(v, int | float | np.integer | np.floating):
         return float(v)
     if from_text and isinstance(v, str):
         if _DECIMAL.fullmatch(v.strip()):
             return float(v)
-        raise ValueError(f"must be a number, got {_show(v)}")
-    raise ValueError(f"must be a number, got {_kind_of(v)}")
+        raise InvalidInput(f"must be a number, got {_show(v)}")
+    raise InvalidInput(f"must be a number, got {_kind_of(v)}")
 
 
 def _boolean(v: Any, from_text: bool) -> bool:
@@ -99,8 +100,8 @@ def _boolean(v: Any, from_text: bool) -> bool:
             return bool(v)
         if isinstance(v, str) and v.strip().lower() in _TEXT_BOOLEANS:
             return _TEXT_BOOLEANS[v.strip().lower()]
-        raise ValueError(f"must be true or false (in text: true, false, 1 or 0), got {_show(v)}")
-    raise ValueError(f"must be true or false, got {_kind_of(v)}")
+        raise InvalidInput(f"must be true or false (in text: true, false, 1 or 0), got {_show(v)}")
+    raise InvalidInput(f"must be true or false, got {_kind_of(v)}")
 
 
 def _parse_value(f: FieldSpec, v: Any, from_text: bool = False,
@@ -108,23 +109,23 @@ def _parse_value(f: FieldSpec, v: Any, from_text: bool = False,
     """One raw value -> its canonical form, or ValueError saying what is allowed."""
     if _is_missing(f, v, from_text, na_values):
         if f.required:
-            raise ValueError("is required")
+            raise InvalidInput("is required")
         return None if f.kind != FieldKind.multi else ""
     if f.kind == FieldKind.numeric:
         x = _number(v, from_text)
         if not math.isfinite(x):
             shown = "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
-            raise ValueError(f"must be a finite number, got {shown}")
+            raise InvalidInput(f"must be a finite number, got {shown}")
         if (f.min is not None and x < f.min) or (f.max is not None and x > f.max):
-            raise ValueError(f"must be between {f.min} and {f.max}, got {x:g}")
+            raise InvalidInput(f"must be between {f.min} and {f.max}, got {x:g}")
         return x
     if f.kind == FieldKind.boolean:
         return _boolean(v, from_text)
     if f.kind == FieldKind.categorical:
         if not isinstance(v, str):
-            raise ValueError(f"must be a string, got {type(v).__name__} {_show(v)}")
+            raise InvalidInput(f"must be a string, got {type(v).__name__} {_show(v)}")
         if f.categories and v not in f.categories:
-            raise ValueError(f"must be one of {f.categories}, got {_show(v)}")
+            raise InvalidInput(f"must be one of {f.categories}, got {_show(v)}")
         return v
     # multi-valued: a list of strings, or one string joined by "|"
     if isinstance(v, str):
@@ -132,11 +133,11 @@ def _parse_value(f: FieldSpec, v: Any, from_text: bool = False,
     elif isinstance(v, list | tuple | np.ndarray) and all(isinstance(s, str) for s in v):
         labels = [s.strip() for s in v if s.strip()]
     else:
-        raise ValueError(f"must be a list of strings or a '|'-joined string, got {_show(v)}")
+        raise InvalidInput(f"must be a list of strings or a '|'-joined string, got {_show(v)}")
     if f.categories:
         bad = [s for s in labels if s not in f.categories]
         if bad:
-            raise ValueError(f"unknown value(s) {_show(bad)}; allowed: {f.categories}")
+            raise InvalidInput(f"unknown value(s) {_show(bad)}; allowed: {f.categories}")
     return "|".join(labels)
 
 
@@ -186,6 +187,7 @@ class RecordColumns:
 
 
 def records_columns(spec: DatasetSpec, records: list[dict]) -> RecordColumns:
+    """Parsed records as typed columns, ready for `TabularEncoder.transform` (no DataFrame)."""
     cols: dict[str, Any] = {}
     for f in spec.fields:
         vals = [r[f.name] for r in records]
@@ -230,9 +232,11 @@ class TabularEncoder:
 
     @property
     def used_fields(self) -> list[FieldSpec]:
+        """The spec's fields the encoder reads (all but the excluded ones)."""
         return [f for f in self.spec.fields if f.name not in self.exclude]
 
     def fit(self, frame: pd.DataFrame) -> TabularEncoder:
+        """Learn each field's vocabulary, and the medians and scales of the encoded columns; returns self."""
         vocab: dict[str, list[str]] = {}
         names: list[str] = []
         for f in self.used_fields:
@@ -305,6 +309,7 @@ class TabularEncoder:
         return raw, self.densify(raw)
 
     def densify(self, x: np.ndarray) -> np.ndarray:
+        """Impute missing values with training medians and standardize (what neural models read)."""
         assert self.scales_ is not None and self.medians_ is not None
         nan = np.isnan(x)
         if nan.any():
@@ -313,6 +318,7 @@ class TabularEncoder:
         return (x - np.array(self.scales_["mean"])) / np.array(self.scales_["std"])
 
     def to_dict(self) -> dict:
+        """The fitted state as JSON-ready data."""
         self._check()
         return {"exclude": list(self.exclude), "min_count": self.min_count, "vocab": self.vocab_,
                 "medians": self.medians_, "scales": self.scales_,
@@ -320,6 +326,7 @@ class TabularEncoder:
 
     @classmethod
     def from_dict(cls, spec: DatasetSpec, d: dict) -> TabularEncoder:
+        """A fitted encoder rebuilt from `to_dict` output and its spec."""
         enc = cls(spec=spec, exclude=tuple(d["exclude"]), min_count=d["min_count"])
         enc.vocab_, enc.medians_, enc.scales_ = d["vocab"], d["medians"], d["scales"]
         enc.feature_names_ = d["feature_names"]

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import Progress
 
+from modalfuse.errors import InvalidInput
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.inference.safe_csv import write_csv
 
@@ -32,7 +33,7 @@ TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 CSV_NA_VALUES = [""]
 
 
-class BatchInputError(ValueError):
+class BatchInputError(InvalidInput):
     """The input file as a whole cannot be used (wrong format, no image column)."""
 
 
@@ -163,7 +164,7 @@ def iter_row_chunks(path: Path, chunk_rows: int, skip: Collection[int] = ()) -> 
     """
     path = Path(path)
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be 1 or more, got {chunk_rows}")
+        raise InvalidInput(f"chunk_rows must be 1 or more, got {chunk_rows}")
     fmt = table_format(path)
     try:
         if fmt == "parquet":
@@ -210,7 +211,7 @@ def _read_image(root: str, name: Any) -> bytes | None:
         return None
     p = os.path.realpath(os.path.join(root, str(name)))
     if os.path.commonpath([root, p]) != root:
-        raise ValueError(f"image path {name!r} leaves the images folder")
+        raise InvalidInput(f"image path {name!r} leaves the images folder")
     try:
         with open(p, "rb") as f:
             return f.read()
@@ -263,6 +264,10 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
 
 def predict_file(predictor: Predictor, input_path: Path, images_dir: Path, output: Path,
                  chunk_size: int = 256) -> dict:
+    """Score a CSV or Parquet file chunk by chunk into a CSV or Parquet output, one row per input row.
+
+    Rows that cannot be scored get an `error` instead of a label; returns row and error counts.
+    """
     columns = table_columns(input_path)
     if predictor.spec.image_column not in columns:
         raise BatchInputError(

@@ -20,14 +20,17 @@ from importlib import metadata
 from pathlib import Path
 
 from modalfuse import __version__
+from modalfuse.errors import ModelError
 from modalfuse.features.preprocess import Preprocessor
-from modalfuse.models.registry import Model, load_model
+from modalfuse.models.registry import Model, kind_libraries, load_model
 from modalfuse.spec import DatasetSpec
 
 BUNDLE_FORMAT = 1
 BUNDLE_FILE = "bundle.json"
-# Libraries whose version changes what a saved model means, per model kind.
-KIND_LIBRARIES = {"lightgbm": ["lightgbm"], "onnx": ["onnxruntime"], "onnx_net": ["onnxruntime"]}
+# Versions bundle.json records besides the model kinds' own libraries (the registry's):
+# what reads the inputs, then what trained the model.
+INPUT_LIBRARIES = ("numpy", "pandas", "pillow")
+TRAINING_LIBRARIES = ("scikit-learn", "torch")
 
 
 def model_kinds(model_meta: dict) -> list[str]:
@@ -36,7 +39,7 @@ def model_kinds(model_meta: dict) -> list[str]:
             *[k for p in model_meta.get("parts", []) for k in model_kinds(p)]]
 
 
-class BundleError(RuntimeError):
+class BundleError(ModelError):
     """A bundle that is missing, broken, or written by incompatible software."""
 
 
@@ -44,7 +47,8 @@ class BundleVersionWarning(UserWarning):
     """A bundle written by another minor version of a library: it loads, but check it."""
 
 
-def _version(dist: str) -> str | None:
+def installed_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None when it is not installed."""
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -52,12 +56,19 @@ def _version(dist: str) -> str | None:
 
 
 def library_versions() -> dict[str, str | None]:
-    return {d: _version(d) for d in ("numpy", "pandas", "pillow", "lightgbm", "onnxruntime",
-                                     "scikit-learn", "torch")}
+    """The versions of the libraries a bundle depends on, as bundle.json records them."""
+    libraries = (*INPUT_LIBRARIES, *kind_libraries(), *TRAINING_LIBRARIES)
+    return {d: installed_version(d) for d in dict.fromkeys(libraries)}
 
 
 @dataclass
 class ModelBundle:
+    """A loaded bundle: everything serving needs to rebuild the Predictor, and what it was made from.
+
+    One object owns the model, its preprocessor, spec and labels and the bundle's meta; the
+    Predictor, evaluation and tracking all read it.
+    """
+
     path: Path
     meta: dict
     spec: DatasetSpec
@@ -66,14 +77,17 @@ class ModelBundle:
 
     @property
     def labels(self) -> list[str]:
+        """The class labels, in the order of the model's probability columns."""
         return list(self.meta["labels"])
 
     @property
     def model_version(self) -> str:
+        """The bundle's version: dataset, kind and a hash of its content."""
         return str(self.meta["model_version"])
 
     @property
     def metrics(self) -> dict:
+        """The metrics recorded at training and evaluation (CV, test)."""
         return dict(self.meta.get("metrics", {}))
 
     @cached_property
@@ -149,9 +163,8 @@ def _check_compatible(meta: dict, path: Path) -> None:
             f"{__version__} reads format {BUNDLE_FORMAT}; install the modalfuse version that "
             f"wrote it ({meta.get('modalfuse_version')}) or retrain with this one"
         )
-    kinds = model_kinds(meta["model"])
-    for lib in {lib for k in kinds for lib in KIND_LIBRARIES.get(k, [])}:
-        wrote, have = meta.get("libraries", {}).get(lib), _version(lib)
+    for lib in kind_libraries(model_kinds(meta["model"])):
+        wrote, have = meta.get("libraries", {}).get(lib), installed_version(lib)
         if wrote is None:
             continue
         if have is None:
@@ -169,6 +182,7 @@ def _check_compatible(meta: dict, path: Path) -> None:
 
 
 def load_bundle(directory: Path) -> ModelBundle:
+    """The bundle in `directory`, with its format and libraries checked (BundleError says what to do)."""
     directory = Path(directory)
     path = directory / BUNDLE_FILE
     if not path.exists():

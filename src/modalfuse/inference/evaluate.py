@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from modalfuse.data.dataset import Dataset
+from modalfuse.errors import InvalidInput
 from modalfuse.inference.predictor import Predictor, table_records
 
 
@@ -29,6 +30,7 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15)
 
 
 def classification_metrics(proba: np.ndarray, y: np.ndarray, labels: list[str]) -> dict:
+    """Accuracy, macro and weighted F1, log loss and calibration error of probabilities."""
     from sklearn.metrics import accuracy_score, f1_score, log_loss
 
     pred = proba.argmax(axis=1)
@@ -44,6 +46,7 @@ def classification_metrics(proba: np.ndarray, y: np.ndarray, labels: list[str]) 
 
 
 def per_class_report(proba: np.ndarray, y: np.ndarray, labels: list[str]) -> dict:
+    """Precision, recall, F1 and support of every label."""
     from sklearn.metrics import precision_recall_fscore_support
 
     p, r, f, s = precision_recall_fscore_support(
@@ -54,6 +57,7 @@ def per_class_report(proba: np.ndarray, y: np.ndarray, labels: list[str]) -> dic
 
 def plot_confusion(proba: np.ndarray, y: np.ndarray, labels: list[str], path: Path,
                    title: str) -> Path:
+    """Save the confusion matrix of the predictions as a PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,12 +93,16 @@ def predict_dataset_rows(predictor: Predictor, ds: Dataset, ids: np.ndarray) -> 
 
 def evaluate(predictor: Predictor, ds: Dataset, ids: np.ndarray, out_dir: Path | None,
              name: str = "test") -> dict:
+    """Score the rows `ids` of a dataset through the Predictor: metrics and per-class report.
+
+    With `out_dir`, also writes the confusion matrix and the metrics JSON there.
+    """
     rows = ds.table.set_index(ds.spec.id_column).loc[ids].reset_index()
     proba = predict_dataset_rows(predictor, ds, ids)
     pos = {lab: i for i, lab in enumerate(predictor.labels)}
     unknown = sorted(set(rows[ds.spec.target]) - set(pos))
     if unknown:
-        raise ValueError(f"{name} rows have labels the model does not know: {unknown}")
+        raise InvalidInput(f"{name} rows have labels the model does not know: {unknown}")
     y = rows[ds.spec.target].map(pos).to_numpy()
     metrics = classification_metrics(proba, y, predictor.labels)
     result = {"split": name, "metrics": metrics,

@@ -8,6 +8,7 @@ torch, and sees exactly the features the Predictor computes (no second preproces
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from modalfuse.errors import InvalidInput
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import parse_record, records_frame
 from modalfuse.inference.predictor import PredictionInputError, Predictor
@@ -67,14 +69,17 @@ class Explanation:
 
     @property
     def table_share(self) -> float:
+        """The share of the total attribution that goes to the table's fields (0 when nothing moves)."""
         total = abs(self.image_contribution) + sum(abs(v) for v in self.contributions.values())
         return 1.0 - self.image_share if total > 0 else 0.0
 
     def top_contributions(self, k: int | None = None) -> list[tuple[str, float]]:
+        """Field contributions, largest magnitude first (the `k` largest when given)."""
         ranked = sorted(self.contributions.items(), key=lambda kv: -abs(kv[1]))
         return ranked if k is None else ranked[:k]
 
     def overlay_png(self, scale: int = 3) -> bytes:
+        """PNG of the image with its patch heatmap laid over it, upscaled by `scale`."""
         return heatmap_overlay_png(self.image, self.heatmap, self.patch_size, scale)
 
 
@@ -114,10 +119,10 @@ class Explainer:
                  seed: int = 0,
                  background: tuple[Sequence[dict[str, Any]], Sequence[bytes | None]] | None = None):
         if permutations < 2 or permutations % 2:
-            raise ValueError(f"permutations must be an even number >= 2, got {permutations}")
+            raise InvalidInput(f"permutations must be an even number >= 2, got {permutations}")
         if patch < 1 or predictor.spec.image_size % patch:
-            raise ValueError(f"patch must divide the image size {predictor.spec.image_size}, "
-                             f"got {patch}")
+            raise InvalidInput(f"patch must divide the image size {predictor.spec.image_size}, "
+                               f"got {patch}")
         self.predictor = predictor
         self.permutations = permutations
         self.patch = patch
@@ -132,18 +137,18 @@ class Explainer:
         rows = predictor.bundle.meta.get(BACKGROUND_KEY) or []
         background = None
         if rows:
-            import base64
-
             background = ([r["fields"] for r in rows],
                           [base64.b64decode(r["image_base64"]) for r in rows])
         return cls(predictor, background=background, **kwargs)
 
     @property
     def model_version(self) -> str:
+        """The version of the model being explained."""
         return self.predictor.model_version
 
     @property
     def image_player(self) -> str:
+        """The name the image goes by among the attribution's players."""
         # The image column's name is never an input field's name (DatasetSpec refuses it).
         return self.predictor.spec.image_column
 
@@ -169,10 +174,10 @@ class Explainer:
         if self.background is not None:
             records, images = self.background
             if not len(records):
-                raise ValueError("background is empty; give training rows or None")
+                raise InvalidInput("background is empty; give training rows or None")
             prep = self.predictor.prepare(list(records), list(images), allow_extra=True)
             if prep.errors or prep.batch is None:
-                raise ValueError(f"background rows are invalid: {prep.errors}")
+                raise InvalidInput(f"background rows are invalid: {prep.errors}")
             return prep.batch
         spec = self.predictor.spec
         pre = self.predictor.bundle.preprocessor
@@ -213,7 +218,7 @@ class Explainer:
         if label is None:
             return int(np.argmax(proba))
         if label not in labels:
-            raise ValueError(f"unknown label {label!r}; labels are {labels}")
+            raise InvalidInput(f"unknown label {label!r}; labels are {labels}")
         return labels.index(label)
 
     def shapley(self, x: FeatureBatch, k: int) -> tuple[np.ndarray, float, float]:
@@ -320,7 +325,7 @@ def global_importance(explanations: Sequence[Explanation], image_name: str = "im
                       ) -> pd.DataFrame:
     """Mean |contribution| of every field and of the image over explained rows, largest first."""
     if not explanations:
-        raise ValueError("no explanations to summarise")
+        raise InvalidInput("no explanations to summarise")
     rows = [{**{f: abs(v) for f, v in e.contributions.items()},
              image_name: abs(e.image_contribution)} for e in explanations]
     table = pd.DataFrame(rows).fillna(0.0)

@@ -13,7 +13,9 @@ from typing import Any
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from modalfuse.errors import InvalidInput
 from modalfuse.features.image import ImageError, decode_base64_image
+from modalfuse.inference.predictor import Predictor, table_records
 
 # The key of the bundle folder among the pyfunc model's artifacts.
 BUNDLE_ARTIFACT = "bundle"
@@ -31,17 +33,15 @@ class BundlePyfunc(PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from modalfuse.inference.predictor import Predictor
-
+        """Build the Predictor from the bundle that travels as the model's artifact."""
         self.predictor = Predictor.from_path(context.artifacts[BUNDLE_ARTIFACT])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None
                 ) -> pd.DataFrame:
-        from modalfuse.inference.predictor import table_records
-
+        """Score a table of records through the Predictor; bad rows get an `error` instead."""
         if IMAGE_COLUMN not in model_input.columns:
-            raise ValueError(f"input needs an {IMAGE_COLUMN!r} column (the image in base64); "
-                             f"columns are {list(model_input.columns)}")
+            raise InvalidInput(f"input needs an {IMAGE_COLUMN!r} column (the image in base64); "
+                               f"columns are {list(model_input.columns)}")
         records = table_records(self.predictor.spec, model_input)
         images: list[bytes | None] = []
         for value in model_input[IMAGE_COLUMN]:

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from modalfuse.errors import ModelError
+
 OOF_FILE = "evaluation/oof.parquet"
 ID, FOLD, TRUE = "id", "fold", "true_label"
 
 
-class OutOfFoldError(ValueError):
+class OutOfFoldError(ModelError, ValueError):
     """Two sets of out-of-fold predictions that cannot be compared (other rows, folds, labels)."""
 
 
@@ -40,12 +42,14 @@ class OutOfFold:
     labels: list[str]
 
     def frame(self) -> pd.DataFrame:
+        """One row per out-of-fold row: id, fold, true label and a probability column per label."""
         df = pd.DataFrame({ID: self.ids, FOLD: self.folds.astype(int),
                            TRUE: [self.labels[i] for i in self.y]})
         probs = pd.DataFrame(self.proba, columns=[f"proba_{lab}" for lab in self.labels])
         return pd.concat([df, probs], axis=1).sort_values(ID).reset_index(drop=True)
 
     def save(self, bundle_dir: Path) -> Path:
+        """Write the out-of-fold predictions into the bundle folder; returns the file."""
         path = Path(bundle_dir) / OOF_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         self.frame().to_parquet(path, index=False)
@@ -64,6 +68,7 @@ class OutOfFold:
 
     @property
     def predicted(self) -> np.ndarray:
+        """The predicted class index of every row."""
         return self.proba.argmax(axis=1)
 
 
@@ -108,6 +113,7 @@ class BootstrapGain:
     rows: int
 
     def to_dict(self) -> dict[str, float | int]:
+        """The interval as JSON-ready data."""
         return dict(self.__dict__)
 
 

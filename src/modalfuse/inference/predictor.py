@@ -7,6 +7,7 @@ is kept out. Bad rows become error entries; they never take the other rows down.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from modalfuse.errors import InvalidInput
 from modalfuse.features.image import (
     ImageError,
     load_first_frame,
@@ -26,10 +28,10 @@ from modalfuse.features.image import (
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import RecordError, parse_record, records_columns
 from modalfuse.inference.bundle import ModelBundle, load_bundle
-from modalfuse.spec import DatasetSpec
+from modalfuse.spec import DatasetSpec, FieldKind
 
 
-class PredictionInputError(ValueError):
+class PredictionInputError(InvalidInput):
     """One or more rows cannot be scored; `errors` maps row index -> {field: message}."""
 
     def __init__(self, errors: dict[int, dict[str, str]]):
@@ -38,7 +40,7 @@ class PredictionInputError(ValueError):
         super().__init__(f"{len(errors)} row(s) invalid; row {first[0]}: {first[1]}")
 
 
-class PixelBudgetError(ValueError):
+class PixelBudgetError(InvalidInput):
     """A call's images declare more pixels in all than it may decode; nothing was decoded."""
 
     def __init__(self, total: int, n_images: int, limit: int):
@@ -50,6 +52,8 @@ class PixelBudgetError(ValueError):
 
 @dataclass
 class Prepared:
+    """Rows after validation: the indices that passed, their features, and errors of the rest."""
+
     valid: list[int]  # row indices that passed validation, in order
     batch: FeatureBatch | None
     errors: dict[int, dict[str, str]]
@@ -68,6 +72,12 @@ class PredictionEvent:
 
 
 class Predictor:
+    """The one inference path: raw records and image bytes in, probabilities or per-row errors out.
+
+    Built from one bundle and shared by evaluation, batch scoring, the API and the UI;
+    observers see every scored call.
+    """
+
     def __init__(self, bundle: ModelBundle, max_image_bytes: int = 2_000_000,
                  max_image_pixels: int = 4_000_000):
         self.bundle = bundle
@@ -78,18 +88,22 @@ class Predictor:
 
     @classmethod
     def from_path(cls, path: Path | str, **limits: int) -> Predictor:
+        """The Predictor of the bundle at `path`, with optional image limits."""
         return cls(load_bundle(Path(path)), **limits)
 
     @property
     def spec(self) -> DatasetSpec:
+        """The spec of the data the model was trained on."""
         return self.bundle.spec
 
     @property
     def labels(self) -> list[str]:
+        """The class labels, in the order of the probability columns."""
         return self.bundle.labels
 
     @property
     def model_version(self) -> str:
+        """The version of the bundle that makes the predictions."""
         return self.bundle.model_version
 
     def open_header(self, data: bytes | None) -> Image.Image:
@@ -118,7 +132,7 @@ class Predictor:
         cost of reading headers. `from_text` is `parse_record`'s (tables read from CSV).
         """
         if len(records) != len(images):
-            raise ValueError(f"{len(records)} records but {len(images)} images")
+            raise InvalidInput(f"{len(records)} records but {len(images)} images")
         headers: list[Image.Image | None] = []
         image_errors: dict[int, str] = {}
         for i, data in enumerate(images):
@@ -204,6 +218,7 @@ class Predictor:
             observe(event)
 
     def format(self, p: np.ndarray, top_k: int = 3) -> dict[str, Any]:
+        """One prediction as the API returns it: the label, every probability and the top `top_k`."""
         order = np.argsort(-p)[:top_k]
         return {
             "label": self.labels[int(order[0])],
@@ -227,10 +242,6 @@ def table_records(spec: DatasetSpec, table: pd.DataFrame) -> list[dict[str, Any]
 
 def api_body(spec: DatasetSpec, record: dict[str, Any], image: bytes) -> dict[str, Any]:
     """A /v1/predict JSON body for a raw record and its image bytes."""
-    import base64
-
-    from modalfuse.spec import FieldKind
-
     fields = parse_record(spec, record, allow_extra=True)
     for f in spec.fields:
         if f.kind == FieldKind.multi:

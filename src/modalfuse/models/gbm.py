@@ -9,6 +9,7 @@ import lightgbm as lgb
 import numpy as np
 
 from modalfuse.features.preprocess import FeatureBatch
+from modalfuse.features.tabular import NotFittedError
 from modalfuse.models.registry import register
 
 DEFAULT_PARAMS = {
@@ -30,13 +31,16 @@ DEFAULT_PARAMS = {
 
 
 def gbm_inputs(batch: FeatureBatch, use_image_stats: bool) -> np.ndarray:
+    """The matrix LightGBM reads: the raw tabular columns, and image statistics when asked."""
     if use_image_stats:
         return np.hstack([batch.tabular, batch.image_stats])
     return batch.tabular
 
 
-@register
+@register(libraries=("lightgbm",))
 class GBMModel:
+    """The `lightgbm` served kind: gradient-boosted trees on tabular features (and image statistics)."""
+
     kind: ClassVar[str] = "lightgbm"
 
     def __init__(self, use_image_stats: bool = True, num_boost_round: int = 300,
@@ -50,6 +54,7 @@ class GBMModel:
 
     def fit(self, batch: FeatureBatch, y: np.ndarray, n_classes: int,
             feature_names: list[str] | None = None) -> GBMModel:
+        """Train the booster on a batch and integer labels, class-balanced by default; returns self."""
         x = gbm_inputs(batch, self.use_image_stats)
         weight = None
         if self.class_weight == "balanced":
@@ -62,19 +67,20 @@ class GBMModel:
         return self
 
     def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
+        """(n, n_classes) probabilities; NotFittedError before `fit`."""
         if self.booster_ is None:
-            from modalfuse.features.tabular import NotFittedError
-
             raise NotFittedError("GBMModel is not fitted; call fit() first")
         x = gbm_inputs(batch, self.use_image_stats)
         return np.asarray(self.booster_.predict(x, num_threads=1), dtype=np.float64)
 
     def feature_importance(self) -> dict[str, float]:
+        """Total split gain per input column, by column name."""
         assert self.booster_ is not None
         gains = self.booster_.feature_importance("gain")
         return dict(zip(self.booster_.feature_name(), gains.tolist(), strict=True))
 
     def save(self, directory: Path) -> dict:
+        """Write the booster as LightGBM's text model; return the meta `load` reads."""
         assert self.booster_ is not None
         (directory / "model.lgb.txt").write_text(self.booster_.model_to_string())
         return {"kind": self.kind, "file": "model.lgb.txt", "use_image_stats": self.use_image_stats,
@@ -83,6 +89,7 @@ class GBMModel:
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> GBMModel:
+        """The model `save` wrote into `directory`."""
         m = cls(use_image_stats=meta["use_image_stats"], num_boost_round=meta["num_boost_round"],
                 params=meta["params"], class_weight=meta.get("class_weight"))
         m.booster_ = lgb.Booster(model_str=(directory / meta["file"]).read_text())

@@ -11,6 +11,8 @@ DEVICES = ("cpu", "cuda", "auto")
 
 
 class NetConfig(BaseModel):
+    """Settings of a neural model (image CNN or intermediate fusion), validated; readable without torch."""
+
     image_size: int = Field(default=32, ge=8, le=256, description="pixels the network sees")
     epochs: int = Field(default=24, ge=1)
     batch_size: int = Field(default=64, ge=2)

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from modalfuse.errors import InvalidInput
 from modalfuse.features.image_tensor import image_tensor
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import NotFittedError
@@ -22,12 +23,14 @@ NET_INPUTS = ("image", "tabular")
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits, shifted for numerical stability."""
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
 
 def log_proba(p: np.ndarray) -> np.ndarray:
+    """Log-probabilities, clipped so a zero probability stays finite."""
     # Clip so a part that is certain (p = 0 for a class) cannot veto it with -inf.
     return np.log(np.clip(p, 1e-7, 1.0))
 
@@ -41,7 +44,7 @@ def net_feeds(batch: FeatureBatch, inputs: list[str], image_size: int) -> dict[s
         elif name == "tabular":
             feeds[name] = np.ascontiguousarray(batch.tabular_dense, dtype=np.float32)
         else:
-            raise ValueError(f"unknown network input {name!r}; known: {list(NET_INPUTS)}")
+            raise InvalidInput(f"unknown network input {name!r}; known: {list(NET_INPUTS)}")
     return feeds
 
 
@@ -55,7 +58,7 @@ def _load_part(directory: Path, meta: dict) -> Model:
     return load_model(directory / meta["dir"], meta)
 
 
-@register
+@register(libraries=("onnxruntime",))
 class OnnxNetModel:
     """A network exported to ONNX: named inputs from the FeatureBatch, outputs `logits` (+ `embedding`)."""
 
@@ -72,6 +75,7 @@ class OnnxNetModel:
 
     @property
     def session(self):
+        """The ONNX Runtime session, built on first use with one thread."""
         if self._session is None:
             import onnxruntime as ort
 
@@ -84,33 +88,39 @@ class OnnxNetModel:
         return self._session
 
     def run(self, batch: FeatureBatch) -> dict[str, np.ndarray]:
+        """The network's named outputs for a batch."""
         feeds = net_feeds(batch, self.inputs, self.image_size)
         values = self.session.run(self.outputs, feeds)
         return dict(zip(self.outputs, values, strict=True))
 
     def logits(self, batch: FeatureBatch) -> np.ndarray:
+        """The network's class logits for a batch."""
         return np.asarray(self.run(batch)["logits"], dtype=np.float64)
 
     def embedding(self, batch: FeatureBatch) -> np.ndarray:
+        """The network's penultimate embedding for a batch (InvalidInput if it exports none)."""
         if "embedding" not in self.outputs:
-            raise ValueError(f"this network has no 'embedding' output; outputs: {self.outputs}")
+            raise InvalidInput(f"this network has no 'embedding' output; outputs: {self.outputs}")
         return np.asarray(self.run(batch)["embedding"], dtype=np.float64)
 
     def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
+        """Softmax of the network's logits."""
         return softmax(self.logits(batch))
 
     def save(self, directory: Path) -> dict:
+        """Write the ONNX file; return the meta `load` reads."""
         (directory / "net.onnx").write_bytes(self.onnx_bytes)
         return {"kind": self.kind, "file": "net.onnx", "inputs": self.inputs,
                 "image_size": self.image_size, "outputs": self.outputs}
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> OnnxNetModel:
+        """The network `save` wrote into `directory`."""
         return cls((directory / meta["file"]).read_bytes(), meta["inputs"], meta["image_size"],
                    meta["outputs"])
 
 
-@register
+@register()
 class StackingModel:
     """Late fusion: a log-linear pool of the parts' probabilities, fitted on out-of-fold predictions.
 
@@ -159,15 +169,18 @@ class StackingModel:
         return self
 
     def combine(self, part_probas: list[np.ndarray]) -> np.ndarray:
+        """The pooled probabilities from the parts' probabilities (in `parts` order)."""
         if self.weights_ is None or self.bias_ is None:
             raise NotFittedError("StackingModel is not fitted; call fit_meta() first")
         z = sum(w * log_proba(p) for w, p in zip(self.weights_, part_probas, strict=True))
         return softmax(z + self.bias_)
 
     def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
+        """Pool the parts' probabilities for a batch."""
         return self.combine([part.predict_proba(batch) for part in self.parts.values()])
 
     def save(self, directory: Path) -> dict:
+        """Write each part into its own sub-folder; return the pool's weights and the parts' meta."""
         if self.weights_ is None or self.bias_ is None:
             raise NotFittedError("StackingModel is not fitted; call fit_meta() first")
         parts = [_save_part(model, directory, name) for name, model in self.parts.items()]
@@ -176,13 +189,14 @@ class StackingModel:
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> StackingModel:
+        """The stacked model `save` wrote, its parts loaded through the kind registry."""
         m = cls({p["name"]: _load_part(directory, p) for p in meta["parts"]}, meta["l2"],
                 meta["balanced"])
         m.weights_, m.bias_ = np.array(meta["weights"]), np.array(meta["bias"])
         return m
 
 
-@register
+@register()
 class EmbeddingGBMModel:
     """CNN embeddings as features: LightGBM on tabular + image statistics + the network's embedding."""
 
@@ -194,26 +208,30 @@ class EmbeddingGBMModel:
 
     @staticmethod
     def with_embedding(batch: FeatureBatch, emb: np.ndarray) -> FeatureBatch:
+        """The batch with the embedding appended to its image statistics (what the GBM was trained on)."""
         # The GBM reads image statistics; the embedding rides along as more of them.
         return FeatureBatch(batch.tabular, batch.tabular_dense,
                             np.hstack([batch.image_stats, emb]), batch.images)
 
     def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
+        """The GBM's probabilities on the batch plus the network's embedding."""
         return self.gbm.predict_proba(self.with_embedding(batch, self.embedder.embedding(batch)))
 
     def save(self, directory: Path) -> dict:
+        """Write the embedder and the GBM into their sub-folders; return their meta."""
         return {"kind": self.kind, "parts": [_save_part(self.embedder, directory, "embedder"),
                                              _save_part(self.gbm, directory, "gbm")]}
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> EmbeddingGBMModel:
+        """The model `save` wrote, its parts loaded through the kind registry."""
         parts = {p["name"]: _load_part(directory, p) for p in meta["parts"]}
         embedder = parts["embedder"]
         assert isinstance(embedder, OnnxNetModel)
         return cls(embedder, parts["gbm"])
 
 
-@register
+@register()
 class CalibratedModel:
     """Temperature scaling of any model's probabilities; T is fitted on held-out (out-of-fold) rows."""
 
@@ -224,18 +242,22 @@ class CalibratedModel:
         self.temperature = temperature
 
     def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
+        """The inner model's probabilities, tempered."""
         return apply_temperature(self.inner.predict_proba(batch), self.temperature)
 
     def save(self, directory: Path) -> dict:
+        """Write the inner model into its sub-folder; return it with the temperature."""
         return {"kind": self.kind, "temperature": self.temperature,
                 "parts": [_save_part(self.inner, directory, "inner")]}
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> CalibratedModel:
+        """The calibrated model `save` wrote, its inner model loaded through the kind registry."""
         return cls(_load_part(directory, meta["parts"][0]), meta["temperature"])
 
 
 def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities rescaled by a temperature (> 1 softens, < 1 sharpens)."""
     return softmax(log_proba(p) / temperature)
 
 

@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from modalfuse.data.dataset import load_dataset
+from modalfuse.data.split import load_splits
+from modalfuse.errors import DataError
 from modalfuse.features.tabular import RecordError, parse_record, records_frame
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.monitor.predlog import LoggedPredictions
@@ -27,12 +30,14 @@ PSI_WARN, PSI_DRIFT = 0.1, 0.25
 MIN_ROWS = 30  # fewer serving rows than this say little about a distribution
 
 
-class NoReferenceError(RuntimeError):
+class NoReferenceError(DataError):
     """The training reference of a model cannot be found or built here."""
 
 
 @dataclass
 class Reference:
+    """What the served model saw in training: its features, raw fields and predictions (drift's baseline)."""
+
     model_version: str
     feature_names: list[str]
     features: np.ndarray  # (n, d) float32, what the model saw in training
@@ -40,6 +45,7 @@ class Reference:
     predicted: np.ndarray  # model's predicted label per training row
 
     def save(self, folder: Path) -> None:
+        """Write the reference into `folder` (cached per model version)."""
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "features.npy", self.features)
         self.fields.to_parquet(folder / "fields.parquet", index=False)
@@ -49,12 +55,14 @@ class Reference:
 
     @classmethod
     def load(cls, folder: Path) -> Reference:
+        """The reference saved in `folder`."""
         meta = json.loads((folder / "reference.json").read_text())
         return cls(meta["model_version"], meta["feature_names"], np.load(folder / "features.npy"),
                    pd.read_parquet(folder / "fields.parquet"), np.array(meta["predicted"]))
 
 
 def feature_names(predictor: Predictor) -> list[str]:
+    """Names of the logged feature vector: the preprocessor's tabular columns then image statistics."""
     pre = predictor.bundle.preprocessor
     return [*pre.tabular_names, *pre.image_stat_names]
 
@@ -75,9 +83,7 @@ def build_reference(predictor: Predictor, table: pd.DataFrame, images: list[byte
 
 
 def reference_from_dataset(predictor: Predictor, dataset_dir: Path) -> Reference:
-    from modalfuse.data.dataset import load_dataset
-    from modalfuse.data.split import load_splits
-
+    """The reference of the served model from its dataset's training rows."""
     if not (dataset_dir / "spec.json").exists() and not dataset_dir.exists():
         raise NoReferenceError(f"dataset folder {dataset_dir} does not exist")
     ds = load_dataset(dataset_dir, validate=False)
@@ -125,6 +131,7 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
 
 
 def categorical_psi(reference: pd.Series, current: pd.Series) -> float:
+    """Population stability index between two categorical samples (smoothed counts)."""
     cats = sorted(set(reference.astype(str)) | set(current.astype(str)))
     r = reference.astype(str).value_counts().reindex(cats, fill_value=0).to_numpy() + 0.5
     c = current.astype(str).value_counts().reindex(cats, fill_value=0).to_numpy() + 0.5
@@ -139,6 +146,7 @@ def _band(value: float) -> str:
 
 
 def serving_fields(spec: DatasetSpec, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Logged records parsed into typed fields; rows that no longer parse are skipped."""
     parsed = []
     for r in records:
         try:
@@ -149,6 +157,7 @@ def serving_fields(spec: DatasetSpec, records: list[dict[str, Any]]) -> pd.DataF
 
 
 def field_drift(spec: DatasetSpec, reference: pd.DataFrame, current: pd.DataFrame) -> list[dict]:
+    """PSI of every input field between training and serving, worst first, with its status band."""
     out = []
     for f in spec.fields:
         if f.name not in reference or f.name not in current:
@@ -164,6 +173,7 @@ def field_drift(spec: DatasetSpec, reference: pd.DataFrame, current: pd.DataFram
 
 
 def feature_skew(reference: Reference, current: np.ndarray, names: list[str]) -> list[dict]:
+    """PSI of every model feature between training and serving, worst first (training-serving skew)."""
     if names != reference.feature_names:
         raise NoReferenceError("logged features do not match the reference's feature names; "
                                "the log holds another model's rows")

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from modalfuse.inference.predictor import PredictionEvent
-from modalfuse.serve.logging import request_id_var
+from modalfuse.monitor.context import request_id_var
 
 log = logging.getLogger("modalfuse.monitor")
 
@@ -88,6 +88,7 @@ class PredictionLog:
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection to the log database, in WAL mode, closed on exit."""
         db = sqlite3.connect(self.path, timeout=30)
         try:
             # Before WAL mode is set, so that a new file gets it; an old file is converted by
@@ -101,6 +102,7 @@ class PredictionLog:
             db.close()
 
     def open(self) -> PredictionLog:
+        """Create the database and its tables if needed; returns self."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as db:
             db.executescript(SCHEMA)
@@ -108,6 +110,7 @@ class PredictionLog:
 
     # -- writing -------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the background writer thread (again, if it stopped)."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self.open()
@@ -116,6 +119,7 @@ class PredictionLog:
                 self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Flush what is queued and stop the writer thread, waiting at most `timeout` seconds."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
@@ -277,6 +281,8 @@ class PredictionLog:
     # -- reading -------------------------------------------------------------------------
     def read(self, model_version: str | None = None, since: float | None = None,
              limit: int | None = None) -> LoggedPredictions:
+        """Logged rows, oldest first: the latest `limit` of them (all by default), of one
+        model version and since a time when given."""
         if not self.path.exists():
             return LoggedPredictions.empty()
         where: list[str] = []
@@ -305,6 +311,7 @@ class LoggedPredictions:
 
     @classmethod
     def empty(cls) -> LoggedPredictions:
+        """A frame with the log's columns and no rows."""
         return cls(pd.DataFrame(columns=["id", "ts", "request_id", "model_version", "latency_ms",
                                          "label", "confidence", "inputs", "proba", "features"]),
                    {})
@@ -313,12 +320,15 @@ class LoggedPredictions:
         return len(self.frame)
 
     def records(self) -> list[dict[str, Any]]:
+        """The raw input records of the logged rows."""
         return [json.loads(s) for s in self.frame["inputs"]]
 
     def features(self) -> np.ndarray:
+        """(n, d) float32 feature vectors of the logged rows."""
         if not len(self.frame):
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([np.frombuffer(b, dtype=np.float32) for b in self.frame["features"]])
 
     def feature_names(self, model_version: str) -> list[str]:
+        """Names of the feature vector logged for `model_version`."""
         return self.models.get(model_version, ([], []))[1]

@@ -74,6 +74,7 @@ def evidently_drift(predictor: Predictor, reference: Reference, logged: LoggedPr
 
 
 def skew_png(skew: list[dict], path: Path, top: int = 15) -> None:
+    """Save a bar chart of the `top` most skewed features' PSI as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

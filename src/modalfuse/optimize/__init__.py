@@ -14,8 +14,10 @@ import numpy as np
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
+from modalfuse.errors import InvalidInput
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.inference.bundle import ModelBundle, load_bundle, save_bundle, update_bundle_meta
+from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.models.neural import OnnxNetModel
 from modalfuse.models.registry import Model
 
@@ -41,15 +43,13 @@ def training_batch(bundle: ModelBundle, ds: Dataset, splits: Splits, rows: int |
                    seed: int = 0) -> tuple[np.ndarray, FeatureBatch]:
     """(ids, features) of training-split rows, turned into features by the bundle's own
     Predictor.prepare (the one inference path), never touching the test split."""
-    from modalfuse.inference.predictor import Predictor, table_records
-
     ids = np.asarray(splits.ids("train"))
     if rows is not None and rows < len(ids):
         ids = np.sort(np.random.default_rng(seed).choice(ids, rows, replace=False))
     table = ds.table.set_index(ds.spec.id_column).loc[ids].reset_index()
     prep = Predictor(bundle).prepare(table_records(ds.spec, table), ds.row_images(table))
     if prep.errors or prep.batch is None:
-        raise ValueError(f"training rows failed to prepare: {dict(list(prep.errors.items())[:3])}")
+        raise InvalidInput(f"training rows failed to prepare: {dict(list(prep.errors.items())[:3])}")
     return ids, prep.batch
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
+from modalfuse.errors import InvalidInput
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.inference.evaluate import classification_metrics
 from modalfuse.inference.predictor import Predictor, table_records
@@ -27,6 +28,8 @@ from modalfuse.optimize import file_size, onnx_parts
 
 @dataclass
 class Variant:
+    """One bundle under comparison: its Predictor and the timings and scores measured on it."""
+
     name: str
     path: Path
     predictor: Predictor
@@ -39,16 +42,17 @@ class Variant:
 
 
 def parse_variant(text: str) -> tuple[str, Path]:
+    """(name, bundle path) from a `NAME=BUNDLE_PATH` option."""
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise ValueError(f"variant {text!r} is not NAME=BUNDLE_PATH (e.g. fp32=models/opt/fp32)")
+        raise InvalidInput(f"variant {text!r} is not NAME=BUNDLE_PATH (e.g. fp32=models/opt/fp32)")
     return name, Path(path)
 
 
 def _prepared(predictor: Predictor, record: dict[str, Any], image: bytes) -> FeatureBatch:
     batch = predictor.prepare([record], [image]).batch
     if batch is None:
-        raise ValueError("a test row failed to prepare")
+        raise InvalidInput("a test row failed to prepare")
     return batch
 
 
@@ -56,7 +60,7 @@ def _prepared_many(predictor: Predictor, records: list[dict[str, Any]], images: 
                    ) -> FeatureBatch:
     batch = predictor.prepare(records, images).batch
     if batch is None:
-        raise ValueError("test rows failed to prepare")
+        raise InvalidInput("test rows failed to prepare")
     return batch
 
 
@@ -72,13 +76,13 @@ def bench_models(variants: list[tuple[str, Path]], ds: Dataset, splits: Splits,
 
     names = [n for n, _ in variants]
     if len(set(names)) != len(names):
-        raise ValueError(f"variant names must be distinct, got {names}")
+        raise InvalidInput(f"variant names must be distinct, got {names}")
     baseline = baseline or names[0]
     if baseline not in names:
-        raise ValueError(f"baseline {baseline!r} is not a variant; variants: {names}")
+        raise InvalidInput(f"baseline {baseline!r} is not a variant; variants: {names}")
     for a, b in versus or []:
         if a not in names or b not in names:
-            raise ValueError(f"--versus {a}={b}: both must be variants; variants: {names}")
+            raise InvalidInput(f"--versus {a}={b}: both must be variants; variants: {names}")
     vs = [Variant(n, p, Predictor.from_path(p)) for n, p in variants]
     ids = splits.ids("test")
     table = ds.table.set_index(ds.spec.id_column).loc[ids].reset_index()
@@ -89,7 +93,7 @@ def bench_models(variants: list[tuple[str, Path]], ds: Dataset, splits: Splits,
         pos = {lab: i for i, lab in enumerate(v.predictor.labels)}
         y = table[ds.spec.target].map(pos).to_numpy()
         if np.isnan(y.astype(float)).any():
-            raise ValueError(f"{v.name}: test labels unknown to the model")
+            raise InvalidInput(f"{v.name}: test labels unknown to the model")
         m = classification_metrics(proba, y.astype(int), v.predictor.labels)
         bundle = v.predictor.bundle
         rows[v.name] = {"variant": v.name, "bundle": str(v.path), "model_version": v.predictor.model_version,
@@ -187,6 +191,7 @@ def _cell(key: str, fmt: str, value: Any) -> str:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
+    """The comparison as a markdown table, one row per variant."""
     lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     for r in report["rows"]:
@@ -203,6 +208,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def save_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Write the comparison as `bench_models.json` and `.md` into `out`; returns both paths."""
     out.mkdir(parents=True, exist_ok=True)
     j, md = out / "bench_models.json", out / "bench_models.md"
     j.write_text(json.dumps(report, indent=2, default=float))

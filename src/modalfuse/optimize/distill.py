@@ -16,19 +16,20 @@ from rich.progress import Progress
 from torch import nn
 from torch.nn import functional as F
 
+from modalfuse.errors import InvalidInput
 from modalfuse.features.image_tensor import image_tensor
 from modalfuse.inference.bundle import ModelBundle
 from modalfuse.models.netconfig import NetConfig
 from modalfuse.models.neural import CalibratedModel, StackingModel, apply_temperature
 from modalfuse.optimize.prune import ALL_FOLDS, save_net_bundle
-from modalfuse.training.folds import CrossFitter
+from modalfuse.training.folds import FoldEngine
 from modalfuse.training.nets import FusionNet, TrainingImages, make_augment, seed_everything
 
 STUDENT = NetConfig(image_size=16, width=4, embed_dim=16, tab_hidden=32, epochs=30, lr=5e-3,
                     dropout=0.2, tab_dropout=0.2)
 
 
-def teacher_soft_targets(fitter: CrossFitter, teacher: ModelBundle) -> tuple[np.ndarray, np.ndarray]:
+def teacher_soft_targets(fitter: FoldEngine, teacher: ModelBundle) -> tuple[np.ndarray, np.ndarray]:
     """(raw rows, probabilities) of every training row, predicted out of fold by the teacher's
     recipe (its model, refitted per CV fold by `fitter`), calibrated as the teacher is."""
     name = str(teacher.meta.get("training", {}).get("config", {}).get("model", "gbm"))
@@ -45,7 +46,7 @@ def teacher_soft_targets(fitter: CrossFitter, teacher: ModelBundle) -> tuple[np.
     return rows, apply_temperature(proba, temperature)
 
 
-def _images(fitter: CrossFitter, rows: np.ndarray, size: int) -> TrainingImages:
+def _images(fitter: FoldEngine, rows: np.ndarray, size: int) -> TrainingImages:
     vp, vo = fitter.view_images()
     local = {int(p): i for i, p in enumerate(rows)}
     keep = np.array([int(o) in local for o in vo], dtype=bool)
@@ -63,7 +64,7 @@ def distill_loss(logits: torch.Tensor, soft: torch.Tensor, hard: torch.Tensor,
     return alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(logits, hard)
 
 
-def fit_student(fitter: CrossFitter, soft: np.ndarray, cfg: NetConfig = STUDENT,
+def fit_student(fitter: FoldEngine, soft: np.ndarray, cfg: NetConfig = STUDENT,
                 temperature: float = 2.0, alpha: float = 0.7, seed: int = 42) -> nn.Module:
     """Train the student on training rows: teacher's out-of-fold soft targets + hard labels."""
     seed_everything(seed)
@@ -104,13 +105,13 @@ def fit_student(fitter: CrossFitter, soft: np.ndarray, cfg: NetConfig = STUDENT,
     return net.eval()
 
 
-def distill(fitter: CrossFitter, teacher: ModelBundle, out: Path, cfg: NetConfig = STUDENT,
+def distill(fitter: FoldEngine, teacher: ModelBundle, out: Path, cfg: NetConfig = STUDENT,
             temperature: float = 2.0, alpha: float = 0.7, seed: int = 42) -> ModelBundle:
     """Distil `teacher` into a small FusionNet; the student is saved as a one-network bundle."""
     started = time.perf_counter()
     rows, soft = teacher_soft_targets(fitter, teacher)
     if not np.array_equal(rows, fitter.rows(ALL_FOLDS)):
-        raise ValueError("soft targets do not cover the training rows in order")
+        raise InvalidInput("soft targets do not cover the training rows in order")
     y = fitter.raw.y[rows]
     net = fit_student(fitter, soft, cfg, temperature, alpha, seed)
     how = {"method": "distillation", "teacher": teacher.model_version,

@@ -3,7 +3,7 @@
 Each conv layer keeps its most important output channels (L1 norm of the filter times
 |BatchNorm gamma|, as in network slimming); the net is rebuilt *narrower*, so the saved
 ONNX graph does less arithmetic and CPU latency really drops (masks alone would not).
-Training and fine-tuning use training-split rows only (the CrossFitter's rows).
+Training and fine-tuning use training-split rows only (the FoldEngine's rows).
 """
 
 from __future__ import annotations
@@ -15,27 +15,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from modalfuse.errors import InvalidInput
 from modalfuse.inference.bundle import ModelBundle, load_bundle, save_bundle, update_bundle_meta
 from modalfuse.models.netconfig import NetConfig
 from modalfuse.models.neural import OnnxNetModel, net_feeds
-from modalfuse.training.folds import CrossFitter
+from modalfuse.training.folds import FoldEngine
 from modalfuse.training.nets import FusionNet, ImageNet, export_onnx, fit_network
+from modalfuse.training.train import request_example
 
 ALL_FOLDS: frozenset[int] = frozenset()
 
 
 def pruned_width(width: int, sparsity: float) -> int:
+    """The channel width left after pruning a share `sparsity` of the channels."""
     if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        raise InvalidInput(f"sparsity must be in [0, 1), got {sparsity}")
     return max(1, round(width * (1 - sparsity)))
 
 
 def build_net(kind: str, n_classes: int, n_tabular: int, cfg: NetConfig) -> nn.Module:
+    """A fresh network of `kind` ("cnn" or "intermediate") for the data's shapes."""
     if kind == "intermediate":
         return FusionNet(n_classes, n_tabular, cfg)
     if kind == "cnn":
         return ImageNet(n_classes, cfg)
-    raise ValueError(f"unknown network {kind!r}; choose 'cnn' or 'intermediate'")
+    raise InvalidInput(f"unknown network {kind!r}; choose 'cnn' or 'intermediate'")
 
 
 def _convs(net: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
@@ -70,10 +74,11 @@ def channel_prune(net: nn.Module, pruned: nn.Module) -> nn.Module:
 
 
 def count_params(net: nn.Module) -> int:
+    """The number of weights of a network."""
     return sum(p.numel() for p in net.parameters())
 
 
-def train_net(fitter: CrossFitter, kind: str, cfg: NetConfig, seed: int,
+def train_net(fitter: FoldEngine, kind: str, cfg: NetConfig, seed: int,
               net: nn.Module | None = None, description: str = "network") -> nn.Module:
     """Fit (or fine-tune, when `net` is given) a network on every training-split row."""
     rows = fitter.rows(ALL_FOLDS)
@@ -85,18 +90,17 @@ def train_net(fitter: CrossFitter, kind: str, cfg: NetConfig, seed: int,
                        fitter.n_classes, cfg, seed, description=description)
 
 
-def to_onnx_model(fitter: CrossFitter, net: nn.Module, image_size: int) -> OnnxNetModel:
+def to_onnx_model(fitter: FoldEngine, net: nn.Module, image_size: int) -> OnnxNetModel:
+    """The network exported to ONNX as a served `onnx_net` model (logits and embedding)."""
     rows = fitter.rows(ALL_FOLDS)[:2]
     inputs = list(getattr(net, "input_names"))  # noqa: B009
     feeds = net_feeds(fitter.batch(ALL_FOLDS, rows), inputs, image_size)
     return OnnxNetModel(export_onnx(net, feeds), inputs, image_size, outputs=["logits", "embedding"])
 
 
-def save_net_bundle(fitter: CrossFitter, net: nn.Module, kind: str, cfg: NetConfig, out: Path,
+def save_net_bundle(fitter: FoldEngine, net: nn.Module, kind: str, cfg: NetConfig, out: Path,
                     how: dict) -> ModelBundle:
     """A bundle of one network (no calibration: every variant is compared as trained)."""
-    from modalfuse.training.train import request_example
-
     ds, splits = fitter.ds, fitter.splits
     model = to_onnx_model(fitter, net, cfg.image_size)
     bundle = save_bundle(out, ds.spec, fitter.preprocessor(ALL_FOLDS), model, fitter.labels,
@@ -112,7 +116,7 @@ def save_net_bundle(fitter: CrossFitter, net: nn.Module, kind: str, cfg: NetConf
     return load_bundle(bundle.path)
 
 
-def prune_network(fitter: CrossFitter, dense: nn.Module, kind: str, cfg: NetConfig,
+def prune_network(fitter: FoldEngine, dense: nn.Module, kind: str, cfg: NetConfig,
                   sparsity: float, finetune_epochs: int, seed: int) -> nn.Module:
     """The dense net pruned to `sparsity` of its trunk channels, then fine-tuned."""
     small_cfg = cfg.model_copy(update={"width": pruned_width(cfg.width, sparsity),
@@ -123,7 +127,7 @@ def prune_network(fitter: CrossFitter, dense: nn.Module, kind: str, cfg: NetConf
                      description=f"fine-tuning {int(sparsity * 100)}% pruned {kind}")
 
 
-def prune_variants(fitter: CrossFitter, out_root: Path, kind: str = "intermediate",
+def prune_variants(fitter: FoldEngine, out_root: Path, kind: str = "intermediate",
                    sparsities: tuple[float, ...] = (0.25, 0.5), finetune_epochs: int = 8,
                    seed: int = 42, cfg: NetConfig | None = None) -> dict[str, ModelBundle]:
     """Train the dense FP32 network, then prune it at each sparsity and fine-tune; one bundle each."""
@@ -145,4 +149,5 @@ def prune_variants(fitter: CrossFitter, out_root: Path, kind: str = "intermediat
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of rows on which two probability matrices predict the same class."""
     return float((a.argmax(1) == b.argmax(1)).mean())

@@ -15,6 +15,7 @@ import numpy as np
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
+from modalfuse.errors import InvalidInput
 from modalfuse.inference.bundle import ModelBundle
 from modalfuse.models.neural import OnnxNetModel, net_feeds
 from modalfuse.optimize import derive_bundle, fresh_copy, onnx_parts, training_batch
@@ -49,7 +50,7 @@ def quantize_onnx(onnx_bytes: bytes, mode: str, calibration: dict[str, np.ndarra
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if mode not in MODES:
-        raise ValueError(f"unknown quantization mode {mode!r}; choose one of {list(MODES)}")
+        raise InvalidInput(f"unknown quantization mode {mode!r}; choose one of {list(MODES)}")
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, out = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(onnx_bytes)
@@ -57,7 +58,7 @@ def quantize_onnx(onnx_bytes: bytes, mode: str, calibration: dict[str, np.ndarra
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         if mode == "static":
             if calibration is None:
-                raise ValueError("static quantization needs calibration feeds from training rows")
+                raise InvalidInput("static quantization needs calibration feeds from training rows")
             quantize_static(str(pre), str(out), _Feeds(calibration), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
@@ -71,13 +72,13 @@ def quantize_bundle(source: ModelBundle, ds: Dataset, splits: Splits, out: Path,
                     mode: str = "static", calibration_rows: int = 256, seed: int = 0) -> ModelBundle:
     """A new bundle whose every ONNX network is INT8 (static QDQ or dynamic)."""
     if mode not in MODES:
-        raise ValueError(f"unknown quantization mode {mode!r}; choose one of {list(MODES)}")
+        raise InvalidInput(f"unknown quantization mode {mode!r}; choose one of {list(MODES)}")
     copy = fresh_copy(source)
     parts = list(onnx_parts(copy.model))
     if not parts:
-        raise ValueError(f"bundle {source.model_version} has no ONNX network to quantize "
-                         f"(model kind {source.meta['model']['kind']!r}); quantization applies to "
-                         "neural models and fused models that hold one")
+        raise InvalidInput(f"bundle {source.model_version} has no ONNX network to quantize "
+                           f"(model kind {source.meta['model']['kind']!r}); quantization applies to "
+                           "neural models and fused models that hold one")
     ids, batch = (training_batch(source, ds, splits, calibration_rows, seed) if mode == "static"
                   else (np.array([]), None))
     for path, part in parts:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from modalfuse.errors import InvalidInput
+
 
 def _split(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
-        raise ValueError(f"expected an s3://bucket/key URI, got {uri!r}")
+        raise InvalidInput(f"expected an s3://bucket/key URI, got {uri!r}")
     bucket, _, key = uri[5:].partition("/")
     return bucket, key
 
 
 def download_prefix(uri: str, dest: Path) -> int:
+    """Copy every object under an S3 prefix into `dest`; returns how many were copied."""
     import boto3
 
     bucket, prefix = _split(uri)
@@ -29,7 +32,7 @@ def download_prefix(uri: str, dest: Path) -> int:
             rel = obj["Key"][len(prefix):].lstrip("/")
             target = (root / rel).resolve()
             if not rel or not target.is_relative_to(root):
-                raise ValueError(f"S3 key {obj['Key']!r} would be written outside {dest}")
+                raise InvalidInput(f"S3 key {obj['Key']!r} would be written outside {dest}")
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, obj["Key"], str(target))
             n += 1
@@ -37,6 +40,7 @@ def download_prefix(uri: str, dest: Path) -> int:
 
 
 def upload_file(path: Path, uri: str) -> None:
+    """Copy a local file to an S3 key."""
     import boto3
 
     bucket, key = _split(uri)
@@ -44,6 +48,7 @@ def upload_file(path: Path, uri: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """The AWS Batch task's entry point: `download s3://bucket/prefix DIR` or `upload FILE s3://bucket/key`."""
     if len(argv) != 3 or argv[0] not in ("download", "upload"):
         sys.stderr.write("usage: python -m modalfuse.scale.aws_batch download s3://b/prefix DIR | "
                          "upload FILE s3://b/key\n")

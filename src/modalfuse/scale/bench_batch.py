@@ -9,18 +9,21 @@ start-up of the local Ray is timed apart). Ratios are against the Predictor limi
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import pandas as pd
 from rich.console import Console
-from rich.table import Table
+
+from modalfuse.data.dataset import load_dataset
+from modalfuse.inference.batch import load_image, predict_file
+from modalfuse.inference.predictor import Predictor, table_records
+from modalfuse.scale.ray_batch import RayBatchConfig, ray_predict_file
 
 console = Console()
 TARGET_LOCAL_RATIO = 0.8
@@ -28,10 +31,6 @@ TARGET_LOCAL_RATIO = 0.8
 
 def bench_input(dataset_root: Path, rows: int, out: Path) -> Path:
     """A CSV of `rows` dataset rows (cycled), without the target: what a batch user sends."""
-    import pandas as pd
-
-    from modalfuse.data.dataset import load_dataset
-
     ds = load_dataset(dataset_root, validate=False)
     table = ds.table.drop(columns=[ds.spec.target])
     reps = -(-rows // len(table))
@@ -52,11 +51,8 @@ def _best(fn, repeats: int) -> float:
 
 def run_bench(bundle: Path, dataset_root: Path, rows: int = 2000, chunk_size: int = 256,
               repeats: int = 3, actors: int = 2, ray_engine: bool = True) -> dict[str, Any]:
-    import pandas as pd
-
-    from modalfuse.inference.batch import load_image, predict_file
-    from modalfuse.inference.predictor import Predictor, table_records
-
+    """Time the in-process Predictor, the local batch engine and (optionally) the Ray engine on
+    the same rows; each engine's rows/s is also given as a ratio to the Predictor's."""
     predictor = Predictor.from_path(bundle)
     images = dataset_root / "images"
     result: dict[str, Any] = {}
@@ -117,8 +113,6 @@ def _bench_ray(bundle: Path, csv: Path, images: Path, work: Path, chunk_size: in
                actors: int) -> dict[str, dict]:
     import ray
 
-    from modalfuse.scale.ray_batch import RayBatchConfig, ray_predict_file
-
     t0 = time.perf_counter()
     ray.init(num_cpus=max(1, min(actors, os.cpu_count() or 1)), include_dashboard=False,
              log_to_driver=False)
@@ -144,6 +138,7 @@ LABELS = {
 
 
 def to_markdown(report: dict) -> str:
+    """The throughput report as markdown, saying which command produced it."""
     lines = [
         "# Batch scoring throughput",
         "",
@@ -162,42 +157,3 @@ def to_markdown(report: dict) -> str:
                   f"this run {verdict} it.", ""]
     return "\n".join(lines)
 
-
-def bench_batch(
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
-    = "pokemon",
-    bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="model bundle folder "
-                                                "(default: the champion, else the latest)")] = None,
-    rows: Annotated[int, typer.Option(help="rows to score (dataset rows, cycled)")] = 2000,
-    chunk_size: Annotated[int, typer.Option(help="rows per Predictor call / Ray batch")] = 256,
-    repeats: Annotated[int, typer.Option(help="runs of each in-process measurement (best kept)")] = 3,
-    actors: Annotated[int, typer.Option(help="Predictor actors for the Ray engine")] = 2,
-    ray_engine: Annotated[bool, typer.Option("--ray/--no-ray", help="also time the Ray engine")] = True,
-    out: Annotated[Path | None, typer.Option(help="folder for bench_batch.json and .md "
-                                             "(default: <data dir>/reports/bench)")] = None,
-) -> None:
-    """Rows/s of the local and Ray batch engines as ratios to the in-process Predictor limit."""
-    from modalfuse.config import Settings
-    from modalfuse.tracking.source import bundle_for
-
-    if rows < 1 or chunk_size < 1 or repeats < 1 or actors < 1:
-        console.print(f"[bold red]error:[/] rows ({rows}), chunk-size ({chunk_size}), repeats "
-                      f"({repeats}) and actors ({actors}) must all be >= 1")
-        raise typer.Exit(2)
-    s = Settings()
-    path = bundle_for(s, dataset, bundle)[0]
-    report = run_bench(path, s.dataset_dir(dataset), rows, chunk_size, repeats, actors, ray_engine)
-    t = Table(title=f"batch throughput, {rows} rows, model {report['model_version']}")
-    for col in ("engine", "seconds", "rows/s", "× limit"):
-        t.add_column(col)
-    for key, v in report["engines"].items():
-        t.add_row(LABELS.get(key, key), f"{v['seconds']:.2f}", f"{v['rows_per_s']:.0f}",
-                  f"{v['ratio_to_limit']:.2f}")
-    console.print(t)
-    folder = out or s.reports_dir / "bench"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bench_batch.json").write_text(json.dumps(report, indent=2))
-    (folder / "bench_batch.md").write_text(to_markdown(report))
-    mark = "[green]meets[/]" if report["local_meets_target"] else "[red]misses[/]"
-    console.print(f"local engine {mark} the target (≥ {TARGET_LOCAL_RATIO}× the limit); "
-                  f"wrote {folder / 'bench_batch.json'} and {folder / 'bench_batch.md'}")

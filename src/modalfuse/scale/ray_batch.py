@@ -19,7 +19,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from modalfuse.errors import InvalidInput
 from modalfuse.inference.batch import CSV_NA_VALUES, BatchInputError, score_frame
+from modalfuse.inference.bundle import load_bundle
+from modalfuse.inference.predictor import Predictor
 
 ROW = "row"
 # The row index travels under a name no input column will have; it becomes `row` on output.
@@ -149,8 +152,6 @@ class PredictorActor:
     """One Predictor per actor, loaded once; scores pandas batches with `score_frame`."""
 
     def __init__(self, bundle: str, images_dir: str, csv_text: bool):
-        from modalfuse.inference.predictor import Predictor
-
         self.predictor = Predictor.from_path(bundle)
         self.images_dir = Path(images_dir)
         self.csv_text = csv_text
@@ -233,12 +234,10 @@ def ray_predict_file(bundle: Path | str, input_path: Path | str, images_dir: Pat
     import ray
     import ray.data
 
-    from modalfuse.inference.bundle import load_bundle
-
     cfg = config or RayBatchConfig()
     if cfg.actors < 1 or cfg.batch_size < 1 or cfg.cpus_per_actor <= 0:
-        raise ValueError(f"actors ({cfg.actors}) and batch_size ({cfg.batch_size}) must be >= 1 "
-                         f"and cpus_per_actor ({cfg.cpus_per_actor}) > 0")
+        raise InvalidInput(f"actors ({cfg.actors}) and batch_size ({cfg.batch_size}) must be >= 1 "
+                           f"and cpus_per_actor ({cfg.cpus_per_actor}) > 0")
     bundle = Path(bundle).resolve()
     spec = load_bundle(bundle).spec  # fails here, clearly, not in every actor
     kind, files, names = input_columns(input_path)

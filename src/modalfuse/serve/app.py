@@ -21,6 +21,8 @@ from modalfuse.serve.routes import explain as explain_routes
 from modalfuse.serve.routes import model as model_routes
 from modalfuse.serve.routes import predict as predict_routes
 from modalfuse.serve.schemas import record_model
+from modalfuse.serve.state import ModelHolder, ServedModel
+from modalfuse.spec import DatasetSpec
 from modalfuse.tracking.source import describe_source, load_served_predictor
 
 log = logging.getLogger("modalfuse.serve")
@@ -78,7 +80,23 @@ class BodyLimit:
 
 
 class BodyTooLarge(Exception):
-    pass
+    """Raised inside `BodyLimit` when a body passes the limit after the answer has started."""
+
+
+def api_description(settings: Settings, spec: DatasetSpec) -> str:
+    """The OpenAPI description: what is predicted, and every limit a client can hit."""
+    return (
+        f"Predicts **{spec.target}** of a `{spec.name}` record from its "
+        "table fields and its image. Every response carries the `model_version` that "
+        "made it. Limits: image "
+        f"{settings.max_image_bytes} bytes and {settings.max_image_pixels} pixels; batch "
+        f"{settings.max_batch_rows} rows and {settings.max_request_pixels} decoded pixels "
+        f"in all; body {settings.max_body_bytes} bytes; per client "
+        f"{settings.rate_limit_per_s:g} requests/s (burst {settings.rate_limit_burst}) and "
+        f"{settings.max_concurrent_per_client} in flight (429 with Retry-After beyond; 0 is "
+        "no limit). JSON values must have their field's type (no string-to-number or "
+        "string-to-bool conversion); base64 may be line-wrapped (RFC 2045)."
+    )
 
 
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None,
@@ -86,37 +104,24 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     """The API around one Predictor: given, or loaded as the settings say (`source` says
     where a given one came from, for `/v1/model` and the start-up line)."""
     settings = settings or Settings()
-    model_source: dict = {}
-    if predictor is not None:  # built around a Predictor the caller already holds
-        model_source = source or {"source": "bundle", "uri": None,
-                                  "bundle": str(predictor.bundle.path), "chosen_by": "the caller",
-                                  "model_version": predictor.model_version}
     if predictor is None:
-        # MODALFUSE_MODEL_URI (models:/NAME@champion) or MODALFUSE_BUNDLE; see model_source.py
-        predictor, model_source = load_served_predictor(settings)
-    log.info("serving %s", describe_source(model_source))
+        # MODALFUSE_MODEL_URI (models:/NAME@champion) or MODALFUSE_BUNDLE; see tracking/source.py
+        predictor, source = load_served_predictor(settings)
+    elif source is None:  # built around a Predictor the caller already holds
+        source = {"source": "bundle", "uri": None, "bundle": str(predictor.bundle.path),
+                  "chosen_by": "the caller", "model_version": predictor.model_version}
+    holder = ModelHolder(settings, ServedModel.of(predictor, source))
+    log.info("serving %s", describe_source(holder.current.source))
     app = FastAPI(
         title="modalfuse API",
         version=__version__,
         docs_url=None,  # /docs and /redoc come from install_docs: no CDN
         redoc_url=None,
-        description=(
-            f"Predicts **{predictor.spec.target}** of a `{predictor.spec.name}` record from its "
-            "table fields and its image. Every response carries the `model_version` that "
-            "made it. Limits: image "
-            f"{settings.max_image_bytes} bytes and {settings.max_image_pixels} pixels; batch "
-            f"{settings.max_batch_rows} rows and {settings.max_request_pixels} decoded pixels "
-            f"in all; body {settings.max_body_bytes} bytes; per client "
-            f"{settings.rate_limit_per_s:g} requests/s (burst {settings.rate_limit_burst}) and "
-            f"{settings.max_concurrent_per_client} in flight (429 with Retry-After beyond; 0 is "
-            "no limit). JSON values must have their field's type (no string-to-number or "
-            "string-to-bool conversion); base64 may be line-wrapped (RFC 2045)."
-        ),
+        description=api_description(settings, predictor.spec),
     )
     install_docs(app, predictor.spec)
-    app.state.predictor = predictor
     app.state.settings = settings
-    app.state.model_source = model_source  # replaced with the predictor by /admin/reload
+    app.state.model_holder = holder  # the one place the served model lives
 
     @app.exception_handler(ImageError)
     async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
@@ -129,10 +134,11 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                                         for row, errs in exc.errors.items()
                                         for k, v in errs.items()]}, status_code=422)
 
+    # The request schemas come from the model served at start; a reload keeps its inputs.
     example = predictor.bundle.meta.get("example")
     app.include_router(model_routes.router)
     app.include_router(card_routes.router)
-    app.include_router(admin_routes.build_router())
+    app.include_router(admin_routes.router)
     app.include_router(predict_routes.build_router(record_model(predictor.spec), example))
     app.include_router(explain_routes.build_router(record_model(predictor.spec), example,
                                                    predictor.labels))
@@ -145,5 +151,5 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     ratelimit.install(app, settings)  # per-client 429s, the pixel budget's 413
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # After BodyLimit, so request ids and metrics wrap every answer (413s too).
-    production.install(app, settings, predictor)
+    production.install(app, settings, holder)
     return app

@@ -13,7 +13,7 @@ import logging
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modalfuse.serve.logging import request_id_var
+from modalfuse.monitor.context import request_id_var
 
 log = logging.getLogger("modalfuse.serve")
 

@@ -1,9 +1,10 @@
 """Persistent async batch jobs: a SQLite (WAL) job table, safe inputs, a checkpointed worker.
 
 A job's rows are scored in fixed chunks through `batch.score_frame` (so through the
-Predictor). Each chunk's output is written to its own file atomically *before* the chunk
-is recorded as done in the database, so a worker killed at any instant redoes at most the
-chunk it was on, and the final result has exactly one row per input row.
+Predictor of the model served when the worker claimed the job). Each chunk's output is
+written to its own file atomically *before* the chunk is recorded as done in the database,
+so a worker killed at any instant redoes at most the chunk it was on, and the final result
+has exactly one row per input row.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from modalfuse.inference.batch import iter_row_chunks, score_frame
 from modalfuse.inference.predictor import Predictor
-from modalfuse.serve.uploads import UploadError, UploadLimits, check_table, safe_extract_zip
+from modalfuse.inference.uploads import UploadError, UploadLimits, check_table, safe_extract_zip
+from modalfuse.serve.state import ModelHolder
 
 log = logging.getLogger("modalfuse.jobs")
 
@@ -71,19 +73,18 @@ CREATE TABLE IF NOT EXISTS job_chunks (
 JOB_MODEL_POLICIES = ("rescore", "wait")
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    """The model a worker scores with: its version and the digest of its bundle."""
+class ModelIdentity(Protocol):
+    """What a job store needs to know of a model: its version and its bundle's digest
+    (a `serve.state.ServedModel` is one)."""
 
-    version: str
-    digest: str
+    @property
+    def version(self) -> str: ...
 
-    @classmethod
-    def of(cls, predictor: Predictor) -> ServedModel:
-        return cls(predictor.model_version, predictor.bundle.model_digest)
+    @property
+    def digest(self) -> str: ...
 
 
-def _same_model(row: sqlite3.Row, model: ServedModel) -> bool:
+def _same_model(row: sqlite3.Row, model: ModelIdentity) -> bool:
     # Jobs queued before digests were recorded match on the version alone.
     return row["model_version"] == model.version and row["model_digest"] in (None, model.digest)
 
@@ -96,7 +97,7 @@ class JobInputError(UploadError):
 
 
 class JobNotFound(KeyError):
-    pass
+    """No job with that id (never submitted, or deleted once expired)."""
 
 
 class IdempotencyConflict(ValueError):
@@ -121,6 +122,8 @@ def resolve_under(root: Path, name: str, what: str) -> Path:
 
 @dataclass
 class Job:
+    """One row of the job table: state, progress and the one model that scores it."""
+
     id: str
     state: str
     total_rows: int
@@ -140,9 +143,11 @@ class Job:
 
     @property
     def progress(self) -> float:
+        """The share of rows done, 0 to 1."""
         return 1.0 if self.total_rows == 0 else self.done_rows / self.total_rows
 
     def public(self) -> dict[str, Any]:
+        """The job as the API shows it (no server paths)."""
         return {"id": self.id, "state": self.state, "total_rows": self.total_rows,
                 "done_rows": self.done_rows, "error_rows": self.error_rows,
                 "progress": round(self.progress, 4), "model_version": self.model_version,
@@ -160,6 +165,7 @@ class JobStore:
         self.db_path = self.root / "jobs.db"
 
     def open(self) -> JobStore:
+        """Create the folder and the tables (upgrading an older jobs.db); returns self."""
         self.root.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(SCHEMA)
@@ -182,9 +188,11 @@ class JobStore:
             db.close()
 
     def job_dir(self, job_id: str) -> Path:
+        """The folder of a job's staged inputs, chunk files and result."""
         return self.root / job_id
 
     def result_path(self, job_id: str) -> Path:
+        """Where a succeeded job's result (Parquet) is."""
         return self.job_dir(job_id) / "result.parquet"
 
     def _row(self, r: sqlite3.Row) -> Job:
@@ -197,6 +205,7 @@ class JobStore:
                    model_digest=r["model_digest"], note=r["note"])
 
     def get(self, job_id: str) -> Job:
+        """The job with this id; `JobNotFound` if there is none."""
         with self._connect() as db:
             r = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if r is None:
@@ -204,6 +213,7 @@ class JobStore:
         return self._row(r)
 
     def by_key(self, key: str) -> tuple[Job, str] | None:
+        """The job submitted with this idempotency key and its request hash, if any."""
         with self._connect() as db:
             r = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
         return None if r is None else (self._row(r), r["request_hash"])
@@ -211,6 +221,7 @@ class JobStore:
     def insert(self, job_id: str, key: str | None, request_hash: str, table_path: Path,
                images_dir: Path, total_rows: int, chunk_rows: int, model_version: str,
                model_digest: str | None = None) -> Job:
+        """Queue a new job for the given model and return it."""
         now = _now()
         with self._connect() as db:
             db.execute(
@@ -221,7 +232,7 @@ class JobStore:
                  chunk_rows, model_version, model_digest, now, now))
         return self.get(job_id)
 
-    def claim(self, owner: str, lease_s: float, model: ServedModel | None = None,
+    def claim(self, owner: str, lease_s: float, model: ModelIdentity | None = None,
               policy: str = "rescore") -> Job | None:
         """Take the oldest unfinished job whose lease is free or expired (a dead worker's).
 
@@ -271,6 +282,7 @@ class JobStore:
         return self.get(r["id"])
 
     def done_chunks(self, job_id: str) -> set[int]:
+        """Indices of the chunks of a job already scored and recorded."""
         with self._connect() as db:
             return {r[0] for r in db.execute("SELECT idx FROM job_chunks WHERE job_id = ?",
                                              (job_id,))}
@@ -296,12 +308,14 @@ class JobStore:
         return True
 
     def finish(self, job_id: str, owner: str, state: str, error: str | None = None) -> None:
+        """Set a job's final state and free its lease (only if `owner` still holds it)."""
         with self._connect() as db:
             db.execute("UPDATE jobs SET state = ?, error = ?, lease_owner = NULL, "
                        "lease_until = NULL, updated_at = ? WHERE id = ? AND lease_owner = ?",
                        (state, error, _now(), job_id, owner))
 
     def counts(self) -> dict[str, int]:
+        """How many jobs are in each state (every state listed, 0 included)."""
         with self._connect() as db:
             rows = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {s: 0 for s in STATES} | {r[0]: r[1] for r in rows}
@@ -325,6 +339,7 @@ class JobStore:
 
 
 def request_hash(*parts: bytes | str) -> str:
+    """A digest of a submission's parts: the same inputs, the same hash (idempotency)."""
     h = hashlib.sha256()
     for p in parts:
         h.update(p.encode() if isinstance(p, str) else p)
@@ -333,6 +348,7 @@ def request_hash(*parts: bytes | str) -> str:
 
 
 def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -446,13 +462,17 @@ def run_job(store: JobStore, predictor: Predictor, job: Job, owner: str, lease_s
 
 
 class JobWorker:
-    """One background thread in the server process that claims and runs jobs."""
+    """One background thread in the server process that claims and runs jobs.
 
-    def __init__(self, store: JobStore, predictor: Predictor, lease_s: float = 30.0,
+    It scores with the model its holder serves at claim time: a reload between two jobs
+    changes the model of the next one, never of a job being run.
+    """
+
+    def __init__(self, store: JobStore, holder: ModelHolder, lease_s: float = 30.0,
                  poll_s: float = 0.2, policy: str = "rescore"):
         if policy not in JOB_MODEL_POLICIES:
             raise ValueError(f"job model policy {policy!r}; valid: {list(JOB_MODEL_POLICIES)}")
-        self.store, self.predictor = store, predictor
+        self.store, self.holder = store, holder
         self.lease_s, self.poll_s, self.policy = lease_s, poll_s, policy
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
@@ -460,6 +480,7 @@ class JobWorker:
         self._thread: threading.Thread | None = None
 
     def ensure_started(self) -> None:
+        """Start the worker thread unless it is running."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._loop, name="modalfuse-jobs",
@@ -467,9 +488,11 @@ class JobWorker:
             self._thread.start()
 
     def wake(self) -> None:
+        """Look for a job now rather than at the next poll."""
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread after the chunk it is on (the job stays resumable)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -477,10 +500,9 @@ class JobWorker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            predictor = self.predictor  # read once: a reload swaps it between jobs, never within
+            served = self.holder.current  # read once: a reload swaps it between jobs, never within
             try:
-                job = self.store.claim(self.owner, self.lease_s, ServedModel.of(predictor),
-                                       self.policy)
+                job = self.store.claim(self.owner, self.lease_s, served, self.policy)
             except sqlite3.Error:
                 log.exception("cannot claim a job")
                 job = None
@@ -489,7 +511,7 @@ class JobWorker:
                 self._wake.clear()
                 continue
             try:
-                state = run_job(self.store, predictor, job, self.owner, self.lease_s,
+                state = run_job(self.store, served.predictor, job, self.owner, self.lease_s,
                                 self._stop)
                 log.info("job %s", state, extra={"job_id": job.id})
             except Exception as e:  # a job that cannot finish is failed, the worker goes on

@@ -15,11 +15,10 @@ import logging
 import logging.config
 import re
 import uuid
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-request_id_var: ContextVar[str | None] = ContextVar("modalfuse_request_id", default=None)
+from modalfuse.monitor.context import request_id_var
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # LogRecord attributes that are not "extra" fields a caller added (uvicorn's color_message

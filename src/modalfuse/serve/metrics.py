@@ -22,7 +22,8 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modalfuse.inference.predictor import PredictionEvent
-from modalfuse.serve.logging import request_id_from, request_id_var
+from modalfuse.monitor.context import request_id_var
+from modalfuse.serve.logging import request_id_from
 
 access_log = logging.getLogger("modalfuse.access")
 

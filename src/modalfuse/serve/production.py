@@ -1,13 +1,14 @@
 """Wires the production layer into an app: metrics, request ids, prediction log, async jobs.
 
 `install` is called once by `create_app`; the worker threads start with the app's lifespan
-(and on first use), and stop with it.
+(and on first use), and stop with it. Metrics and the prediction log observe the model
+holder, and the job worker reads it at claim time, so a reload reaches them all.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +18,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from modalfuse.config import Settings
-from modalfuse.inference.predictor import PredictionEvent, Predictor
 from modalfuse.monitor.drift import feature_names
 from modalfuse.monitor.predlog import PredictionLog
 from modalfuse.serve.jobs import JobStore, JobWorker
@@ -25,14 +25,7 @@ from modalfuse.serve.metrics import ObservabilityMiddleware, ServiceMetrics
 from modalfuse.serve.retention import RetentionSweeper
 from modalfuse.serve.routes import jobs as jobs_routes
 from modalfuse.serve.routes import monitoring as monitoring_routes
-
-
-def _tagged(fn: Callable[[PredictionEvent], None]) -> Callable[[PredictionEvent], None]:
-    def observer(event: PredictionEvent) -> None:
-        fn(event)
-
-    observer._modalfuse_serving = True  # type: ignore[attr-defined]
-    return observer
+from modalfuse.serve.state import ModelHolder
 
 
 def _json_safe(v: Any) -> Any:
@@ -51,24 +44,24 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
-def install(app: FastAPI, settings: Settings, predictor: Predictor) -> None:
+def install(app: FastAPI, settings: Settings, holder: ModelHolder) -> None:
+    """Add metrics, the prediction log, async jobs and their routes to an app serving
+    `holder`'s model."""
     metrics = ServiceMetrics()
     app.state.metrics = metrics
-    # A predictor serves one app at a time: drop observers an earlier app left on it.
-    predictor.observers[:] = [o for o in predictor.observers
-                              if not getattr(o, "_modalfuse_serving", False)]
-    predictor.observers.append(_tagged(metrics.observe_prediction))
+    holder.observe(metrics.observe_prediction)
     plog: PredictionLog | None = None
     if settings.log_predictions:
+        # A reload keeps the inputs (ModelHolder refuses others), so the columns stay valid.
         plog = PredictionLog(settings.data_dir / "monitoring" / "predictions.db",
-                             feature_names=feature_names(predictor),
+                             feature_names=feature_names(holder.current.predictor),
                              on_drop=metrics.log_dropped.inc,
                              max_age_s=settings.prediction_log_max_age,
                              max_bytes=int(settings.prediction_log_max_mb * 1_000_000))
-        predictor.observers.append(_tagged(plog.observe))
+        holder.observe(plog.observe)
     app.state.prediction_log = plog
     store = JobStore(settings.data_dir / "jobs").open()
-    worker = JobWorker(store, predictor, lease_s=settings.job_lease_s,
+    worker = JobWorker(store, holder, lease_s=settings.job_lease_s,
                        policy=settings.job_model_policy)
     app.state.job_store, app.state.job_worker = store, worker
 

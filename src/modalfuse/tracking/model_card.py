@@ -8,14 +8,16 @@ model: logged to MLflow, set as the registered version's description, served by 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from modalfuse.data.dataset import Dataset
-    from modalfuse.data.split import Splits
-    from modalfuse.inference.bundle import ModelBundle
+from modalfuse.data.dataset import Dataset
+from modalfuse.data.split import Splits
+from modalfuse.errors import InvalidInput
+from modalfuse.inference.bundle import ModelBundle
+from modalfuse.inference.evaluate import classification_metrics, per_class_report, predict_dataset_rows
+from modalfuse.inference.predictor import Predictor
 
 CARD_FILE = "model_card.md"
 # Below these counts a per-class or per-slice number is too noisy to lean on.
@@ -29,9 +31,6 @@ def card_facts(bundle: ModelBundle, ds: Dataset, splits: Splits,
 
     Per-slice metrics use `slice_field`, else the dataset spec's `slice_field`.
     """
-    from modalfuse.inference.evaluate import classification_metrics, per_class_report, predict_dataset_rows
-    from modalfuse.inference.predictor import Predictor
-
     spec = ds.spec
     test_ids = splits.ids("test")
     predictor = Predictor(bundle)
@@ -42,8 +41,8 @@ def card_facts(bundle: ModelBundle, ds: Dataset, splits: Splits,
     known = y >= 0
     field = slice_field or spec.slice_field
     if field and field not in rows.columns:
-        raise ValueError(f"slice field {field!r} is not a column of {spec.name}; columns: "
-                         f"{list(rows.columns)}")
+        raise InvalidInput(f"slice field {field!r} is not a column of {spec.name}; columns: "
+                           f"{list(rows.columns)}")
     slices: dict[str, Any] = {"field": field, "values": []}
     if field:
         for value, idx in rows[known].groupby(field).indices.items():
@@ -82,6 +81,7 @@ def _f(x: float | None) -> str:
 
 
 def render_card(facts: dict[str, Any]) -> str:
+    """The model card's markdown from its facts (see `card_facts`)."""
     d, m, audit = facts["dataset"], facts["metrics"], facts["audit"]
     cv, test = m.get("cv") or {}, m.get("test") or {}
     lines = [
@@ -147,6 +147,7 @@ def render_card(facts: dict[str, Any]) -> str:
 
 
 def limitations(facts: dict[str, Any]) -> list[str]:
+    """The card's limitation bullets, each derived from a measured fact."""
     out = []
     excluded = facts["audit"].get("excluded_classes") or []
     if excluded:

@@ -18,16 +18,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from modalfuse.config import Settings
+from modalfuse.data.dataset import Dataset
+from modalfuse.data.split import Splits
+from modalfuse.errors import ModelError
+from modalfuse.inference.bundle import BUNDLE_FILE, ModelBundle, load_bundle
+from modalfuse.inference.evaluate import classification_metrics, evaluate, per_class_report
+from modalfuse.inference.oof import OutOfFold, OutOfFoldError, paired_bootstrap_gain
+from modalfuse.inference.predictor import Predictor
+from modalfuse.tracking.runs import (
+    TrackedRun,
+    get_client,
+    log_training,
+    registry_uri,
+    resolve_store,
+    using_store,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
-
-    from modalfuse.data.dataset import Dataset
-    from modalfuse.data.split import Splits
-    from modalfuse.inference.bundle import ModelBundle
-    from modalfuse.inference.oof import OutOfFold
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "weighted_f1": True,
@@ -40,7 +52,7 @@ GATE_TEXT = {"cv": "cv: paired bootstrap of out-of-fold macro_f1 (grouped CV)",
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ModelError):
     """The registry cannot do what was asked (missing model/alias, unreachable store)."""
 
 
@@ -54,18 +66,31 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 
 def _client(settings: Settings) -> MlflowClient:
-    from modalfuse.tracking.runs import get_client
-
     return get_client(settings)
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version of `name` that holds `alias`, or None when no version does."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def log_and_register(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Settings,
+                     run_name: str | None = None) -> TrackedRun:
+    """Log a trained bundle as an MLflow run, then register it as a version of the dataset's
+    model (`champion` when it is the first, else `challenger`)."""
+    tracked = log_training(bundle, ds, splits, settings, run_name=run_name)
+    store = resolve_store(settings)
+    with using_store(store):
+        mv, alias = register_version(get_client(store), ds.spec.name, tracked.model_uri,
+                                     tracked.run_id, bundle, tracked.card)
+    tracked.registered_name, tracked.registered_version, tracked.alias = (
+        ds.spec.name, str(mv.version), alias)
+    return tracked
 
 
 def register_version(client: MlflowClient, name: str, model_uri: str, run_id: str,
@@ -97,9 +122,6 @@ def fetch_bundle(uri: str, settings: Settings) -> tuple[Path, dict[str, Any]]:
     where it came from."""
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from modalfuse.inference.bundle import BUNDLE_FILE
-    from modalfuse.tracking.runs import registry_uri, using_store
 
     name, alias, version = parse_model_uri(uri)
     client = _client(settings)
@@ -135,6 +157,8 @@ def fetch_bundle(uri: str, settings: Settings) -> tuple[Path, dict[str, Any]]:
 
 @dataclass
 class Candidate:
+    """One registered version as the promotion gate sees it: its bundle, data version and scores."""
+
     version: str
     bundle_version: str
     dataset_version: str | None
@@ -147,6 +171,8 @@ class Candidate:
 
 @dataclass
 class PromotionDecision:
+    """What the gate decided for a challenger and why, with the numbers it compared."""
+
     promoted: bool
     reason: str
     metric: str
@@ -158,6 +184,7 @@ class PromotionDecision:
     interval: dict[str, Any] | None = None  # the paired bootstrap of the gain (on cv)
 
     def to_dict(self) -> dict[str, Any]:
+        """The decision as JSON-ready data (what `modalfuse promote` prints and logs)."""
         return asdict(self)
 
 
@@ -165,8 +192,6 @@ GATES = ("cv", "test")
 
 
 def _candidate(uri: str, settings: Settings) -> tuple[Candidate, ModelBundle]:
-    from modalfuse.inference.bundle import load_bundle
-
     path, info = fetch_bundle(uri, settings)
     bundle = load_bundle(path)
     cand = Candidate(version=info["version"], bundle_version=bundle.model_version,
@@ -178,9 +203,6 @@ def _candidate(uri: str, settings: Settings) -> tuple[Candidate, ModelBundle]:
 
 def _score_test(cand: Candidate, bundle: ModelBundle, ds: Dataset, splits: Splits) -> None:
     """The frozen test split through the Predictor (a report, unless `--on test` decides)."""
-    from modalfuse.inference.evaluate import evaluate
-    from modalfuse.inference.predictor import Predictor
-
     if cand.dataset_version == ds.version:
         result = evaluate(Predictor(bundle), ds, splits.ids("test"), None, "test")
         cand.metrics = {k: float(v) for k, v in result["metrics"].items() if k != "n"}
@@ -189,8 +211,6 @@ def _score_test(cand: Candidate, bundle: ModelBundle, ds: Dataset, splits: Split
 
 
 def _score_cv(cand: Candidate, oof: OutOfFold) -> None:
-    from modalfuse.inference.evaluate import classification_metrics, per_class_report
-
     cand.cv = {k: float(v) for k, v in classification_metrics(oof.proba, oof.y, oof.labels).items()
                if k != "n"}
     cand.per_class = per_class_report(oof.proba, oof.y, oof.labels)
@@ -203,7 +223,6 @@ def plot_comparison(name: str, challenger: Candidate, champion: Candidate, metri
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     labels = sorted(set(challenger.per_class) | set(champion.per_class))
     x = np.arange(len(labels))
@@ -296,8 +315,6 @@ def promote(settings: Settings, name: str, ds: Dataset, splits: Splits,
 def _decide_on_cv(name: str, challenger: Candidate, champion: Candidate, cb: ModelBundle,
                   hb: ModelBundle, ds: Dataset, splits: Splits, metric: str, margin: float,
                   plot: Path, confidence: float, resamples: int, seed: int) -> PromotionDecision:
-    from modalfuse.inference.oof import OutOfFold, OutOfFoldError, paired_bootstrap_gain
-
     refusal = _cv_refusal(challenger, champion, cb, hb)
     oofs = [OutOfFold.load(b.path, b.labels) for b in (cb, hb)]
     if refusal is None and (oofs[0] is None or oofs[1] is None):

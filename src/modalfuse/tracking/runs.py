@@ -21,21 +21,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from modalfuse import __version__
 from modalfuse.config import Settings
+from modalfuse.data.dataset import Dataset, images_digest, table_digest
+from modalfuse.data.split import Splits
+from modalfuse.errors import ModelError
+from modalfuse.inference.bundle import TRAINING_LIBRARIES, ModelBundle, library_versions
+from modalfuse.spec import DatasetSpec
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-    from modalfuse.data.dataset import Dataset
-    from modalfuse.data.split import Splits
-    from modalfuse.inference.bundle import ModelBundle
 
 EMBEDDED_DB = "mlflow.db"
 MODEL_ARTIFACT = "model"  # name of the logged pyfunc model inside a run
 
 
-class TrackingError(RuntimeError):
+class TrackingError(ModelError):
     """The tracking store or a run is not in the state an operation needs."""
 
 
@@ -57,6 +60,7 @@ def quiet_mlflow() -> None:
 
 
 def resolve_store(settings: Settings) -> Store:
+    """The store runs and models go to: MLFLOW_TRACKING_URI if set, else the embedded one."""
     quiet_mlflow()
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
@@ -66,14 +70,17 @@ def resolve_store(settings: Settings) -> Store:
 
 
 def tracking_uri(settings: Settings) -> str:
+    """The tracking URI of the project's store."""
     return resolve_store(settings).tracking_uri
 
 
 def registry_uri(settings: Settings) -> str:
+    """The model registry URI of the project's store."""
     return resolve_store(settings).registry_uri
 
 
 def get_client(settings: Settings | Store) -> MlflowClient:
+    """An MLflow client on the project's store (creates the embedded store's folder)."""
     from mlflow import MlflowClient
 
     store = settings if isinstance(settings, Store) else resolve_store(settings)
@@ -146,6 +153,7 @@ def trial_run(params: dict[str, Any], run_name: str | None = None) -> Iterator[A
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as flat `a.b.c` MLflow params; lists become JSON text."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -157,11 +165,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def metric_key(name: str) -> str:
+    """A label turned into a valid MLflow metric key."""
     # MLflow keys allow letters, digits and _-./ and spaces; class names may hold anything.
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
 def git_info(start: Path | None = None) -> dict[str, str | bool | None]:
+    """The commit, branch and dirty flag of the checkout the code runs from (None outside git)."""
     cwd = start or Path(__file__).parent
 
     def git(*args: str) -> str | None:
@@ -179,6 +189,7 @@ def git_info(start: Path | None = None) -> dict[str, str | bool | None]:
 
 
 def environment() -> dict[str, Any]:
+    """Python, platform, modalfuse version and every installed distribution, for the run's record."""
     dists = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions()
                     if d.metadata["Name"]}, key=str.lower)
     return {"python": platform.python_version(), "platform": platform.platform(),
@@ -207,11 +218,6 @@ def dvc_data_version(path: Path) -> dict[str, str] | None:
 
 def content_version(root: Path) -> str:
     """Recompute a dataset folder's content hash from its files, as `write_dataset` computes it."""
-    import pandas as pd
-
-    from modalfuse.data.dataset import images_digest, table_digest
-    from modalfuse.spec import DatasetSpec
-
     root = Path(root)
     spec = DatasetSpec.load(root / "spec.json")
     images = root / "images"
@@ -230,15 +236,19 @@ def data_versions(ds: Dataset) -> dict[str, Any]:
 
 
 def splits_digest(splits: Splits) -> str:
+    """A short hash of the split table: two runs with one digest used the same rows and folds."""
     t = splits.table.sort_values("id")
     return hashlib.sha256(t.to_csv(index=False).encode()).hexdigest()[:16]
 
 
 @dataclass
 class TrackedRun:
+    """Where `log_training` put a bundle: the run, the logged model and its registered version."""
+
     run_id: str
     experiment_id: str
     model_uri: str
+    card: str = ""  # the model card logged with the run (the registered version's description)
     registered_name: str | None = None
     registered_version: str | None = None
     alias: str | None = None
@@ -246,17 +256,16 @@ class TrackedRun:
 
 def pip_requirements() -> list[str]:
     """What a pyfunc model needs: this package and the libraries a bundle is read with."""
-    from modalfuse.inference.bundle import library_versions
-
     reqs = [f"modalfuse=={__version__}"]
     reqs += [f"{lib}=={v}" for lib, v in library_versions().items()
-             if v and lib in ("numpy", "pandas", "pillow", "lightgbm", "onnxruntime")]
+             if v and lib not in TRAINING_LIBRARIES]
     return reqs
 
 
 def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Settings,
-                 register: bool = True, run_name: str | None = None) -> TrackedRun:
-    """Log a trained bundle as one MLflow run and register it as a version of the dataset's model.
+                 run_name: str | None = None) -> TrackedRun:
+    """Log a trained bundle as one MLflow run (registering it is the caller's next step:
+    `tracking.registry.log_and_register`).
 
     Logged: parameters, grouped-CV (per fold and summary) and test metrics, the per-class
     report, the confusion matrix, the split audit, the dataset (digest = its content
@@ -292,7 +301,6 @@ def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Set
                                   "target": ds.spec.target},
                       "split": splits.audit.get("params", {})})
 
-    client = get_client(store)
     with training_run(store, ds.spec.name, run_name=run_name, tags=tags) as run:
         run_id = run.info.run_id
         mlflow.log_params(params)
@@ -327,15 +335,7 @@ def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Set
         finally:
             pyfunc_log.setLevel(level)
         tracked = TrackedRun(run_id=run_id, experiment_id=run.info.experiment_id,
-                             model_uri=info.model_uri)
-    if register:
-        from modalfuse.tracking.registry import register_version
-
-        with using_store(store):
-            mv, alias = register_version(client, ds.spec.name, tracked.model_uri, run_id, bundle,
-                                         card_path.read_text())
-        tracked.registered_name, tracked.registered_version, tracked.alias = (
-            ds.spec.name, str(mv.version), alias)
+                             model_uri=info.model_uri, card=card_path.read_text())
     return tracked
 
 

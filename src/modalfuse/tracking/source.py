@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from modalfuse.config import Settings
+from modalfuse.errors import InvalidInput
 from modalfuse.inference.predictor import Predictor
+from modalfuse.tracking.registry import alias_version, fetch_bundle
+from modalfuse.tracking.runs import EMBEDDED_DB, get_client
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -33,6 +36,7 @@ class ModelChoice:
     fallback: bool = False  # nothing named and no champion: the latest bundle, for now
 
     def describe(self) -> str:
+        """The chosen model and what chose it, for logs and `/v1/model`."""
         return f"{self.uri or self.bundle} ({self.chosen_by})"
 
 
@@ -42,14 +46,9 @@ def registered_champion(settings: Settings, dataset: str) -> str | None:
     The embedded store is only read when it exists (nothing is created by asking); a
     registry that cannot be read, or no MLflow installed, counts as no champion.
     """
-    from modalfuse.tracking.runs import EMBEDDED_DB
-
     if not os.environ.get("MLFLOW_TRACKING_URI") and not (settings.mlflow_dir / EMBEDDED_DB).exists():
         return None
     try:
-        from modalfuse.tracking.registry import alias_version
-        from modalfuse.tracking.runs import get_client
-
         mv = alias_version(get_client(settings), dataset, CHAMPION)
     except ImportError:
         return None
@@ -91,8 +90,6 @@ def pinned_settings(settings: Settings, choice: ModelChoice) -> Settings:
 def resolve_bundle(settings: Settings, choice: ModelChoice) -> tuple[Path, dict[str, Any]]:
     """The local bundle folder of a choice and a description of its source."""
     if choice.uri:
-        from modalfuse.tracking.registry import fetch_bundle
-
         path, info = fetch_bundle(choice.uri, settings)
         return path, {"source": "registry", **info, "bundle": str(path),
                       "chosen_by": choice.chosen_by}
@@ -115,8 +112,8 @@ def load_served_predictor(settings: Settings, model_uri: str | None = None,
     elif path is not None:
         choice = ModelChoice(None, Path(path), "bundle" if bundle else "MODALFUSE_BUNDLE")
     else:
-        raise ValueError("no model to serve: set MODALFUSE_MODEL_URI (e.g. "
-                         "models:/pokemon@champion) or MODALFUSE_BUNDLE (a bundle folder)")
+        raise InvalidInput("no model to serve: set MODALFUSE_MODEL_URI (e.g. "
+                           "models:/pokemon@champion) or MODALFUSE_BUNDLE (a bundle folder)")
     return load_choice(settings, choice)
 
 

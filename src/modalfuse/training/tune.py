@@ -196,9 +196,9 @@ def train_winner(result: TuneResult, ds: Dataset, splits: Splits, out: Path, set
     bundle = train(ds, splits, out, cfg)
     result.bundle_path = bundle.path
     if register:
-        from modalfuse.tracking.runs import log_training
+        from modalfuse.tracking.registry import log_and_register
 
-        tracked = log_training(bundle, ds, splits, settings, run_name=f"tune-winner-{result.study_name}")
+        tracked = log_and_register(bundle, ds, splits, settings, run_name=f"tune-winner-{result.study_name}")
         result.registered = f"{tracked.registered_name} v{tracked.registered_version} @{tracked.alias}"
     return result
 

@@ -26,7 +26,7 @@ from modalfuse.inference.batch import BatchInputError, iter_row_chunks, load_ima
 from modalfuse.inference.explain import Explainer
 from modalfuse.inference.predictor import PredictionInputError, Predictor, table_records
 from modalfuse.inference.safe_csv import write_csv
-from modalfuse.serve.uploads import (
+from modalfuse.inference.uploads import (
     UploadError,
     UploadLimits,
     check_table,
@@ -312,11 +312,10 @@ def header_markdown(predictor: Predictor) -> str:
 
 
 def build_ui(app: FastAPI) -> gr.Blocks:
-    """The UI of an API app. Every call reads the app's current Predictor and Explainer, so
+    """The UI of an API app. Every call reads the model the app's holder serves then, so
     after an /admin/reload the UI explains the newly served model too."""
-    from modalfuse.serve.routes.explain import explainer_for
-
-    predictor: Predictor = app.state.predictor  # for the input form: the spec does not change
+    holder = app.state.model_holder
+    predictor: Predictor = holder.current.predictor  # for the form: a reload keeps the inputs
     settings: Settings = app.state.settings
     spec = predictor.spec
     vocab = predictor.bundle.preprocessor.tabular_.vocab_ or {}
@@ -364,7 +363,7 @@ def build_ui(app: FastAPI) -> gr.Blocks:
                         elem_id="mf-contrib")
 
             def _predict(sprite_bytes, *values):
-                return explain_one(explainer_for(app), sprite_bytes, list(values))
+                return explain_one(holder.current.explainer, sprite_bytes, list(values))
 
             go.click(_predict, [sprite, *widgets], [status, top, heat, share, contrib])
 
@@ -410,7 +409,7 @@ def build_ui(app: FastAPI) -> gr.Blocks:
                                          label="First rows", interactive=False)
 
             def _batch(tpath, zpath, progress=gr.Progress()):
-                return batch_upload(app.state.predictor, app.state.settings, tpath, zpath,
+                return batch_upload(holder.current.predictor, settings, tpath, zpath,
                                     progress)
 
             run.click(_batch, [table_file, zip_file], [batch_status, batch_out, batch_preview])
@@ -426,7 +425,8 @@ def build_ui(app: FastAPI) -> gr.Blocks:
             card_btn.click(_card, [], [card])
 
         def _current():
-            return header_markdown(app.state.predictor), model_markdown(app.state.predictor)
+            served = holder.current.predictor  # one model for both panes
+            return header_markdown(served), model_markdown(served)
 
         demo.load(_current, [], [header, model_md])
     return demo

@@ -20,6 +20,7 @@ import pandera.pandas as pa
 
 from modalfuse.data.dataset import write_dataset
 from modalfuse.data.schema import DatasetValidationError, table_schema
+from modalfuse.errors import InvalidInput
 from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
 
 ROWS_SHOWN_PER_RULE = 10  # a rule broken by thousands of rows still gives a short message
@@ -37,7 +38,7 @@ def read_table(path: Path, na_values: Sequence[str] = ()) -> pd.DataFrame:
                 if not pd.api.types.is_numeric_dtype(table[col]):
                     table[col] = table[col].mask(table[col].isin(list(na_values)))
         return table
-    raise ValueError(f"table {path} must be .csv or .parquet, got {path.suffix!r}")
+    raise InvalidInput(f"table {path} must be .csv or .parquet, got {path.suffix!r}")
 
 
 def row_locations(path: Path, n_rows: int) -> list[str]:
@@ -132,7 +133,7 @@ def build_custom(table_path: Path, images_dir: Path, out_dir: Path, name: str, t
     locations = row_locations(table_path, len(table))
     for col in (target, image_column, id_column):
         if col not in table.columns:
-            raise ValueError(f"column {col!r} not in {table_path}; columns: {list(table.columns)}")
+            raise InvalidInput(f"column {col!r} not in {table_path}; columns: {list(table.columns)}")
     copied: frozenset[str] = frozenset()
     if group_column is None:
         group_column = "_group"

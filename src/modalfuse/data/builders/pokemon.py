@@ -19,6 +19,7 @@ import pandas as pd
 from rich.progress import track
 
 from modalfuse.data.dataset import write_dataset
+from modalfuse.errors import InvalidInput
 from modalfuse.features.image import encode_png, gif_frames, normalize_image, to_square_rgba
 from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
 
@@ -43,6 +44,7 @@ STATS = {"hp": "HP", "atk": "Attack", "def": "Defense", "spa": "Sp. Attack",
 
 
 def pokemon_spec() -> DatasetSpec:
+    """The DatasetSpec of the built-in Pokémon dataset (fields, target, group and image columns)."""
     fields = [
         FieldSpec(name=k, kind=FieldKind.numeric, required=True, min=1, max=255,
                   description=f"base {v}")
@@ -90,6 +92,7 @@ def to_id(name: str) -> str:
 
 
 def generation_of(num: int) -> int:
+    """The game generation a National Pokédex number belongs to."""
     for gen, last in enumerate((151, 251, 386, 493, 649), start=1):
         if num <= last:
             return gen
@@ -137,11 +140,13 @@ def family_ids(dex: dict[str, dict]) -> dict[str, int]:
 
 
 def read_pokedex(wheel: Path) -> dict[str, dict]:
+    """The Pokédex JSON inside the pinned poke-env wheel."""
     with zipfile.ZipFile(wheel) as z:
         return json.loads(z.read(DEX_JSON))
 
 
 def pokedex_table(dex: dict[str, dict]) -> pd.DataFrame:
+    """One table row per Pokédex species with its fields, target and family id."""
     families = family_ids(dex)
     rows = []
     for key, e in dex.items():
@@ -204,7 +209,7 @@ def build_pokemon(dex_wheel: Path, sprites_tgz: Path, out_dir: Path,
     sprites = read_sprites(sprites_tgz, set(table["id"]))
     missing = sorted(i for i in table["id"] if (i, "front") not in sprites)
     if missing:
-        raise ValueError(f"{len(missing)} species have no front sprite in the tarball: {missing[:20]}")
+        raise InvalidInput(f"{len(missing)} species have no front sprite in the tarball: {missing[:20]}")
     images: dict[str, bytes] = {}
     views = []
     for (num, view), gif in track(sorted(sprites.items()), description="sprites -> PNG"):

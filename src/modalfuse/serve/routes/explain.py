@@ -1,29 +1,27 @@
 """Explanation route: why the served model predicts what it does for one record and image.
 
-The explainer is built once per app from the app's own Predictor, so `/v1/explain`, the UI
-and `/v1/predict` always describe the same model (the same `model_version`).
+The explainer belongs to the served model (`ServedModel.explainer`, built on first use from
+its own Predictor), so `/v1/explain`, the UI and `/v1/predict` always describe the same model
+(the same `model_version`), before and after a reload.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the request model built at runtime.
 import base64
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel, Field, create_model
 
 from modalfuse.inference.explain import METHOD, Explainer, Explanation
 from modalfuse.inference.predictor import PredictionInputError
+from modalfuse.serve.deps import ServedModelDep
 from modalfuse.serve.routes.predict import decode_base64, unprocessable
 from modalfuse.serve.schemas import Prediction
 
 
 def explainer_for(app: FastAPI) -> Explainer:
-    """The app's explainer, made on first use from the app's Predictor."""
-    explainer = getattr(app.state, "explainer", None)
-    if explainer is None or explainer.predictor is not app.state.predictor:
-        explainer = Explainer.for_bundle(app.state.predictor)
-        app.state.explainer = explainer
-    return explainer
+    """The explainer of the model the app serves now (made on first use from its Predictor)."""
+    return app.state.model_holder.current.explainer
 
 
 class Contribution(BaseModel):
@@ -55,6 +53,7 @@ class ExplainResponse(BaseModel):
 
 
 def explanation_response(e: Explanation, top_fields: int) -> ExplainResponse:
+    """The API's answer for one explanation, listing its `top_fields` largest fields."""
     ranked = e.top_contributions()
     shown, rest = ranked[:top_fields], ranked[top_fields:]
     return ExplainResponse(
@@ -78,6 +77,7 @@ def explanation_response(e: Explanation, top_fields: int) -> ExplainResponse:
 
 def build_router(record_model: type[BaseModel], example: dict | None,
                  labels: list[str]) -> APIRouter:
+    """The /v1/explain route, its request schema made from the served model's spec."""
     router = APIRouter(prefix="/v1", tags=["explain"])
     request_model = create_model(
         "ExplainRequest",
@@ -92,8 +92,9 @@ def build_router(record_model: type[BaseModel], example: dict | None,
 
     @router.post("/explain", response_model=ExplainResponse,
                  summary="Explain one prediction: field contributions, heatmap, modality share")
-    def explain(body: request_model, request: Request) -> ExplainResponse:  # type: ignore[valid-type]
-        explainer = explainer_for(request.app)
+    def explain(body: request_model,  # type: ignore[valid-type]
+                served: ServedModelDep) -> ExplainResponse:
+        explainer = served.explainer
         image = decode_base64(body.image_base64, "image_base64")  # type: ignore[attr-defined]
         fields = body.fields.model_dump(exclude_none=True)  # type: ignore[attr-defined]
         label = body.label  # type: ignore[attr-defined]

@@ -17,8 +17,10 @@ from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from modalfuse.config import Settings
 from modalfuse.inference.safe_csv import write_csv
-from modalfuse.serve.deps import PredictorDep, SettingsDep
+from modalfuse.inference.uploads import UploadError, UploadLimits
+from modalfuse.serve.deps import ServedModelDep, SettingsDep
 from modalfuse.serve.jobs import (
     IdempotencyConflict,
     JobInputError,
@@ -30,7 +32,6 @@ from modalfuse.serve.jobs import (
 )
 from modalfuse.serve.retention import describe_duration
 from modalfuse.serve.security import AuthDep
-from modalfuse.serve.uploads import UploadError, UploadLimits
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -71,12 +72,52 @@ def _bad(msg: str, loc: list[str]) -> HTTPException:
     return HTTPException(422, detail=[{"loc": loc, "type": "value_error", "msg": msg}])
 
 
+def _stage_table(table: UploadFile | None, table_path: str | None, staging: Path,
+                 settings: Settings) -> tuple[Path, str]:
+    # The table to queue (an upload copied into `staging`, or a file under the jobs root)
+    # and its name for messages.
+    if table is not None:
+        table_name = Path(table.filename or "table.csv").name
+        table_file = staging / ("table" + Path(table_name).suffix.lower())
+        with open(table_file, "wb") as out:
+            shutil.copyfileobj(table.file, out)
+        return table_file, table_name
+    assert table_path is not None and settings.jobs_root is not None
+    try:
+        table_file = resolve_under(settings.jobs_root, table_path, "table_path")
+    except JobInputError as e:
+        raise _bad(str(e), ["body", "table_path"]) from None
+    if not table_file.is_file():
+        raise _bad(f"table_path {table_path!r} is not a file under the jobs root",
+                   ["body", "table_path"])
+    return table_file, table_file.name
+
+
+def _stage_images(images: UploadFile | None, images_path: str | None, staging: Path,
+                  settings: Settings) -> tuple[Path | None, Path | None]:
+    # (the uploaded zip copied into `staging`, None) or (None, a folder under the jobs root).
+    if images is not None:
+        zip_file = staging / "images.zip"
+        with open(zip_file, "wb") as out:
+            shutil.copyfileobj(images.file, out)
+        return zip_file, None
+    assert images_path is not None and settings.jobs_root is not None
+    try:
+        images_dir = resolve_under(settings.jobs_root, images_path, "images_path")
+    except JobInputError as e:
+        raise _bad(str(e), ["body", "images_path"]) from None
+    if not images_dir.is_dir():
+        raise _bad(f"images_path {images_path!r} is not a folder under the jobs root",
+                   ["body", "images_path"])
+    return None, images_dir
+
+
 @router.post("", response_model=JobResponse, status_code=201,
              summary="Submit a batch job: a table plus its images, scored in the background",
              responses={200: {"description": "an earlier job with the same Idempotency-Key"},
                         409: {"description": "Idempotency-Key reused for a different request"}})
 def submit_job(
-    request: Request, _: AuthDep, predictor: PredictorDep, settings: SettingsDep,
+    request: Request, _: AuthDep, served: ServedModelDep, settings: SettingsDep,
     table: Annotated[UploadFile | None, File(description="rows (.csv or .parquet)")] = None,
     images: Annotated[UploadFile | None, File(description="zip of the rows' images")] = None,
     table_path: Annotated[str | None, Form(description="server-side table, relative to "
@@ -101,39 +142,11 @@ def submit_job(
     store = _store(request)
     staging = Path(tempfile.mkdtemp(prefix="upload-", dir=store.root))
     try:
-        if table is not None:
-            table_name = Path(table.filename or "table.csv").name
-            table_file = staging / ("table" + Path(table_name).suffix.lower())
-            with open(table_file, "wb") as out:
-                shutil.copyfileobj(table.file, out)
-        else:
-            assert table_path is not None and settings.jobs_root is not None
-            try:
-                table_file = resolve_under(settings.jobs_root, table_path, "table_path")
-            except JobInputError as e:
-                raise _bad(str(e), ["body", "table_path"]) from None
-            if not table_file.is_file():
-                raise _bad(f"table_path {table_path!r} is not a file under the jobs root",
-                           ["body", "table_path"])
-            table_name = table_file.name
-        zip_file: Path | None = None
-        images_dir: Path | None = None
-        if images is not None:
-            zip_file = staging / "images.zip"
-            with open(zip_file, "wb") as out:
-                shutil.copyfileobj(images.file, out)
-        else:
-            assert images_path is not None and settings.jobs_root is not None
-            try:
-                images_dir = resolve_under(settings.jobs_root, images_path, "images_path")
-            except JobInputError as e:
-                raise _bad(str(e), ["body", "images_path"]) from None
-            if not images_dir.is_dir():
-                raise _bad(f"images_path {images_path!r} is not a folder under the jobs root",
-                           ["body", "images_path"])
+        table_file, table_name = _stage_table(table, table_path, staging, settings)
+        zip_file, images_dir = _stage_images(images, images_path, staging, settings)
         try:
             job, created = create_job(
-                store, predictor, table_file=table_file, table_name=table_name,
+                store, served.predictor, table_file=table_file, table_name=table_name,
                 images_zip=zip_file, images_dir=images_dir, idempotency_key=idempotency_key,
                 chunk_rows=settings.job_chunk_rows, limits=UploadLimits.from_settings(settings),
                 images_name=Path(images.filename or "images.zip").name if images else "images")

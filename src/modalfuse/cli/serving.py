@@ -1,0 +1,121 @@
+"""Stage 5, serving: `modalfuse serve` (the HTTP API) and its load tests, `modalfuse bench serve`
+and `modalfuse bench soak`.
+
+uvicorn and the API are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from modalfuse.cli.common import (
+    SERVING,
+    BundleBriefOpt,
+    BundleOpt,
+    DatasetOpt,
+    app,
+    bench_app,
+    bundle_path,
+    console,
+    settings,
+)
+
+
+@app.command(rich_help_panel=SERVING)
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    bundle: BundleOpt = None,
+    dataset: DatasetOpt = "pokemon",
+    model_uri: Annotated[str | None, typer.Option(help="serve a registered model, e.g. "
+                                                  "models:/pokemon@champion (wins over --bundle)")]
+        = None,
+) -> None:
+    """Start the HTTP API (and its docs at /docs)."""
+    import uvicorn
+
+    from modalfuse.serve.app import create_app
+    from modalfuse.serve.logging import log_config
+    from modalfuse.tracking.source import (
+        choose_model,
+        describe_source,
+        load_choice,
+        pinned_settings,
+    )
+
+    s = settings()
+    # The champion alias decides what answers, never "the last thing trained"; pinning the
+    # choice in the settings makes /admin/reload re-resolve the same alias.
+    choice = choose_model(s, dataset, model_uri, bundle)
+    predictor, source = load_choice(s, choice)
+    application = create_app(pinned_settings(s, choice), predictor, source)
+    served = application.state.model_holder.current
+    console.print(f"serving {describe_source(served.source)}", highlight=False)
+    console.print(f"modalfuse API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    # The container's logging (serve/logging.py): JSON lines on stderr with request ids; the
+    # API's own access line replaces uvicorn's, which would print query strings (secrets).
+    uvicorn.run(application, host=host, port=port, log_config=log_config(), access_log=False)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    dataset: DatasetOpt = "pokemon",
+    bundle: BundleBriefOpt = None,
+    requests_c1: Annotated[int, typer.Option(help="requests at concurrency 1", min=10)] = 300,
+    requests_c16: Annotated[int, typer.Option(help="requests at concurrency 16", min=16)] = 800,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="also load-test the "
+                                         "`mlflow models serve` peer")] = True,
+    out: Annotated[Path, typer.Option(help="folder for serve.json and serve.md")]
+    = Path("docs/benchmarks"),
+) -> None:
+    """Load-test the HTTP API at concurrency 1 and 16 next to MLflow serving and the Predictor."""
+    from modalfuse.serve.loadbench import run_serve_bench, to_markdown
+
+    path = bundle_path(bundle, dataset, announce=False)
+    with console.status("benchmarking") as status:
+        res = run_serve_bench(path, requests_c1=requests_c1, requests_c16=requests_c16,
+                              include_mlflow=mlflow,
+                              progress=lambda msg: status.update(f"benchmarking: {msg}"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(res, indent=2))
+    (out / "serve.md").write_text(to_markdown(res))
+    t = Table(title=f"bench serve, model {res['model_version']}")
+    for col in ("target", "c", "p50 ms", "p99 ms", "req/s", "errors"):
+        t.add_column(col)
+    for r in res["results"]:
+        t.add_row(r["target"], str(r["concurrency"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                  f"{r['throughput_rps']:.0f}", str(r["errors"]))
+    console.print(t)
+    for key, chk in res["checks"].items():
+        mark = "[green]pass[/]" if chk["pass"] else "[red]miss[/]"
+        console.print(f"{mark} {key}: {chk['value']:.2f} (target {res['targets'][key]})")
+    console.print(f"wrote {out / 'serve.json'} and {out / 'serve.md'}")
+
+
+@bench_app.command("soak")
+def bench_soak(
+    dataset: DatasetOpt = "pokemon",
+    bundle: BundleBriefOpt = None,
+    minutes: Annotated[float, typer.Option(help="how long the load runs", min=0.1)] = 10.0,
+    clients: Annotated[int, typer.Option(help="client threads", min=1)] = 4,
+    out: Annotated[Path, typer.Option(help="folder for soak.json, soak.md and soak.png")]
+    = Path("docs/benchmarks"),
+) -> None:
+    """Soak the API (predict, batch, jobs; prediction log and retention on) and check for leaks."""
+    from modalfuse.serve.soak import plot, run_soak, to_markdown
+
+    path = bundle_path(bundle, dataset, announce=False)
+    with console.status("soaking") as status:
+        res = run_soak(path, minutes=minutes, clients=clients,
+                       progress=lambda msg: status.update(f"soaking: {msg}"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps(res, indent=2))
+    (out / "soak.md").write_text(to_markdown(res))
+    plot(res, out / "soak.png")
+    console.print(to_markdown(res))
+    console.print(f"wrote {out / 'soak.json'}, {out / 'soak.md'} and {out / 'soak.png'}")
