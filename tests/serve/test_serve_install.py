@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {"image_size": 16, "width": 4, "embed_dim": 8, "epochs": 1, "batch_size": 32,
         "views_per_epoch": 1}
 
