@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from modalfuse.config import Settings
+from modalfuse.errors import InvalidInput
 from modalfuse.inference.batch import BatchInputError, count_rows, iter_row_chunks, table_columns
 
 # Compression methods zipfile can unpack, with the names users know them by.
@@ -36,7 +37,7 @@ _READ_BYTES = 1 << 16
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"/:,;]+/)+[^\s'\"/:,;]*")
 
 
-class UploadError(ValueError):
+class UploadError(InvalidInput):
     """An uploaded file that cannot be used; the message says what is allowed."""
 
 

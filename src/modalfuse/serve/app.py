@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modalfuse import __version__
 from modalfuse.config import Settings
+from modalfuse.errors import InvalidInput
 from modalfuse.features.image import ImageError
 from modalfuse.inference.predictor import PredictionInputError, Predictor
 from modalfuse.serve import production, ratelimit
@@ -79,7 +80,7 @@ class BodyLimit:
             await resp(scope, receive, send)
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(InvalidInput):
     """Raised inside `BodyLimit` when a body passes the limit after the answer has started."""
 
 

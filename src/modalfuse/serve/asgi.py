@@ -13,5 +13,6 @@ from modalfuse.serve.logging import configure_logging
 
 
 def app() -> FastAPI:
+    """Build the served app with JSON logging, as the factory uvicorn calls."""
     configure_logging()
     return create_app()

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from modalfuse.errors import InvalidInput, ModalfuseError
 from modalfuse.inference.batch import iter_row_chunks, score_frame
 from modalfuse.inference.predictor import Predictor
 from modalfuse.inference.uploads import UploadError, UploadLimits, check_table, safe_extract_zip
@@ -78,10 +79,14 @@ class ModelIdentity(Protocol):
     (a `serve.state.ServedModel` is one)."""
 
     @property
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """The model version recorded with each job it scores."""
+        ...
 
     @property
-    def digest(self) -> str: ...
+    def digest(self) -> str:
+        """The digest of the model's bundle, telling apart two bundles with the same version."""
+        ...
 
 
 def _same_model(row: sqlite3.Row, model: ModelIdentity) -> bool:
@@ -96,11 +101,11 @@ class JobInputError(UploadError):
     imported from there and re-exported here), so routes map both to a 422."""
 
 
-class JobNotFound(KeyError):
+class JobNotFound(ModalfuseError, KeyError):
     """No job with that id (never submitted, or deleted once expired)."""
 
 
-class IdempotencyConflict(ValueError):
+class IdempotencyConflict(InvalidInput):
     """An idempotency key reused with a different request."""
 
 

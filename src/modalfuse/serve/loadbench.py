@@ -37,6 +37,8 @@ TARGETS = {"p50_ms_c1": 3.0, "p99_ms_c1": 10.0, "throughput_vs_mlflow_c16": 3.0,
 
 @dataclass
 class LevelResult:
+    """Latency and throughput of one target at one concurrency level."""
+
     target: str
     concurrency: int
     requests: int
@@ -48,12 +50,14 @@ class LevelResult:
 
 
 def free_port() -> int:
+    """A local TCP port free right now, for a benchmarked server to listen on."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until the server answers `path` with 200; `RuntimeError` if it exits or times out."""
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
@@ -71,6 +75,7 @@ def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 120
 
 @contextmanager
 def running(cmd: list[str], env: dict[str, str], port: int, health: str, log: Path):
+    """Run a server command (output to `log`) while it is healthy; it is terminated on exit."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -160,6 +165,7 @@ def in_process(predictor: Predictor, example: dict, n_requests: int, warmup: int
 
 
 def save_mlflow_model(bundle: Path, out: Path) -> Path:
+    """Save the bundle as an MLflow pyfunc model under `out`, for `mlflow models serve` to compare."""
     import logging
 
     import mlflow
@@ -178,6 +184,7 @@ def save_mlflow_model(bundle: Path, out: Path) -> Path:
 def run_serve_bench(bundle: Path, requests_c1: int = 300, requests_c16: int = 800,
                     warmup: int = 20, include_mlflow: bool = True,
                     progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Benchmark in-process Predictor, the modalfuse API and (optionally) MLflow serving on one bundle."""
     predictor = Predictor.from_path(bundle)
     example = predictor.bundle.meta.get("example")
     if not example:
@@ -229,6 +236,7 @@ def run_serve_bench(bundle: Path, requests_c1: int = 300, requests_c16: int = 80
 
 
 def report(results: list[LevelResult], predictor: Predictor, bundle: Path) -> dict[str, Any]:
+    """The benchmark result: every level, the ratios and each target check, with machine facts."""
     def get(target: str, c: int) -> LevelResult | None:
         return next((r for r in results if r.target == target and r.concurrency == c), None)
 
@@ -262,6 +270,7 @@ def report(results: list[LevelResult], predictor: Predictor, bundle: Path) -> di
 
 
 def to_markdown(res: dict[str, Any]) -> str:
+    """The serve benchmark as Markdown: the results table and the target checks."""
     lines = [
         f"Measured by `{res['command']}` on {res['created_at']} ({res['machine']['cpus']} CPUs, "
         f"Python {res['machine']['python']}), model `{res['model_version']}`. One request = "

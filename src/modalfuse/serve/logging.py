@@ -38,6 +38,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id and any extras."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line, with the current request id and the exception if any."""
         out = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
@@ -72,6 +73,7 @@ class RedactQuery(logging.Filter):
     """Hides the query values in uvicorn's access records (args: client, method, path, ...)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the path's query values in place; never drops a record."""
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
             record.args = (*args[:2], redact_query(args[2]), *args[3:])

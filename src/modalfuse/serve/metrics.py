@@ -58,11 +58,13 @@ class ServiceMetrics:
         self.jobs = Gauge("modalfuse_jobs", "batch jobs by state", ["state"], registry=r)
 
     def observe_prediction(self, event: PredictionEvent) -> None:
+        """Record a scored call: its Predictor latency and a count per predicted class."""
         self.prediction_latency.observe(event.latency_s)
         for j, n in zip(*np.unique(event.proba.argmax(axis=1), return_counts=True), strict=True):
             self.predictions.labels(event.labels[int(j)], event.model_version).inc(int(n))
 
     def render(self) -> bytes:
+        """The metrics in the Prometheus text format, for the `/metrics` endpoint."""
         return generate_latest(self.registry)
 
     content_type = CONTENT_TYPE_LATEST

@@ -67,11 +67,13 @@ class ClientLimiter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClientLimiter:
+        """The limiter configured by the rate, burst and concurrency settings."""
         return cls(settings.rate_limit_per_s, settings.rate_limit_burst,
                    settings.max_concurrent_per_client)
 
     @property
     def enabled(self) -> bool:
+        """Whether any limit is set (a rate or a concurrency cap above 0)."""
         return self.rate_per_s > 0 or self.max_concurrent > 0
 
     def acquire(self, key: str) -> Refusal | None:
@@ -99,6 +101,7 @@ class ClientLimiter:
         return None
 
     def release(self, key: str) -> None:
+        """Count a finished request of `key` out of its in-flight total."""
         client = self._clients.get(key)
         if client is not None and client.in_flight > 0:
             client.in_flight -= 1
@@ -125,6 +128,7 @@ class ClientRateLimit:
         self.app, self.limiter, self.api_key = app, limiter, api_key.encode()
 
     def client_key(self, scope: Scope) -> str:
+        """The bucket a request counts against: the client host, kept apart when it sends the API key."""
         client = scope.get("client")
         host = str(client[0]) if client else "unknown"
         if self.api_key:

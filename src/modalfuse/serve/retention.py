@@ -82,6 +82,7 @@ class RetentionSweeper:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the sweeping thread, unless it is already running."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._loop, name="modalfuse-retention",
@@ -89,6 +90,7 @@ class RetentionSweeper:
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Ask the thread to stop and wait up to `timeout` seconds for it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

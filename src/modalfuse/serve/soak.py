@@ -76,11 +76,13 @@ class Recorder:
         self.statuses: dict[int, int] = {}
 
     def add(self, route: str, seconds: float, status: int) -> None:
+        """Record one request's latency under its route and count its status."""
         with self.lock:
             self.window.setdefault(route, []).append(seconds)
             self.statuses[status] = self.statuses.get(status, 0) + 1
 
     def take(self) -> dict[str, list[float]]:
+        """The latencies gathered since the last call, per route; starts a new window."""
         with self.lock:
             out, self.window = self.window, {}
         return out
@@ -241,6 +243,7 @@ def check_rows(res: dict[str, Any]) -> list[list[str]]:
 
 
 def to_markdown(res: dict[str, Any]) -> str:
+    """The soak test as Markdown: the checks table, then RSS and p99 at start and end."""
     lines = [f"Measured by `{res['command']}` on {res['created_at']} ({res['machine']['cpus']} "
              f"CPUs, 1-min load {res['machine']['load_avg_1m']:.1f}), model "
              f"`{res['model_version']}`; statuses {res['statuses']}.", "",

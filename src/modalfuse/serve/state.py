@@ -22,6 +22,7 @@ from modalfuse.inference.bundle import BundleError
 from modalfuse.inference.explain import Explainer
 from modalfuse.inference.predictor import PredictionEvent, Predictor
 from modalfuse.spec import DatasetSpec
+from modalfuse.tracking.registry import RegistryError
 from modalfuse.tracking.source import load_predictor, load_served_predictor
 
 PredictionObserver = Callable[[PredictionEvent], None]
@@ -147,8 +148,6 @@ class ModelHolder:
     def _load(self, old: ServedModel, model_uri: str | None,
               bundle: Path | None) -> tuple[Predictor, dict[str, Any]]:
         # mlflow is an optional extra: its error class is imported only when a reload runs.
-        from modalfuse.tracking.registry import RegistryError
-
         s = self.settings
         try:
             if model_uri or bundle or s.model_uri or s.bundle:

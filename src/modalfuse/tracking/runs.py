@@ -30,6 +30,7 @@ from modalfuse.data.split import Splits
 from modalfuse.errors import ModelError
 from modalfuse.inference.bundle import TRAINING_LIBRARIES, ModelBundle, library_versions
 from modalfuse.spec import DatasetSpec
+from modalfuse.tracking.model_card import write_card
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -275,7 +276,6 @@ def log_training(bundle: ModelBundle, ds: Dataset, splits: Splits, settings: Set
     import mlflow
 
     from modalfuse.inference.mlflow_pyfunc import BUNDLE_ARTIFACT, BundlePyfunc
-    from modalfuse.tracking.model_card import write_card
 
     store = resolve_store(settings)
     card_path, facts = write_card(bundle, ds, splits)

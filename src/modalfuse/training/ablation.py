@@ -84,6 +84,7 @@ def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig,
 
 
 def target_check(results: list[dict], champion: str) -> dict:
+    """The champion's test scores and fusion gain over the best single modality, checked against `TARGETS`."""
     by = {r["model"]: r for r in results}
     best_single = max((by[m] for m in SINGLE if m in by), key=lambda r: r["test"]["macro_f1"],
                       default=None)
@@ -102,6 +103,7 @@ def target_check(results: list[dict], champion: str) -> dict:
 
 
 def plot_ablation(report: dict, path: Path) -> Path:
+    """Draw macro-F1 and accuracy bars (grouped CV ± sd beside test) per model to `path`; returns it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,6 +132,7 @@ def plot_ablation(report: dict, path: Path) -> Path:
 
 
 def to_markdown(report: dict, command: str, image: str | None = None) -> str:
+    """The ablation report as the generated Markdown page, with the plot `image` linked if given."""
     d = report["dataset"]
     lines = [
         "# Modality ablation",

@@ -41,6 +41,7 @@ def cv_and_test(engine: FoldEngine, splits: Splits) -> dict:
 
 
 def measure(ds: Dataset, splits: Splits, seed: int = 42) -> dict:
+    """Cross-validate and test each design variant (features, fold scheme), with image and class facts."""
     labels = training_labels(ds, splits)
     raw = load_raw(ds, labels)
     n_folds = len(splits.folds())
@@ -95,6 +96,7 @@ def _class_facts(ds: Dataset, splits: Splits) -> dict:
 
 
 def to_markdown(m: dict, command: str) -> str:
+    """The design-decisions page: the variants table and the facts behind each choice, as Markdown."""
     rows = pd.DataFrame(m["variants"]).T
 
     def fmt(d: dict) -> str:

@@ -27,6 +27,7 @@ class DeviceError(InvalidInput):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for `--device` (`auto` uses a GPU only if there is one); `DeviceError` if unusable."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -39,6 +40,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch alike so a training run can be repeated."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -62,6 +64,7 @@ class ImageTrunk(nn.Module):
         self.proj = nn.Sequential(nn.Linear(8 * c, embed_dim), nn.ReLU(inplace=True))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """The image embedding of a batch of image tensors."""
         f = self.features(image)
         return self.proj(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1))
 
@@ -77,6 +80,7 @@ class ImageNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.embed_dim, n_classes))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits and the image embedding they were computed from."""
         emb = self.trunk(image)
         return self.head(emb), emb
 
@@ -97,11 +101,13 @@ class FusionNet(nn.Module):
         self.image_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, image: torch.Tensor, tabular: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits and the fused (image ⊕ tabular) embedding the head saw."""
         emb = torch.cat([self.image_drop(self.trunk(image)), self.tabular(tabular)], dim=1)
         return self.head(emb), emb
 
 
 def make_augment(cfg: NetConfig) -> nn.Module:
+    """The GPU-side training augmentation: flips and small affine moves, colours left alone."""
     import kornia.augmentation as K
 
     # Geometry only plus a mild brightness change: hue carries the type, so it is left alone.
@@ -119,6 +125,7 @@ class TrainingImages:
     owner: np.ndarray  # (v,) index into the training rows
 
     def sampler(self, n_rows: int):
+        """A `draw(rng, k)` picking `k` random images of each training row; returns image and row indices."""
         order = np.argsort(self.owner, kind="stable")
         counts = np.bincount(self.owner, minlength=n_rows)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -230,6 +237,7 @@ def export_onnx(net: nn.Module, feeds: dict[str, np.ndarray]) -> bytes:
 
 
 def state_bytes(net: nn.Module) -> bytes:
+    """A network's weights serialized with `torch.save`, to store or copy without a file."""
     buf = io.BytesIO()
     torch.save(net.state_dict(), buf)
     return buf.getvalue()

@@ -20,6 +20,7 @@ from modalfuse.errors import InvalidInput
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import NotFittedError
 from modalfuse.inference.evaluate import classification_metrics
+from modalfuse.models.gbm import DEFAULT_PARAMS
 from modalfuse.training.config import TrainConfig
 from modalfuse.training.folds import FoldEngine, cv_summary, fit_lightgbm, safe_feature_names
 
@@ -45,8 +46,6 @@ class TabularSelector:
         if self.method == "gain":
             import lightgbm as lgb
 
-            from modalfuse.models.gbm import DEFAULT_PARAMS
-
             booster = lgb.train({**DEFAULT_PARAMS, "num_class": n_classes, "seed": self.seed},
                                 lgb.Dataset(x, y), num_boost_round=self.num_boost_round)
             scores = booster.feature_importance("gain").astype(float)
@@ -62,6 +61,7 @@ class TabularSelector:
         return self
 
     def transform(self, batch: FeatureBatch) -> FeatureBatch:
+        """The batch with only the fitted `selected_` tabular columns kept; `NotFittedError` before `fit`."""
         if not hasattr(self, "selected_"):
             raise NotFittedError("TabularSelector is not fitted; call fit() first")
         return FeatureBatch(batch.tabular[:, self.selected_], batch.tabular_dense, batch.image_stats,
@@ -116,6 +116,7 @@ def selection_cv(ds: Dataset, splits: Splits, cfg: TrainConfig, k: int,
 
 
 def to_markdown(report: dict[str, Any], top: int = 15) -> str:
+    """The selection report as Markdown: all vs selected columns, and the `top` most often chosen."""
     s = report["summary"]
     lines = [f"In-fold selection: top {report['k']} tabular columns by {report['method']} "
              f"(fitted on each fold's training rows only), {report['n_folds']}-fold grouped CV.\n",

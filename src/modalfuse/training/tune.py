@@ -22,6 +22,8 @@ from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
 from modalfuse.errors import InvalidInput, ModelError
 from modalfuse.inference.evaluate import classification_metrics
+from modalfuse.tracking.registry import log_and_register
+from modalfuse.tracking.runs import training_run, trial_run
 from modalfuse.training import recipes
 from modalfuse.training.config import TrainConfig
 from modalfuse.training.folds import FoldEngine, load_raw
@@ -42,6 +44,7 @@ def parse_duration(text: str) -> float:
 
 
 def default_storage(settings: Settings) -> str:
+    """The Optuna storage URL used when none is given: one SQLite file under the data folder."""
     return f"sqlite:///{(settings.data_dir / 'optuna' / 'studies.db').resolve()}"
 
 
@@ -57,6 +60,9 @@ def suggest_config(trial: Any, families: tuple[str, ...], base: TrainConfig) -> 
 
 @dataclass
 class TuneResult:
+    """What a tuning study left: the best trial and its config, trial counts, the row ids it saw and
+    what was saved or registered from it."""
+
     study_name: str
     storage: str
     best_value: float
@@ -121,8 +127,6 @@ def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | N
             return _run_trial(trial, cfg, scorer)
         import mlflow
 
-        from modalfuse.tracking.runs import trial_run
-
         with trial_run(trial.params, run_name=f"{study_name}-trial-{trial.number}") as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
@@ -143,8 +147,6 @@ def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | N
     started = time.perf_counter()
     if track:
         import mlflow
-
-        from modalfuse.tracking.runs import training_run
 
         with training_run(settings, ds.spec.name, run_name=f"tune-{study_name}",
                           tags={"modalfuse.tune.study": study_name, "modalfuse.tune.storage":
@@ -196,8 +198,6 @@ def train_winner(result: TuneResult, ds: Dataset, splits: Splits, out: Path, set
     bundle = train(ds, splits, out, cfg)
     result.bundle_path = bundle.path
     if register:
-        from modalfuse.tracking.registry import log_and_register
-
         tracked = log_and_register(bundle, ds, splits, settings, run_name=f"tune-winner-{result.study_name}")
         result.registered = f"{tracked.registered_name} v{tracked.registered_version} @{tracked.alias}"
     return result

@@ -230,6 +230,7 @@ def batch_upload(predictor: Predictor, settings: Settings, table_path: str | Non
 # ---- model ---------------------------------------------------------------------------
 
 def model_markdown(predictor: Predictor) -> str:
+    """The model card shown in the UI: kind, dataset, classes and its CV and test metrics."""
     meta = predictor.bundle.meta
     ds = meta.get("dataset", {})
     lines = [f"### Model `{predictor.model_version}`",
@@ -306,6 +307,7 @@ def dataset_rows(predictor: Predictor, settings: Settings) -> tuple[pd.DataFrame
 
 
 def header_markdown(predictor: Predictor) -> str:
+    """The page heading: what the UI predicts and which model version answers."""
     spec = predictor.spec
     return (f"## modalfuse · predict **{spec.target}** of a `{spec.name}` record\n"
             f"Model `{predictor.model_version}` — the same one the API serves.")
