@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modalfuse.data.audit import GroupCrossingCheck, SplitContext
+from modalfuse.data.audit import SplitContext
 from modalfuse.data.builders.pokemon import family_ids, pokedex_table, pokemon_spec
+from modalfuse.data.checks.group_crossing import GroupCrossingCheck
 from modalfuse.data.dataset import load_dataset, table_digest, write_dataset
 from modalfuse.data.schema import DatasetValidationError, validate_table
 from modalfuse.data.sources import POKEDEX, SourceError, fetch, verify

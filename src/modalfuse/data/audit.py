@@ -1,11 +1,13 @@
 """Leakage audit of a split. Every check shares one contract: per-row scores, a flag, a summary.
 
-Adding a check is adding a class to CHECKS; `audit_split` runs them all and the split
-fails when a blocking check flags anything.
+Adding a check is adding a module to `data/checks/` that registers its class; `audit_split`
+runs them all and the split fails when a blocking check flags anything.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -13,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from modalfuse.spec import DatasetSpec, FieldKind
+from modalfuse.spec import DatasetSpec
 
 # Near-duplicate threshold on a 64-bit pHash of the cropped front image. Hashing the
 # padded canvas instead makes small sprites collide (the blob's size dominates the DCT):
@@ -50,134 +52,44 @@ class SplitContext:
 class Check:
     """The contract of a leakage check: `run` a split context, return a CheckResult.
 
-    How to implement a new one: subclass it, set `name` (and `blocking = False` for a
-    check that only reports), implement `run`, and add the class to CHECKS.
+    How to add one: a module in `data/checks/` with a subclass that sets `name` (and
+    `blocking = False` for a check that only reports), implements `run`, and is decorated
+    with `@register_check`. Nothing else changes.
     """
 
     name: ClassVar[str]
     blocking: ClassVar[bool] = True
+    order: ClassVar[int] = 100  # position in the audit report
 
     def run(self, ctx: SplitContext) -> CheckResult:
         """Score every row of the split and say whether the check passes."""
         raise NotImplementedError
 
 
-class GroupCrossingCheck(Check):
-    """No group (evolution family) may have members on both sides of train/test."""
-
-    name = "group_crossing"
-
-    def run(self, ctx: SplitContext) -> CheckResult:
-        """Flag the groups with rows on both sides of train/test."""
-        t = ctx.table[ctx.table["split"] != "excluded"]
-        g = ctx.spec.group_column
-        sides = t.groupby(g)["split"].nunique()
-        crossing = sides[sides > 1].index
-        rows = pd.DataFrame({ctx.spec.id_column: t[ctx.spec.id_column],
-                             "score": t[g].isin(crossing).astype(float)})
-        rows["flag"] = rows["score"] > 0
-        # CV folds must not split a group either.
-        tr = t[t["split"] == "train"]
-        fold_cross = int((tr.groupby(g)["fold"].nunique() > 1).sum())
-        return CheckResult(self.name, True, len(crossing) == 0 and fold_cross == 0, {
-            "groups_crossing_train_test": len(crossing),
-            "groups_crossing_cv_folds": fold_cross,
-            "crossing_groups": [str(x) for x in crossing[:20]],
-        }, rows)
+CHECKS: list[type[Check]] = []  # filled by `register_check`, in `order`
+_loaded = False
 
 
-class NearDuplicateCheck(Check):
-    """No pair of near-identical images (perceptual hash) across train and test."""
-
-    name = "near_duplicate_crossing"
-
-    def __init__(self, threshold: int = PHASH_THRESHOLD):
-        self.threshold = threshold
-
-    def run(self, ctx: SplitContext) -> CheckResult:
-        """Score each test row by its pHash distance to the nearest training image; flag those
-        within the threshold."""
-        if ctx.phash is None:
-            return CheckResult(self.name, True, True, {"skipped": "no hashes"})
-        split = ctx.table["split"].to_numpy()
-        ids = ctx.table[ctx.spec.id_column].to_numpy()
-        dist = hamming_matrix(ctx.phash)
-        tr, te = split == "train", split == "test"
-        cross = dist[np.ix_(te, tr)]
-        pairs = np.argwhere(cross <= self.threshold)
-        te_ids, tr_ids = ids[te], ids[tr]
-        nearest = cross.min(axis=1) if tr.any() and te.any() else np.array([])
-        rows = pd.DataFrame({ctx.spec.id_column: te_ids, "score": nearest})
-        rows["flag"] = rows["score"] <= self.threshold
-        upper = dist[np.triu_indices(len(dist), 1)]
-        return CheckResult(self.name, True, len(pairs) == 0, {
-            "threshold_hamming_bits": self.threshold,
-            "hash": "pHash, 64 bits, of the opaque box of the image on mid grey",
-            "pairs_crossing": len(pairs),
-            "examples": [[int(te_ids[i]), int(tr_ids[j])] for i, j in pairs[:20]],
-            "min_test_to_train_distance": int(nearest.min()) if len(nearest) else None,
-            "pairs_within_threshold_overall": int((upper <= self.threshold).sum()),
-        }, rows)
+def register_check(cls: type[Check]) -> type[Check]:
+    """Class decorator: add a check to the audit every split runs (kept in `order`)."""
+    if cls not in CHECKS:
+        CHECKS.append(cls)
+        CHECKS.sort(key=lambda c: (c.order, c.name))
+    return cls
 
 
-class ClassBalanceCheck(Check):
-    """Every modelled class is present in train, and class shares match across splits."""
-
-    name = "class_balance"
-    blocking = False
-
-    def run(self, ctx: SplitContext) -> CheckResult:
-        """Count each class per split; fails, without blocking, when a modelled class has no
-        training row."""
-        t = ctx.table
-        y = ctx.spec.target
-        counts = pd.crosstab(t[y], t["split"])
-        modelled = t[t["split"] != "excluded"]
-        share = pd.crosstab(modelled[y], modelled["split"], normalize="columns")
-        gap = (share.max(axis=1) - share.min(axis=1)) if share.shape[1] > 1 else share.iloc[:, 0] * 0
-        in_train = counts.loc[modelled[y].unique()].get("train", pd.Series(dtype=int))
-        return CheckResult(self.name, False, bool((in_train > 0).all()), {
-            "counts": {str(k): {str(c): int(v) for c, v in row.items()}
-                       for k, row in counts.iterrows()},
-            "max_share_gap": float(gap.max()) if len(gap) else 0.0,
-        })
+def load_checks() -> list[type[Check]]:
+    """Import every module of `data/checks/` once (each registers its check); return CHECKS."""
+    global _loaded
+    if not _loaded:
+        package = importlib.import_module("modalfuse.data.checks")
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package.__name__}.{info.name}")
+        _loaded = True
+    return CHECKS
 
 
-class TargetEncodingFieldCheck(Check):
-    """Report categorical/multi-valued values that almost name the target (e.g. Blaze).
-
-    Not blocking: such a value is legitimate input at prediction time, but its use is a
-    decision to document, and this check measures how much of the data it covers.
-    """
-
-    name = "target_encoding_values"
-    blocking = False
-
-    def run(self, ctx: SplitContext) -> CheckResult:
-        """Per categorical or multi-valued field: the values that point to one class in 90% of
-        their training rows, and the share of rows holding one."""
-        t = ctx.table[ctx.table["split"] == "train"]
-        y = ctx.spec.target
-        out = {}
-        for f in ctx.spec.fields:
-            if f.kind not in (FieldKind.categorical, FieldKind.multi):
-                continue
-            vals = t[f.name].fillna("").astype(str)
-            exploded = pd.DataFrame({"v": vals.str.split("|"), "y": t[y]}).explode("v")
-            exploded = exploded[exploded["v"] != ""]
-            stats = exploded.groupby("v")["y"].agg(["size", lambda s: s.value_counts().iloc[0]])
-            stats.columns = ["n", "top"]
-            pure = stats[(stats["n"] >= 3) & (stats["top"] / stats["n"] >= 0.9)]
-            pure_values = set(pure.index)
-            rows_covered = vals.str.split("|").map(lambda vs, pv=pure_values: bool(set(vs) & pv))
-            out[f.name] = {"values_with_3plus_rows": int((stats["n"] >= 3).sum()),
-                           "values_90pct_one_class": len(pure),
-                           "share_of_train_rows_with_such_a_value": float(rows_covered.mean())}
-        return CheckResult(self.name, False, True, out)
-
-
-CHECKS: list[type[Check]] = [GroupCrossingCheck, NearDuplicateCheck, ClassBalanceCheck,
-                             TargetEncodingFieldCheck]
 
 
 def phash_bits(rgba: np.ndarray) -> np.ndarray:
@@ -199,5 +111,5 @@ def hamming_matrix(bits: np.ndarray) -> np.ndarray:
 
 
 def audit_split(ctx: SplitContext, checks: list[Check] | None = None) -> list[CheckResult]:
-    """Run the given checks (all of CHECKS by default) on a split."""
-    return [c.run(ctx) for c in (checks or [cls() for cls in CHECKS])]
+    """Run the given checks (every registered one by default) on a split."""
+    return [c.run(ctx) for c in (checks or [cls() for cls in load_checks()])]

@@ -18,7 +18,6 @@ from rich.progress import track
 from modalfuse.data.audit import (
     PHASH_THRESHOLD,
     CheckResult,
-    NearDuplicateCheck,
     SplitContext,
     audit_split,
     hamming_matrix,
@@ -167,4 +166,4 @@ def load_splits(ds: Dataset) -> Splits:
     return Splits(table=pd.read_parquet(path), audit=audit)
 
 
-__all__ = ["NearDuplicateCheck", "SplitError", "Splits", "load_splits", "make_splits", "save_splits"]
+__all__ = ["SplitError", "Splits", "load_splits", "make_splits", "save_splits"]

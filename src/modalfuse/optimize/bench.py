@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
@@ -72,9 +73,30 @@ def bench_models(variants: list[tuple[str, Path]], ds: Dataset, splits: Splits,
                  baseline: str | None = None, rounds: int = 3, batch: int = 64,
                  versus: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Measure every variant on the test split; ratios are to `baseline` (default: the first)."""
-    from rich.progress import Progress
-
     names = [n for n, _ in variants]
+    baseline = check_variants(names, baseline, versus)
+    vs = [Variant(n, p, Predictor.from_path(p)) for n, p in variants]
+    ids = splits.ids("test")
+    table = ds.table.set_index(ds.spec.id_column).loc[ids].reset_index()
+    records, images = table_records(ds.spec, table), ds.row_images(table)
+    rows = {v.name: quality_row(v, table, records, images, ds.spec.target) for v in vs}
+    time_variants(vs, records, images, rounds, batch)
+    for v in vs:
+        rows[v.name].update(timing_summary(v))
+    base = rows[baseline]
+    for r in rows.values():
+        r.update(_ratios(r, base))
+    pairs = [{"variant": a, "reference": b, **_ratios(rows[a], rows[b]),
+              "macro_f1_kept": rows[a]["macro_f1"] / rows[b]["macro_f1"] if rows[b]["macro_f1"] else None}
+             for a, b in versus or []]
+    return {"baseline": baseline, "rounds": rounds, "batch": batch, "n_test": len(ids),
+            "dataset": ds.spec.name, "dataset_version": ds.version,
+            "rows": list(rows.values()), "versus": pairs}
+
+
+def check_variants(names: list[str], baseline: str | None,
+                   versus: list[tuple[str, str]] | None) -> str:
+    """Refuse repeated names and unknown baseline/versus names; return the baseline."""
     if len(set(names)) != len(names):
         raise InvalidInput(f"variant names must be distinct, got {names}")
     baseline = baseline or names[0]
@@ -83,25 +105,32 @@ def bench_models(variants: list[tuple[str, Path]], ds: Dataset, splits: Splits,
     for a, b in versus or []:
         if a not in names or b not in names:
             raise InvalidInput(f"--versus {a}={b}: both must be variants; variants: {names}")
-    vs = [Variant(n, p, Predictor.from_path(p)) for n, p in variants]
-    ids = splits.ids("test")
-    table = ds.table.set_index(ds.spec.id_column).loc[ids].reset_index()
-    records, images = table_records(ds.spec, table), ds.row_images(table)
-    rows: dict[str, dict[str, Any]] = {}
-    for v in vs:
-        proba = v.predictor.predict_proba(records, images)  # also warms sessions up
-        pos = {lab: i for i, lab in enumerate(v.predictor.labels)}
-        y = table[ds.spec.target].map(pos).to_numpy()
-        if np.isnan(y.astype(float)).any():
-            raise InvalidInput(f"{v.name}: test labels unknown to the model")
-        m = classification_metrics(proba, y.astype(int), v.predictor.labels)
-        bundle = v.predictor.bundle
-        rows[v.name] = {"variant": v.name, "bundle": str(v.path), "model_version": v.predictor.model_version,
-                        "kind": bundle.meta["model"]["kind"],
-                        "how": bundle.meta.get("training", {}).get("optimized", {}).get("method", "trained"),
-                        "n_test": len(ids), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                        "ece": m["ece"], "size_bytes": file_size(v.path),
-                        "onnx_parts": [p for p, _ in onnx_parts(bundle.model)]}
+    return baseline
+
+
+def quality_row(v: Variant, table: pd.DataFrame, records: list, images: list,
+                target: str) -> dict[str, Any]:
+    """A variant's test metrics, size and parts (scoring once also warms its sessions up)."""
+    proba = v.predictor.predict_proba(records, images)
+    pos = {lab: i for i, lab in enumerate(v.predictor.labels)}
+    y = table[target].map(pos).to_numpy()
+    if np.isnan(y.astype(float)).any():
+        raise InvalidInput(f"{v.name}: test labels unknown to the model")
+    m = classification_metrics(proba, y.astype(int), v.predictor.labels)
+    bundle = v.predictor.bundle
+    return {"variant": v.name, "bundle": str(v.path), "model_version": v.predictor.model_version,
+            "kind": bundle.meta["model"]["kind"],
+            "how": bundle.meta.get("training", {}).get("optimized", {}).get("method", "trained"),
+            "n_test": len(table), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+            "ece": m["ece"], "size_bytes": file_size(v.path),
+            "onnx_parts": [p for p, _ in onnx_parts(bundle.model)]}
+
+
+def time_variants(vs: list[Variant], records: list, images: list, rounds: int, batch: int) -> None:
+    """Time every variant, interleaved round by round: one-row requests end to end, the model
+    alone on ready features, the networks alone on ready arrays, and batches."""
+    from rich.progress import Progress
+
     single_prepared = [[_prepared(v.predictor, r, im) for r, im in zip(records, images, strict=True)]
                        for v in vs]
     # The networks' own latency: ONNX Runtime on ready input arrays, no feature code around it.
@@ -140,24 +169,18 @@ def bench_models(variants: list[tuple[str, Path]], ds: Dataset, splits: Splits,
                     model.predict_proba(fb)
                     v.model_batch_seconds += time.perf_counter() - t0
                 progress.advance(task)
-    for v in vs:
-        rows[v.name].update({
-            "p50_ms": _pct(v.single, 50), "p99_ms": _pct(v.single, 99),
-            "model_p50_ms": _pct(v.model_single, 50), "model_p99_ms": _pct(v.model_single, 99),
-            "net_p50_ms": _pct(v.net_single, 50) if v.net_single else None,
-            "throughput_rps": v.batch_rows / v.batch_seconds if v.batch_seconds else float("nan"),
-            "model_throughput_rps": (v.batch_rows / v.model_batch_seconds if v.model_batch_seconds
-                                     else float("nan")),
-        })
-    base = rows[baseline]
-    for r in rows.values():
-        r.update(_ratios(r, base))
-    pairs = [{"variant": a, "reference": b, **_ratios(rows[a], rows[b]),
-              "macro_f1_kept": rows[a]["macro_f1"] / rows[b]["macro_f1"] if rows[b]["macro_f1"] else None}
-             for a, b in versus or []]
-    return {"baseline": baseline, "rounds": rounds, "batch": batch, "n_test": len(ids),
-            "dataset": ds.spec.name, "dataset_version": ds.version,
-            "rows": list(rows.values()), "versus": pairs}
+
+
+def timing_summary(v: Variant) -> dict[str, Any]:
+    """Percentiles and throughputs of one variant's timings."""
+    return {
+        "p50_ms": _pct(v.single, 50), "p99_ms": _pct(v.single, 99),
+        "model_p50_ms": _pct(v.model_single, 50), "model_p99_ms": _pct(v.model_single, 99),
+        "net_p50_ms": _pct(v.net_single, 50) if v.net_single else None,
+        "throughput_rps": v.batch_rows / v.batch_seconds if v.batch_seconds else float("nan"),
+        "model_throughput_rps": (v.batch_rows / v.model_batch_seconds if v.model_batch_seconds
+                                 else float("nan")),
+    }
 
 
 def _ratios(r: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ the UI shows is what `/v1/predict` and `/v1/explain` answer, for the same model_
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -319,6 +320,27 @@ def build_ui(app: FastAPI) -> gr.Blocks:
     holder = app.state.model_holder
     predictor: Predictor = holder.current.predictor  # for the form: a reload keeps the inputs
     settings: Settings = app.state.settings
+    # delete_cache: gradio's copies of uploads and results go after an hour.
+    with gr.Blocks(title=f"modalfuse · {predictor.spec.name}", analytics_enabled=False,
+                   delete_cache=(SCRATCH_MAX_AGE_S, SCRATCH_MAX_AGE_S)) as demo:
+        header = gr.Markdown(header_markdown(predictor), elem_id="mf-header")
+        with gr.Tab("Predict", id="predict"):
+            predict_tab(holder, predictor, settings)
+        with gr.Tab("Batch", id="batch"):
+            batch_tab(holder, settings, predictor.spec)
+        with gr.Tab("Model", id="model"):
+            model_md = model_tab(app, predictor)
+
+        def _current():
+            served = holder.current.predictor  # one model for both panes
+            return header_markdown(served), model_markdown(served)
+
+        demo.load(_current, [], [header, model_md])
+    return demo
+
+
+def predict_tab(holder, predictor: Predictor, settings: Settings) -> None:
+    """The Predict tab (inside a gr.Blocks): image, fields, prefill, and the explained answer."""
     spec = predictor.spec
     vocab = predictor.bundle.preprocessor.tabular_.vocab_ or {}
     example = predictor.bundle.meta.get("example") or {}
@@ -328,110 +350,100 @@ def build_ui(app: FastAPI) -> gr.Blocks:
     names: list[str] = []
     if data is not None:
         names = [str(v) for v in data[0][display]]
+    with gr.Row():
+        with gr.Column(scale=1):
+            if names:
+                species = gr.Dropdown(choices=names, value=None, label=f"Prefill from "
+                                      f"the dataset ({display})", elem_id="mf-species")
+            example_btn = gr.Button("Load the bundle's example", size="sm")
+            sprite = gr.File(label="Image (PNG, JPEG, GIF, WebP, BMP)", type="binary",
+                             file_types=IMAGE_TYPES, elem_id="mf-sprite")
+            with gr.Accordion("Fields (* required)", open=True):
+                widgets = []
+                pairs = list(zip(spec.fields, start, strict=True))
+                for i in range(0, len(pairs), 3):  # three to a row keeps it on screen
+                    with gr.Row():
+                        widgets += [_widget(f, vocab.get(f.name, []), v)
+                                    for f, v in pairs[i:i + 3]]
+            go = gr.Button("Predict and explain", variant="primary", elem_id="mf-go")
+        with gr.Column(scale=1):
+            status = gr.Markdown("Upload an image, check the fields, then press "
+                                 "**Predict and explain**.", elem_id="mf-status")
+            top = gr.Label(num_top_classes=5, label="Top classes", elem_id="mf-top")
+            heat = gr.Image(label="Heatmap (occlusion) over the normalized image",
+                            type="pil", format="png", interactive=False,
+                            elem_id="mf-heatmap")
+            share = gr.Label(label="Share of the prediction: image vs table",
+                             elem_id="mf-share")
+            contrib = gr.Dataframe(
+                value=pd.DataFrame(columns=["field", "value", "contribution"]),
+                label="Contributions (probability points)", interactive=False,
+                elem_id="mf-contrib")
 
-    # delete_cache: gradio's copies of uploads and results go after an hour.
-    with gr.Blocks(title=f"modalfuse · {spec.name}", analytics_enabled=False,
-                   delete_cache=(SCRATCH_MAX_AGE_S, SCRATCH_MAX_AGE_S)) as demo:
-        header = gr.Markdown(header_markdown(predictor), elem_id="mf-header")
-        with gr.Tab("Predict", id="predict"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    if names:
-                        species = gr.Dropdown(choices=names, value=None, label=f"Prefill from "
-                                              f"the dataset ({display})", elem_id="mf-species")
-                    example_btn = gr.Button("Load the bundle's example", size="sm")
-                    sprite = gr.File(label="Image (PNG, JPEG, GIF, WebP, BMP)", type="binary",
-                                     file_types=IMAGE_TYPES, elem_id="mf-sprite")
-                    with gr.Accordion("Fields (* required)", open=True):
-                        widgets = []
-                        pairs = list(zip(spec.fields, start, strict=True))
-                        for i in range(0, len(pairs), 3):  # three to a row keeps it on screen
-                            with gr.Row():
-                                widgets += [_widget(f, vocab.get(f.name, []), v)
-                                            for f, v in pairs[i:i + 3]]
-                    go = gr.Button("Predict and explain", variant="primary", elem_id="mf-go")
-                with gr.Column(scale=1):
-                    status = gr.Markdown("Upload an image, check the fields, then press "
-                                         "**Predict and explain**.", elem_id="mf-status")
-                    top = gr.Label(num_top_classes=5, label="Top classes", elem_id="mf-top")
-                    heat = gr.Image(label="Heatmap (occlusion) over the normalized image",
-                                    type="pil", format="png", interactive=False,
-                                    elem_id="mf-heatmap")
-                    share = gr.Label(label="Share of the prediction: image vs table",
-                                     elem_id="mf-share")
-                    contrib = gr.Dataframe(
-                        value=pd.DataFrame(columns=["field", "value", "contribution"]),
-                        label="Contributions (probability points)", interactive=False,
-                        elem_id="mf-contrib")
+    def _predict(sprite_bytes, *values):
+        return explain_one(holder.current.explainer, sprite_bytes, list(values))
 
-            def _predict(sprite_bytes, *values):
-                return explain_one(holder.current.explainer, sprite_bytes, list(values))
+    go.click(_predict, [sprite, *widgets], [status, top, heat, share, contrib])
 
-            go.click(_predict, [sprite, *widgets], [status, top, heat, share, contrib])
+    def _example():
+        tmp = scratch_dir("example-")
+        path = None
+        if example.get("image_base64"):
+            path = tmp / "example.png"
+            path.write_bytes(base64.b64decode(example["image_base64"]))
+        return [str(path) if path else None, *start]
 
-            def _example():
-                tmp = scratch_dir("example-")
-                path = None
-                if example.get("image_base64"):
-                    import base64
+    example_btn.click(_example, [], [sprite, *widgets])
+    if names and data is not None:
+        table, images_dir = data
 
-                    path = tmp / "example.png"
-                    path.write_bytes(base64.b64decode(example["image_base64"]))
-                return [str(path) if path else None, *start]
+        def _prefill(name):
+            if not name:
+                return [gr.update()] * (1 + len(widgets))
+            try:
+                path, values = prefill(table, images_dir, spec, display, name)
+            except UploadError as e:
+                raise gr.Error(str(e)) from None
+            return [path, *values]
 
-            example_btn.click(_example, [], [sprite, *widgets])
-            if names and data is not None:
-                table, images_dir = data
+        species.change(_prefill, [species], [sprite, *widgets])
 
-                def _prefill(name):
-                    if not name:
-                        return [gr.update()] * (1 + len(widgets))
-                    try:
-                        path, values = prefill(table, images_dir, spec, display, name)
-                    except UploadError as e:
-                        raise gr.Error(str(e)) from None
-                    return [path, *values]
 
-                species.change(_prefill, [species], [sprite, *widgets])
+def batch_tab(holder, settings: Settings, spec: DatasetSpec) -> None:
+    """The Batch tab (inside a gr.Blocks): a table and a zip of images in, a CSV out."""
+    gr.Markdown(f"Score a table (.csv or .parquet, one row per record, the image file "
+                f"name in column `{spec.image_column}`) with a zip of the images. Bad "
+                "rows get an `error`; every other row is scored.")
+    with gr.Row():
+        table_file = gr.File(label="Table (.csv, .parquet)", type="filepath",
+                             file_types=[".csv", ".parquet"], elem_id="mf-batch-table")
+        zip_file = gr.File(label="Images (.zip)", type="filepath", file_types=[".zip"],
+                           elem_id="mf-batch-zip")
+    run = gr.Button("Score the file", variant="primary", elem_id="mf-batch-go")
+    batch_status = gr.Markdown(elem_id="mf-batch-status")
+    batch_out = gr.File(label="Predictions (CSV)", interactive=False,
+                        elem_id="mf-batch-out")
+    batch_preview = gr.Dataframe(value=pd.DataFrame(columns=["row", "predicted", "error"]),
+                                 label="First rows", interactive=False)
 
-        with gr.Tab("Batch", id="batch"):
-            gr.Markdown(f"Score a table (.csv or .parquet, one row per record, the image file "
-                        f"name in column `{spec.image_column}`) with a zip of the images. Bad "
-                        "rows get an `error`; every other row is scored.")
-            with gr.Row():
-                table_file = gr.File(label="Table (.csv, .parquet)", type="filepath",
-                                     file_types=[".csv", ".parquet"], elem_id="mf-batch-table")
-                zip_file = gr.File(label="Images (.zip)", type="filepath", file_types=[".zip"],
-                                   elem_id="mf-batch-zip")
-            run = gr.Button("Score the file", variant="primary", elem_id="mf-batch-go")
-            batch_status = gr.Markdown(elem_id="mf-batch-status")
-            batch_out = gr.File(label="Predictions (CSV)", interactive=False,
-                                elem_id="mf-batch-out")
-            batch_preview = gr.Dataframe(value=pd.DataFrame(columns=["row", "predicted", "error"]),
-                                         label="First rows", interactive=False)
+    def _batch(tpath, zpath, progress=gr.Progress()):
+        return batch_upload(holder.current.predictor, settings, tpath, zpath, progress)
 
-            def _batch(tpath, zpath, progress=gr.Progress()):
-                return batch_upload(holder.current.predictor, settings, tpath, zpath,
-                                    progress)
+    run.click(_batch, [table_file, zip_file], [batch_status, batch_out, batch_preview])
 
-            run.click(_batch, [table_file, zip_file], [batch_status, batch_out, batch_preview])
 
-        with gr.Tab("Model", id="model"):
-            model_md = gr.Markdown(model_markdown(predictor), elem_id="mf-model")
-            card = gr.Markdown("Press the button to read the model card, if one is published.")
-            card_btn = gr.Button("Show the model card", size="sm")
+def model_tab(app: FastAPI, predictor: Predictor) -> gr.Markdown:
+    """The Model tab (inside a gr.Blocks): version, metrics and the model card on request;
+    returns the pane the page refreshes on load."""
+    model_md = gr.Markdown(model_markdown(predictor), elem_id="mf-model")
+    card = gr.Markdown("Press the button to read the model card, if one is published.")
+    card_btn = gr.Button("Show the model card", size="sm")
 
-            async def _card():
-                return await model_card_markdown(app)
+    async def _card():
+        return await model_card_markdown(app)
 
-            card_btn.click(_card, [], [card])
-
-        def _current():
-            served = holder.current.predictor  # one model for both panes
-            return header_markdown(served), model_markdown(served)
-
-        demo.load(_current, [], [header, model_md])
-    return demo
+    card_btn.click(_card, [], [card])
+    return model_md
 
 
 def mount_ui(app: FastAPI, path: str = UI_PATH) -> FastAPI:
