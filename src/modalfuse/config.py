@@ -101,6 +101,23 @@ class Settings(BaseSettings):
     prediction_log_max_age: Duration = Field(default=30 * 86400, gt=0)
     prediction_log_max_mb: float = Field(default=200.0, gt=0)
     retention_sweep_every: Duration = Field(default=600, gt=0)  # how often jobs are swept
+    # The production loop (docs/operations.md).
+    # Live performance on labelled traffic (POST /v1/feedback): windows of this length, and an
+    # alert when a window with at least perf_min_labels labels falls below a threshold.
+    perf_window: Duration = Field(default=86400, gt=0)
+    perf_min_labels: int = Field(default=30, ge=1)
+    alert_min_accuracy: float = Field(default=0.55, ge=0, le=1)
+    alert_min_macro_f1: float = Field(default=0.45, ge=0, le=1)
+    alert_max_ece: float = Field(default=0.15, ge=0, le=1)
+    alert_max_drift_share: float = Field(default=0.5, ge=0, le=1)  # share of drifted columns
+    # Releases: a challenger (registry URI or bundle) scored in the shadow of every request,
+    # and a canary share of traffic (sticky by client key) answered by it. Empty: none.
+    shadow_model_uri: str | None = None
+    shadow_bundle: Path | None = None
+    shadow_queue_size: int = Field(default=1_000, ge=1)  # work beyond it is dropped, counted
+    canary_share: float = Field(default=0.0, ge=0, le=1)
+    canary_model_uri: str | None = None
+    canary_bundle: Path | None = None
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -69,6 +69,8 @@ class PredictionEvent:
     labels: list[str]
     model_version: str
     latency_s: float
+    images: Sequence[bytes | None] = ()  # the raw image bytes, aligned with records
+    prediction_ids: Sequence[str] | None = None  # the ids the caller gave each row, if any
 
 
 class Predictor:
@@ -175,8 +177,10 @@ class Predictor:
 
     def predict_proba(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
                       allow_extra: bool = False, *, from_text: bool = False,
-                      max_total_pixels: int | None = None) -> np.ndarray:
-        """(n, n_labels) probabilities; raises PredictionInputError if any row is invalid."""
+                      max_total_pixels: int | None = None,
+                      prediction_ids: Sequence[str] | None = None) -> np.ndarray:
+        """(n, n_labels) probabilities; raises PredictionInputError if any row is invalid.
+        `prediction_ids` (one per row) reach the observers with the rows."""
         t0 = time.perf_counter()
         prep = self.prepare(records, images, allow_extra, from_text=from_text,
                             max_total_pixels=max_total_pixels)
@@ -185,15 +189,17 @@ class Predictor:
         if prep.batch is None:
             return np.zeros((0, len(self.labels)))
         proba = self.bundle.model.predict_proba(prep.batch)
-        self._notify(records, prep, proba, t0)
+        self._notify(records, prep, proba, t0, images, prediction_ids)
         return proba
 
     def predict(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
                 top_k: int = 3, allow_extra: bool = False, *, from_text: bool = False,
-                max_total_pixels: int | None = None) -> list[dict[str, Any]]:
+                max_total_pixels: int | None = None,
+                prediction_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """One result per input row: a prediction, or an `error` mapping field -> message.
 
-        See `prepare` for `from_text` and `max_total_pixels` (PixelBudgetError).
+        See `prepare` for `from_text` and `max_total_pixels` (PixelBudgetError);
+        `prediction_ids` (one per row) reach the observers with the rows.
         """
         t0 = time.perf_counter()
         prep = self.prepare(records, images, allow_extra, from_text=from_text,
@@ -205,15 +211,16 @@ class Predictor:
             proba = self.bundle.model.predict_proba(prep.batch)
             for row, p in zip(prep.valid, proba, strict=True):
                 out[row] = self.format(p, top_k)
-            self._notify(records, prep, proba, t0)
+            self._notify(records, prep, proba, t0, images, prediction_ids)
         return out
 
     def _notify(self, records: Sequence[dict[str, Any]], prep: Prepared, proba: np.ndarray,
-                t0: float) -> None:
+                t0: float, images: Sequence[bytes | None] = (),
+                prediction_ids: Sequence[str] | None = None) -> None:
         if not self.observers:
             return
         event = PredictionEvent(records, prep, proba, self.labels, self.model_version,
-                                time.perf_counter() - t0)
+                                time.perf_counter() - t0, images, prediction_ids)
         for observe in self.observers:
             observe(event)
 
