@@ -112,6 +112,14 @@ def _content_hash(directory: Path) -> str:
     return h.hexdigest()
 
 
+def version_tag(model_meta: dict, training: dict | None) -> str:
+    """The middle of a model version: the recipe that trained it (`gbm`, `stacking`, ...), else
+    (optimized or hand-made bundles) the served kind."""
+    training = training or {}
+    recipe = training.get("config", {}).get("model")
+    return str(recipe) if recipe and "optimized" not in training else str(model_meta["kind"])
+
+
 def save_bundle(directory: Path, spec: DatasetSpec, preprocessor: Preprocessor, model: Model,
                 labels: list[str], dataset: dict, metrics: dict | None = None,
                 training: dict | None = None) -> ModelBundle:
@@ -128,7 +136,7 @@ def save_bundle(directory: Path, spec: DatasetSpec, preprocessor: Preprocessor, 
     meta = {
         "format": "modalfuse-bundle",
         "format_version": BUNDLE_FORMAT,
-        "model_version": f"{spec.name}-{model_meta['kind']}-{content[:12]}",
+        "model_version": f"{spec.name}-{version_tag(model_meta, training)}-{content[:12]}",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "modalfuse_version": __version__,
         "python": platform.python_version(),
