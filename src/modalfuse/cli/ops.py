@@ -1,15 +1,19 @@
-"""Stage 6, operations: `modalfuse monitor`, the drift and skew report of logged predictions.
+"""Stage 6, operations: `modalfuse monitor`, the drift, skew and live performance reports of
+logged predictions.
 
-A thin Typer wrapper over `modalfuse.monitor`; Evidently is imported inside the command.
+A thin Typer wrapper over `modalfuse.monitor`; Evidently is imported inside the command. Exit
+codes: 1 for an error, 3 (`monitor.performance.ALERT_EXIT_CODE`) when a window of live
+performance is flagged, so a cron job can act on it.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from modalfuse.cli.common import (
@@ -23,6 +27,10 @@ from modalfuse.cli.common import (
     settings,
 )
 
+if TYPE_CHECKING:
+    from modalfuse.inference.predictor import Predictor
+    from modalfuse.monitor.predlog import PredictionLog
+
 
 @app.command(rich_help_panel=OPERATIONS)
 def monitor(
@@ -32,26 +40,62 @@ def monitor(
     = None,
     out: Annotated[Path | None, typer.Option(help="report folder (default: "
                                              "<data dir>/reports/monitoring/<time>)")] = None,
+    drift: Annotated[bool, typer.Option("--drift/--no-drift", help="the drift and skew report "
+                                        "(needs the model's training data)")] = True,
+    performance: Annotated[bool | None, typer.Option(
+        "--performance/--no-performance", help="live performance on labelled traffic "
+        "(POST /v1/feedback); default: when the model has feedback")] = None,
 ) -> None:
-    """Drift (Evidently: fields and predictions) and skew (features) of logged predictions."""
+    """Drift (Evidently: fields and predictions), skew (features) and live performance
+    (feedback) of logged predictions; exit code 3 when a performance window is flagged."""
     from modalfuse.inference.predictor import Predictor
-    from modalfuse.monitor.drift import NoReferenceError, load_or_build_reference
+    from modalfuse.monitor.performance import ALERT_EXIT_CODE
     from modalfuse.monitor.predlog import PredictionLog
-    from modalfuse.monitor.report import monitor_report
 
     s = settings()
     predictor = Predictor.from_path(bundle_path(bundle, dataset, announce=False))
+    plog = PredictionLog(s.data_dir / "monitoring" / "predictions.db")
+    since = time.time() - hours * 3600 if hours else None
+    folder = out or s.reports_dir / "monitoring" / time.strftime("%Y%m%d-%H%M%S")
+    version = predictor.model_version
+    alert = False
+    if drift:
+        monitor_drift(predictor, plog, since, folder)
+    if performance or (performance is None and plog.latest_labelled_ts(version) is not None):
+        alert = monitor_performance(plog, version, since, folder)
+    # Further sections (the shadow comparison, `--shadow`) go here: each writes its files into
+    # `folder`, prints its table and says whether it alerts.
+    console.print(f"report: {folder}")
+    if alert:
+        raise typer.Exit(ALERT_EXIT_CODE)
+
+
+def monitor_drift(predictor: Predictor, plog: PredictionLog, since: float | None,
+                  folder: Path) -> None:
+    """The drift and skew section: drift.html, skew.png and summary.json in `folder`."""
+    from modalfuse.monitor.drift import NoReferenceError, load_or_build_reference
+    from modalfuse.monitor.report import monitor_report
+
+    s = settings()
     try:
         reference = load_or_build_reference(predictor, s.data_dir / "monitoring",
                                             s.dataset_dir(predictor.spec.name))
     except NoReferenceError as e:
-        fail(str(e))
-    since = time.time() - hours * 3600 if hours else None
-    logged = PredictionLog(s.data_dir / "monitoring" / "predictions.db").read(
-        model_version=predictor.model_version, since=since)
-    folder = out or s.reports_dir / "monitoring" / time.strftime("%Y%m%d-%H%M%S")
+        fail(f"{e} (--no-drift skips the drift report)")
+    logged = plog.read(model_version=predictor.model_version, since=since)
     print_monitoring(monitor_report(predictor, reference, logged, folder), predictor.model_version)
-    console.print(f"report: {folder}")
+
+
+def monitor_performance(plog: PredictionLog, model_version: str, since: float | None,
+                        folder: Path) -> bool:
+    """The live performance section: performance.json, .png and .html in `folder`, the
+    windows table and the alerts; True when a window is flagged."""
+    from modalfuse.monitor.performance import PerformanceThresholds, performance_report
+
+    summary = performance_report(plog, PerformanceThresholds.from_settings(settings()), folder,
+                                 model_version, since)
+    print_performance(summary, model_version)
+    return summary["status"] == "alert"
 
 
 def print_monitoring(summary: dict, model_version: str) -> None:
@@ -73,3 +117,19 @@ def print_monitoring(summary: dict, model_version: str) -> None:
                                   f"{summary['thresholds']['psi_drift']}; worst "
                                   f"{worst['feature']} PSI {worst['psi']:.3f}")
     console.print(t)
+
+
+def print_performance(summary: dict, model_version: str) -> None:
+    """Live performance as one table (a row per window) and the alerts, one line each."""
+    t = Table(title=f"live performance, model {model_version}: {summary['status']} "
+                    f"({summary['labelled']} labelled of {summary['predictions']} predictions)")
+    for col in ("window start (UTC)", "predictions", "labelled", "share", "accuracy",
+                "macro-F1", "ECE", "flagged"):
+        t.add_column(col)
+    for w in summary["windows"]:
+        t.add_row(w["start"][:16].replace("T", " "), str(w["predictions"]), str(w["labelled"]),
+                  f"{w['labelled_share']:.2f}", f"{w['accuracy']:.3f}", f"{w['macro_f1']:.3f}",
+                  f"{w['ece']:.3f}", "[red]yes[/]" if w["alerts"] else "")
+    console.print(t)
+    for a in summary["alerts"]:
+        console.print(f"[bold red]alert:[/] {escape(a['message'])}", highlight=False)

@@ -8,6 +8,11 @@ Retention is that thread's job too, never a request's: at start and every `prune
 it deletes rows older than `max_age_s`, and whenever the file (with its WAL) outgrows
 `max_bytes` it deletes the oldest rows until it is back under `PRUNE_TO` of the limit, then
 gives the freed pages back to the disk (incremental vacuum, then a WAL checkpoint).
+
+Ground truth lives beside it: a row the API scored carries the `prediction_id` it answered,
+and `POST /v1/feedback` stores the true label of an id in the `feedback` table of the same
+file, synchronously (`PredictionLog.add_feedback`): one label per id, validated against the
+labels of the model that made the prediction. Pruning a prediction drops its feedback too.
 """
 
 from __future__ import annotations
@@ -18,15 +23,16 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from modalfuse.errors import InvalidInput
 from modalfuse.inference.predictor import PredictionEvent
 from modalfuse.monitor.context import request_id_var
 
@@ -43,7 +49,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     confidence REAL NOT NULL,
     inputs TEXT NOT NULL,
     proba BLOB NOT NULL,
-    features BLOB NOT NULL
+    features BLOB NOT NULL,
+    prediction_id TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE TABLE IF NOT EXISTS models (
@@ -51,7 +58,61 @@ CREATE TABLE IF NOT EXISTS models (
     labels TEXT NOT NULL,
     feature_names TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS feedback (
+    prediction_id TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
 """
+
+# Ids are looked up this many at a time (SQLite caps the parameters of one statement).
+LOOKUP_CHUNK = 500
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a log file written by an older version up to SCHEMA: tables, the prediction id
+    column (added with ALTER TABLE where missing) and its index."""
+    db.executescript(SCHEMA)
+    columns = {r[1] for r in db.execute("PRAGMA table_info(predictions)")}
+    if "prediction_id" not in columns:
+        try:
+            db.execute("ALTER TABLE predictions ADD COLUMN prediction_id TEXT")
+        except sqlite3.OperationalError as e:  # another worker process added it meanwhile
+            if "duplicate column" not in str(e):
+                raise
+    db.execute("CREATE INDEX IF NOT EXISTS predictions_pid ON predictions (prediction_id)")
+    db.commit()
+
+
+FeedbackStatus = Literal["stored", "unchanged", "replaced", "unknown"]
+
+
+@dataclass(frozen=True)
+class FeedbackOutcome:
+    """What happened to one feedback row: stored, unchanged (the same label again), replaced,
+    or unknown (no prediction with that id in the log); with the model that made it."""
+
+    prediction_id: str
+    label: str
+    status: FeedbackStatus
+    model_version: str | None = None
+    previous_label: str | None = None
+
+
+class FeedbackError(InvalidInput):
+    """Feedback refused as a whole (nothing stored); `errors` maps row index -> message."""
+
+    def __init__(self, errors: dict[int, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"row {i}: {m}" for i, m in errors.items()))
+
+
+class FeedbackLabelError(FeedbackError):
+    """A label that is not one of the labels of the model that made the prediction."""
+
+
+class FeedbackConflict(FeedbackError):
+    """A different label for a prediction that already has one, without `replace`."""
 
 # A log over its size limit is cut to this fraction of it, so pruning is not redone per write.
 PRUNE_TO = 0.8
@@ -81,7 +142,7 @@ class PredictionLog:
         self.feature_names = list(feature_names or [])
         self.max_queue, self.flush_every_s = max_queue, flush_every_s
         self.on_drop = on_drop
-        self._queue: queue.Queue[tuple | None] = queue.Queue(max_queue)
+        self._queue: queue.Queue[tuple | threading.Event | None] = queue.Queue(max_queue)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._known_models: set[str] = set()
@@ -105,7 +166,7 @@ class PredictionLog:
         """Create the database and its tables if needed; returns self."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as db:
-            db.executescript(SCHEMA)
+            migrate(db)
         return self
 
     # -- writing -------------------------------------------------------------------------
@@ -137,18 +198,32 @@ class PredictionLog:
         rid = request_id_var.get()
         ts = time.time()
         per_row_ms = event.latency_s * 1000 / max(1, len(event.prepared.valid))
+        ids = event.prediction_ids
         for k, row in enumerate(event.prepared.valid):
             p = event.proba[k]
             j = int(np.argmax(p))
             item = (ts, rid, event.model_version, per_row_ms, event.labels[j], float(p[j]),
                     json.dumps(event.records[row], default=str),
                     p.astype(np.float32).tobytes(), feats[k].tobytes(),
-                    event.labels)
+                    ids[row] if ids is not None else None, event.labels)
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
                 if self.on_drop is not None:
                     self.on_drop()
+
+    def wait_written(self, timeout: float = 2.0) -> bool:
+        """Wait until every row queued before this call is in the file (at most `timeout`
+        seconds); True when it is. Feedback calls it, so a label sent right after its
+        prediction finds it."""
+        if self._thread is None or not self._thread.is_alive():
+            return self._queue.empty()
+        marker = threading.Event()
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        return marker.wait(timeout)
 
     def _run(self) -> None:
         stopping = False
@@ -156,41 +231,47 @@ class PredictionLog:
             if self._prune_due():
                 self._prune_logged()
             items: list[tuple] = []
+            markers: list[threading.Event] = []
             try:
                 first = self._queue.get(timeout=self.flush_every_s)
             except queue.Empty:
                 continue
-            if first is None:
-                stopping = True
-            else:
-                items.append(first)
-            while len(items) < 1000:
+            nxt: Any = first
+            while True:
+                if nxt is None:
+                    stopping = True
+                    break
+                if isinstance(nxt, threading.Event):  # wait_written: set once rows before it are in
+                    markers.append(nxt)
+                    break
+                items.append(nxt)
+                if len(items) >= 1000:
+                    break
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
-                    stopping = True
-                    break
-                items.append(nxt)
             if items:
                 try:
                     self._write(items)
                 except sqlite3.Error:
                     log.exception("cannot write %d predictions to the log", len(items))
+            for m in markers:
+                m.set()
 
     def _write(self, items: list[tuple]) -> None:
         with self.connect() as db:
             for it in items:
-                version, labels = it[2], it[9]
+                version, labels = it[2], it[10]
                 if version not in self._known_models:
                     db.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?)",
                                (version, json.dumps(labels), json.dumps(self.feature_names)))
                     self._known_models.add(version)
             db.executemany(
                 "INSERT INTO predictions (ts, request_id, model_version, latency_ms, label, "
-                "confidence, inputs, proba, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [it[:9] for it in items])
+                "confidence, inputs, proba, features, prediction_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [it[:10] for it in items])
             db.commit()
 
     # -- retention -----------------------------------------------------------------------
@@ -237,9 +318,21 @@ class PredictionLog:
                 old = db.execute("DELETE FROM predictions WHERE ts < ?", (cutoff,)).rowcount
                 db.commit()
             for_size = self._shrink(db) if self.max_bytes is not None else 0
+            if old or for_size:
+                self._drop_orphan_feedback(db)
             if old and not for_size:
                 self._release_pages(db)
         return PruneResult(old, for_size, self.size_bytes())
+
+    @staticmethod
+    def _drop_orphan_feedback(db: sqlite3.Connection) -> None:
+        # Labels of pruned predictions can no longer be joined to anything.
+        try:
+            db.execute("DELETE FROM feedback WHERE prediction_id NOT IN (SELECT prediction_id "
+                       "FROM predictions WHERE prediction_id IS NOT NULL)")
+            db.commit()
+        except sqlite3.OperationalError:  # a file from before feedback: nothing to drop
+            pass
 
     def _shrink(self, db: sqlite3.Connection) -> int:
         """Delete the oldest rows until the file is under PRUNE_TO of `max_bytes`."""
@@ -296,11 +389,171 @@ class PredictionLog:
         sql = "SELECT * FROM predictions" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
         with self.connect() as db:
-            db.executescript(SCHEMA)
+            migrate(db)
             frame = pd.read_sql_query(sql, db, params=args)
             models = {r[0]: (json.loads(r[1]), json.loads(r[2]))
                       for r in db.execute("SELECT * FROM models")}
         return LoggedPredictions(frame.iloc[::-1].reset_index(drop=True), models)
+
+
+    # -- ground truth --------------------------------------------------------------------
+    def add_feedback(self, rows: Sequence[tuple[str, str]], replace: bool = False,
+                     now: float | None = None) -> list[FeedbackOutcome]:
+        """Store the true label of each `(prediction_id, label)` row, all or nothing, in one
+        transaction; one outcome per row. An id not in the log is `unknown` (nothing stored).
+
+        Raises FeedbackLabelError when a label is not one of its model's labels, and
+        FeedbackConflict when an id already has another label and `replace` is false.
+        """
+        if not self.path.exists():
+            return [FeedbackOutcome(pid, label, "unknown") for pid, label in rows]
+        received = time.time() if now is None else now
+        with self.connect() as db:
+            migrate(db)
+            db.execute("BEGIN IMMEDIATE")  # the checks and the writes see one state
+            found, existing = self._lookup(db, list(dict.fromkeys(pid for pid, _ in rows)))
+            labels = {v: json.loads(lab) for v, lab in db.execute(
+                "SELECT model_version, labels FROM models")}
+            outcomes = judge_feedback(rows, found, existing, labels, replace)
+            writes = {o.prediction_id: o.label for o in outcomes
+                      if o.status in ("stored", "replaced")}
+            db.executemany(
+                "INSERT INTO feedback (prediction_id, label, received_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (prediction_id) DO UPDATE SET label = excluded.label, "
+                "received_at = excluded.received_at",
+                [(pid, label, received) for pid, label in writes.items()])
+            db.commit()
+        return outcomes
+
+    @staticmethod
+    def _lookup(db: sqlite3.Connection, ids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        # (prediction id -> model version, prediction id -> label it has already), for `ids`.
+        found: dict[str, str] = {}
+        existing: dict[str, str] = {}
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            chunk = ids[start:start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(db.execute("SELECT prediction_id, model_version FROM predictions "
+                                    f"WHERE prediction_id IN ({marks})", chunk).fetchall())
+            existing.update(db.execute("SELECT prediction_id, label FROM feedback "
+                                       f"WHERE prediction_id IN ({marks})", chunk).fetchall())
+        return found, existing
+
+    def read_labelled(self, model_version: str | None = None, since: float | None = None,
+                      until: float | None = None) -> LabelledPredictions:
+        """Logged predictions that have feedback, oldest first, with their true label; of one
+        model version and from `since` to `until` (prediction time) when given."""
+        if not self.path.exists():
+            return LabelledPredictions(pd.DataFrame(columns=list(LABELLED_COLUMNS)), {})
+        where, args = _time_filter("p.", model_version, since, until)
+        sql = ("SELECT p.ts, p.prediction_id, p.model_version, p.label, p.proba, "
+               "f.label AS true_label, f.received_at FROM feedback f JOIN predictions p "
+               "ON p.prediction_id = f.prediction_id" + where + " ORDER BY p.ts, p.id")
+        with self.connect() as db:
+            migrate(db)
+            frame = pd.read_sql_query(sql, db, params=args)
+            labels = {v: json.loads(lab) for v, lab in db.execute(
+                "SELECT model_version, labels FROM models")}
+        return LabelledPredictions(frame, labels)
+
+    def latest_labelled_ts(self, model_version: str | None = None) -> float | None:
+        """Prediction time of the newest logged prediction that has feedback (None: none)."""
+        if not self.path.exists():
+            return None
+        where, args = _time_filter("p.", model_version, None, None)
+        with self.connect() as db:
+            migrate(db)
+            row = db.execute("SELECT MAX(p.ts) FROM feedback f JOIN predictions p ON "
+                             "p.prediction_id = f.prediction_id" + where, args).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def traffic(self, window_s: float, model_version: str | None = None,
+                since: float | None = None, until: float | None = None) -> dict[tuple[str, int], int]:
+        """Logged predictions per (model version, window index), a window index being
+        `floor(ts / window_s)`: the denominator of the share of traffic labelled."""
+        if not self.path.exists():
+            return {}
+        where, args = _time_filter("", model_version, since, until)
+        sql = (f"SELECT model_version, CAST(ts / ? AS INTEGER) AS w, COUNT(*) FROM predictions"
+               f"{where} GROUP BY model_version, w")
+        with self.connect() as db:
+            migrate(db)
+            return {(v, int(w)): int(n) for v, w, n in db.execute(sql, [window_s, *args])}
+
+
+def _time_filter(prefix: str, model_version: str | None, since: float | None,
+                 until: float | None) -> tuple[str, list[Any]]:
+    # A WHERE clause (or "") over the predictions table and its parameters.
+    where: list[str] = []
+    args: list[Any] = []
+    if model_version:
+        where.append(f"{prefix}model_version = ?")
+        args.append(model_version)
+    if since is not None:
+        where.append(f"{prefix}ts >= ?")
+        args.append(since)
+    if until is not None:
+        where.append(f"{prefix}ts < ?")
+        args.append(until)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
+def judge_feedback(rows: Sequence[tuple[str, str]], found: dict[str, str],
+                   existing: dict[str, str], labels: dict[str, list[str]],
+                   replace: bool) -> list[FeedbackOutcome]:
+    """The outcome of each feedback row, in order, given the model version of each known
+    prediction id, the labels ids already have and each model's labels; raises
+    FeedbackLabelError or FeedbackConflict (a row's message names the value and the rule)."""
+    bad: dict[int, str] = {}
+    conflicts: dict[int, str] = {}
+    current = dict(existing)  # a later row of the same request sees an earlier one
+    outcomes: list[FeedbackOutcome] = []
+    for i, (pid, label) in enumerate(rows):
+        version = found.get(pid)
+        if version is None:
+            outcomes.append(FeedbackOutcome(pid, label, "unknown"))
+            continue
+        allowed = labels.get(version, [])
+        if label not in allowed:
+            bad[i] = (f"label {label!r} is not a label of model {version}, which made "
+                      f"prediction {pid}; allowed: {', '.join(allowed)}")
+            continue
+        before = current.get(pid)
+        if before is not None and before != label and not replace:
+            conflicts[i] = (f"prediction {pid} already has the label {before!r} and this row "
+                            f"gives {label!r}; send \"replace\": true to replace it")
+            continue
+        status: FeedbackStatus = ("stored" if before is None else
+                                  "unchanged" if before == label else "replaced")
+        current[pid] = label
+        outcomes.append(FeedbackOutcome(pid, label, status, version, before))
+    if bad:
+        raise FeedbackLabelError(bad)
+    if conflicts:
+        raise FeedbackConflict(conflicts)
+    return outcomes
+
+
+LABELLED_COLUMNS = ("ts", "prediction_id", "model_version", "label", "proba", "true_label",
+                    "received_at")
+
+
+class LabelledPredictions:
+    """Logged predictions joined with their feedback, plus each model version's labels."""
+
+    def __init__(self, frame: pd.DataFrame, labels: dict[str, list[str]]):
+        self.frame, self.labels = frame, labels
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def proba(self, rows: pd.DataFrame | None = None) -> np.ndarray:
+        """(n, n_labels) float32 probabilities of `rows` (all rows by default), which must
+        come from one model version."""
+        rows = self.frame if rows is None else rows
+        if not len(rows):
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([np.frombuffer(b, dtype=np.float32) for b in rows["proba"]])
 
 
 class LoggedPredictions:
@@ -313,7 +566,8 @@ class LoggedPredictions:
     def empty(cls) -> LoggedPredictions:
         """A frame with the log's columns and no rows."""
         return cls(pd.DataFrame(columns=["id", "ts", "request_id", "model_version", "latency_ms",
-                                         "label", "confidence", "inputs", "proba", "features"]),
+                                         "label", "confidence", "inputs", "proba", "features",
+                                         "prediction_id"]),
                    {})
 
     def __len__(self) -> int:

@@ -1,7 +1,10 @@
-"""Dependencies injected into routes: the served model, its holder and the settings.
+"""Dependencies injected into routes: the served model, its holder, the releases and settings.
 
 `ServedModelDep` is read once per request (FastAPI caches a dependency within a request),
-so a route uses one model from start to end even when a reload swaps it meanwhile.
+so a route uses one model from start to end even when a reload swaps it meanwhile. It is the
+model that answers this client: the canary's for the clients a canary release holds (sticky
+by client key, `serve/canary.py`), else the champion. `ChampionDep` is always the champion,
+for what the job worker scores later.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from modalfuse.config import Settings
+from modalfuse.serve.canary import CanaryRelease, client_key
+from modalfuse.serve.shadow import ShadowRelease
 from modalfuse.serve.state import ModelHolder, ServedModel
 
 
@@ -19,8 +24,27 @@ def get_model_holder(request: Request) -> ModelHolder:
     return request.app.state.model_holder
 
 
+def get_canary(request: Request) -> CanaryRelease:
+    """The app's canary release (running or not)."""
+    return request.app.state.canary
+
+
+def get_shadow(request: Request) -> ShadowRelease:
+    """The app's shadow release (running or not)."""
+    return request.app.state.shadow
+
+
 def get_served_model(request: Request) -> ServedModel:
-    """The model served now, taken once for the whole request."""
+    """The model that answers this request, taken once for the whole request: the canary's
+    for a client the canary holds, else the champion."""
+    canary: CanaryRelease | None = getattr(request.app.state, "canary", None)
+    if canary is None or canary.current is None:
+        return get_model_holder(request).current
+    return canary.model_for(client_key(request))
+
+
+def get_champion(request: Request) -> ServedModel:
+    """The champion served now, whoever asks (a canary never answers for it)."""
     return get_model_holder(request).current
 
 
@@ -31,4 +55,7 @@ def get_settings(request: Request) -> Settings:
 
 ModelHolderDep = Annotated[ModelHolder, Depends(get_model_holder)]
 ServedModelDep = Annotated[ServedModel, Depends(get_served_model)]
+ChampionDep = Annotated[ServedModel, Depends(get_champion)]
+CanaryDep = Annotated[CanaryRelease, Depends(get_canary)]
+ShadowDep = Annotated[ShadowRelease, Depends(get_shadow)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from prometheus_client import (
@@ -23,6 +25,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modalfuse.inference.predictor import PredictionEvent
 from modalfuse.monitor.context import request_id_var
+from modalfuse.monitor.performance import (
+    PerformanceThresholds,
+    latest_window_start,
+    performance_summary,
+)
+from modalfuse.monitor.predlog import FeedbackOutcome, PredictionLog
 from modalfuse.serve.logging import request_id_from
 
 access_log = logging.getLogger("modalfuse.access")
@@ -56,12 +64,58 @@ class ServiceMetrics:
                                    "predictions not logged because the log queue was full",
                                    registry=r)
         self.jobs = Gauge("modalfuse_jobs", "batch jobs by state", ["state"], registry=r)
+        # Live performance on labelled traffic (monitor/performance.py): the latest window
+        # with feedback of each model version, refreshed on feedback and on reads.
+        by_model = ["model_version"]
+        self.live_accuracy = Gauge("modalfuse_live_accuracy", "accuracy on the labelled rows of "
+                                   "the latest window with feedback", by_model, registry=r)
+        self.live_macro_f1 = Gauge("modalfuse_live_macro_f1", "macro-F1 on the labelled rows of "
+                                   "the latest window with feedback", by_model, registry=r)
+        self.live_ece = Gauge("modalfuse_live_ece", "expected calibration error on the labelled "
+                              "rows of the latest window with feedback", by_model, registry=r)
+        self.live_labels = Gauge("modalfuse_live_labels", "labelled rows in the latest window "
+                                 "with feedback", by_model, registry=r)
+        self.labelled_share = Gauge("modalfuse_labelled_share", "share of the latest window's "
+                                    "predictions that have feedback", by_model, registry=r)
+        self.performance_alert = Gauge("modalfuse_performance_alert", "1 when the latest window "
+                                       "with feedback is flagged (MODALFUSE_ALERT_*)", by_model,
+                                       registry=r)
+        self.feedback = Counter("modalfuse_feedback_total", "feedback rows received, by outcome "
+                                "(stored, unchanged, replaced, unknown)",
+                                ["model_version", "outcome"], registry=r)
 
     def observe_prediction(self, event: PredictionEvent) -> None:
         """Record a scored call: its Predictor latency and a count per predicted class."""
         self.prediction_latency.observe(event.latency_s)
         for j, n in zip(*np.unique(event.proba.argmax(axis=1), return_counts=True), strict=True):
             self.predictions.labels(event.labels[int(j)], event.model_version).inc(int(n))
+
+    def observe_feedback(self, outcomes: Sequence[FeedbackOutcome]) -> None:
+        """Count feedback rows by model version and outcome (an unknown id has no version)."""
+        for o in outcomes:
+            self.feedback.labels(o.model_version or "unknown", o.status).inc()
+
+    def observe_performance(self, summary: dict[str, Any]) -> None:
+        """Set the live gauges from a `performance_summary`: each model's latest window."""
+        for version, m in summary["models"].items():
+            w = m["latest"]
+            if w is None:
+                continue
+            self.live_accuracy.labels(version).set(w["accuracy"])
+            self.live_macro_f1.labels(version).set(w["macro_f1"])
+            self.live_ece.labels(version).set(w["ece"])
+            self.live_labels.labels(version).set(w["labelled"])
+            self.labelled_share.labels(version).set(w["labelled_share"])
+            self.performance_alert.labels(version).set(1 if w["alerts"] else 0)
+
+    def refresh_performance(self, plog: PredictionLog, thresholds: PerformanceThresholds,
+                            versions: Iterable[str]) -> None:
+        """Recompute the live gauges of `versions` from their latest window with feedback
+        only (cheap enough to run after every feedback request)."""
+        for version in set(versions):
+            since = latest_window_start(plog, thresholds.window_s, version)
+            if since is not None:
+                self.observe_performance(performance_summary(plog, thresholds, version, since))
 
     def render(self) -> bytes:
         """The metrics in the Prometheus text format, for the `/metrics` endpoint."""

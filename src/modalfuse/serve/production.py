@@ -20,9 +20,11 @@ from fastapi.responses import JSONResponse
 from modalfuse.config import Settings
 from modalfuse.monitor.drift import feature_names
 from modalfuse.monitor.predlog import PredictionLog
+from modalfuse.serve import canary, shadow
 from modalfuse.serve.jobs import JobStore, JobWorker
 from modalfuse.serve.metrics import ObservabilityMiddleware, ServiceMetrics
 from modalfuse.serve.retention import RetentionSweeper
+from modalfuse.serve.routes import feedback as feedback_routes
 from modalfuse.serve.routes import jobs as jobs_routes
 from modalfuse.serve.routes import monitoring as monitoring_routes
 from modalfuse.serve.state import ModelHolder
@@ -60,6 +62,9 @@ def install(app: FastAPI, settings: Settings, holder: ModelHolder) -> None:
                              max_bytes=int(settings.prediction_log_max_mb * 1_000_000))
         holder.observe(plog.observe)
     app.state.prediction_log = plog
+    # Releases beside the champion: a shadow challenger and a canary share (off by default).
+    shadow.install(app, settings, holder, metrics.registry)
+    canary.install(app, settings, holder)
     store = JobStore(settings.data_dir / "jobs").open()
     worker = JobWorker(store, holder, lease_s=settings.job_lease_s,
                        policy=settings.job_model_policy)
@@ -68,6 +73,7 @@ def install(app: FastAPI, settings: Settings, holder: ModelHolder) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.include_router(jobs_routes.router)
     app.include_router(monitoring_routes.router)
+    app.include_router(feedback_routes.router)  # ground truth for the prediction log
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
     previous = app.router.lifespan_context

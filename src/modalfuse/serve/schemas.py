@@ -31,6 +31,7 @@ def _field_type(f: FieldSpec) -> tuple[Any, Any]:
 
 
 def record_model(spec: DatasetSpec) -> type[BaseModel]:
+    """The strict pydantic model of one record's table fields, made from the dataset spec."""
     fields = {f.name: _field_type(f) for f in spec.fields}
     return create_model(  # type: ignore[call-overload]
         f"{spec.name.title()}Record",
@@ -40,35 +41,54 @@ def record_model(spec: DatasetSpec) -> type[BaseModel]:
 
 
 class Prediction(BaseModel):
+    """One scored record: the label, every probability and the top classes."""
+
     label: str = Field(description="most likely class")
     probabilities: dict[str, float] = Field(description="probability of every class")
     top: list[dict[str, Any]] = Field(description="the k most likely classes, best first")
 
 
+PREDICTION_ID = ("the id of this prediction (32 hex characters): send it with the true label "
+                 "to POST /v1/feedback")
+
+
 class PredictResponse(Prediction):
+    """The answer of /v1/predict and /v1/predict/upload."""
+
     model_version: str
+    prediction_id: str = Field(description=PREDICTION_ID)
 
 
 class BatchRow(BaseModel):
+    """One row of a /v1/predict/batch request."""
+
     fields: dict[str, Any] = Field(description="the record's fields, as in /v1/predict")
     image_base64: str = Field(description="the image (PNG, JPEG, GIF, WebP, BMP) in base64")
 
 
 class BatchItem(BaseModel):
+    """One row of a batch answer: a prediction, or the error that kept it from being scored."""
+
     label: str | None = None
     probabilities: dict[str, float] | None = None
     top: list[dict[str, Any]] | None = None
     error: dict[str, str] | None = Field(default=None,
                                          description="why this row was not scored (field -> message)")
+    prediction_id: str | None = Field(default=None, description=PREDICTION_ID + " (none for an "
+                                      "error row)")
 
 
 class BatchResponse(BaseModel):
+    """The answer of /v1/predict/batch: one item per row, in order."""
+
     model_version: str
     predictions: list[BatchItem]
     errors: int
 
 
 class ModelInfo(BaseModel):
+    """What /v1/model says about the served model."""
+
     model_version: str
     dataset: dict[str, Any]
     labels: list[str]
@@ -82,5 +102,57 @@ class ModelInfo(BaseModel):
 
 
 class Health(BaseModel):
+    """The answer of /health."""
+
     status: Literal["ok"]
     model_version: str
+
+
+# "Try it out" sends it as it is: an id no prediction has, so its row is answered `unknown`.
+FEEDBACK_EXAMPLE: dict[str, Any] = {
+    "feedback": [{"prediction_id": "0123456789abcdef0123456789abcdef", "label": "Fire"}],
+    "replace": False}
+
+
+class FeedbackItem(BaseModel):
+    """The true label of one earlier prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="the `prediction_id` a "
+                               "prediction route answered")
+    label: StrictStr = Field(min_length=1, max_length=200, description="the true class: one of "
+                             "the labels of the model that made the prediction")
+
+
+class FeedbackRequest(BaseModel):
+    """Ground truth for one or more predictions, however long after them."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [FEEDBACK_EXAMPLE]})
+    feedback: list[FeedbackItem] = Field(min_length=1, description="one row per prediction "
+                                         "(at most MODALFUSE_MAX_BATCH_ROWS)")
+    replace: StrictBool = Field(default=False, description="replace a label an id already has "
+                                "(without it, a different label is a 409)")
+
+
+class FeedbackResult(BaseModel):
+    """What happened to one feedback row."""
+
+    prediction_id: str
+    label: str
+    status: Literal["stored", "unchanged", "replaced", "unknown"] = Field(description=(
+        "stored; unchanged (the id had this label already); replaced (it had another, and "
+        "replace was true); unknown (no prediction with this id in the log: never made, "
+        "pruned by retention, or not yet written; nothing is stored, the row may be resent)"))
+    model_version: str | None = Field(default=None, description="the model that made the "
+                                      "prediction")
+    previous_label: str | None = Field(default=None, description="the label the id had before")
+
+
+class FeedbackResponse(BaseModel):
+    """Counts by outcome, and one result per row in request order."""
+
+    stored: int
+    unchanged: int
+    replaced: int
+    unknown: int
+    results: list[FeedbackResult]

@@ -9,6 +9,7 @@ attribute assignment; requests in flight finish on the model they started with.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from modalfuse.inference.predictor import PredictionEvent, Predictor
 from modalfuse.spec import DatasetSpec
 from modalfuse.tracking.registry import RegistryError
 from modalfuse.tracking.source import load_predictor, load_served_predictor
+
+log = logging.getLogger("modalfuse.serve")
 
 PredictionObserver = Callable[[PredictionEvent], None]
 
@@ -100,18 +103,24 @@ class Reload:
         return self.current.version != self.previous.version
 
 
+ReloadListener = Callable[[Reload], None]
+
+
 class ModelHolder:
     """Owns the app's current `ServedModel` and swaps it whole on `reload`.
 
     Prediction observers (metrics, the prediction log) are registered once with `observe`;
-    every model the holder serves notifies them, so nothing is rewired on a reload.
+    every model the holder serves notifies them, so nothing is rewired on a reload. Reload
+    listeners (`on_reload`) hear of every swap: a canary or shadow release whose model has
+    just become the champion ends there.
     """
 
     def __init__(self, settings: Settings, model: ServedModel):
         self.settings = settings  # pinned by the caller: a reload re-resolves the same choice
         self.observers: list[PredictionObserver] = []
+        self.reload_listeners: list[ReloadListener] = []
         self._reload_lock = threading.Lock()  # one reload at a time; readers never wait on it
-        self._current = self._attach(model)
+        self._current = self.attach(model)
 
     @property
     def current(self) -> ServedModel:
@@ -121,6 +130,10 @@ class ModelHolder:
     def observe(self, observer: PredictionObserver) -> None:
         """Call `observer` after every scored call of every model this holder serves."""
         self.observers.append(observer)
+
+    def on_reload(self, listener: ReloadListener) -> None:
+        """Call `listener` with every `Reload` after its swap (never for a refused reload)."""
+        self.reload_listeners.append(listener)
 
     def reload(self, model_uri: str | None = None, bundle: Path | None = None) -> Reload:
         """Load the model to serve again and swap it in whole; raises a `ReloadError` (the
@@ -135,15 +148,41 @@ class ModelHolder:
         try:
             old = self._current
             predictor, source = self._load(old, model_uri, bundle)
-            if _inputs(predictor.spec) != _inputs(old.spec):
-                raise IncompatibleModel(
-                    f"the new model {predictor.model_version} takes different inputs (dataset "
-                    f"spec) than the served {old.version}; restart the API to change schemas")
-            new = self._attach(ServedModel.of(predictor, source))
+            self.check_inputs(predictor)
+            new = self.attach(ServedModel.of(predictor, source))
             self._current = new  # the swap: one atomic assignment
-            return Reload(previous=old, current=new)
+            done = Reload(previous=old, current=new)
         finally:
             self._reload_lock.release()
+        for listener in self.reload_listeners:
+            try:
+                listener(done)
+            except Exception:  # a listener's bug must not turn a done swap into an error
+                log.exception("reload listener %r failed", listener)
+        return done
+
+    def load_challenger(self, model_uri: str | None = None, bundle: Path | None = None, *,
+                        observed: bool) -> ServedModel:
+        """Load a model to serve beside the champion (a canary, a shadow), checked to take the
+        same inputs; `observed` attaches the holder's observers (metrics, prediction log).
+
+        With nothing named it loads what a reload would (the server's alias re-resolved: after
+        `modalfuse promote`, the new champion). Raises `ModelLoadFailed`, `RegistryUnavailable`
+        or `IncompatibleModel`, as a reload does.
+        """
+        predictor, source = self._load(self._current, model_uri, bundle)
+        self.check_inputs(predictor)
+        model = ServedModel.of(predictor, source)
+        return self.attach(model) if observed else model
+
+    def check_inputs(self, predictor: Predictor) -> None:
+        """Raise `IncompatibleModel` unless `predictor` takes the inputs the served model takes
+        (the request schemas were built from those when the app started)."""
+        served = self._current
+        if _inputs(predictor.spec) != _inputs(served.spec):
+            raise IncompatibleModel(
+                f"the new model {predictor.model_version} takes different inputs (dataset "
+                f"spec) than the served {served.version}; restart the API to change schemas")
 
     def _load(self, old: ServedModel, model_uri: str | None,
               bundle: Path | None) -> tuple[Predictor, dict[str, Any]]:
@@ -160,9 +199,12 @@ class ModelHolder:
             raise RegistryUnavailable(f"registry unavailable ({type(e).__name__}: {e}); still "
                                       f"serving {old.version}") from None
 
-    def _attach(self, model: ServedModel) -> ServedModel:
-        # The predictor notifies the holder's one observer list (shared, not copied), so an
-        # observer added later reaches it too; an earlier app's observers are dropped.
+    def attach(self, model: ServedModel) -> ServedModel:
+        """Make `model`'s predictor notify this holder's observers; returns the model.
+
+        The list is shared, not copied, so an observer added later reaches it too; an
+        earlier app's observers are dropped.
+        """
         model.predictor.observers = self.observers
         return model
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from modalfuse.config import Settings
 from modalfuse.inference.safe_csv import write_csv
 from modalfuse.inference.uploads import UploadError, UploadLimits
-from modalfuse.serve.deps import ServedModelDep, SettingsDep
+from modalfuse.serve.deps import ChampionDep, SettingsDep
 from modalfuse.serve.jobs import (
     IdempotencyConflict,
     JobInputError,
@@ -117,7 +117,8 @@ def _stage_images(images: UploadFile | None, images_path: str | None, staging: P
              responses={200: {"description": "an earlier job with the same Idempotency-Key"},
                         409: {"description": "Idempotency-Key reused for a different request"}})
 def submit_job(
-    request: Request, _: AuthDep, served: ServedModelDep, settings: SettingsDep,
+    # The champion, never a canary: the job worker scores with the champion at claim time.
+    request: Request, _: AuthDep, served: ChampionDep, settings: SettingsDep,
     table: Annotated[UploadFile | None, File(description="rows (.csv or .parquet)")] = None,
     images: Annotated[UploadFile | None, File(description="zip of the rows' images")] = None,
     table_path: Annotated[str | None, Form(description="server-side table, relative to "

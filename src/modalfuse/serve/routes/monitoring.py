@@ -1,4 +1,4 @@
-"""Monitoring routes: a drift/skew summary of logged predictions and the Prometheus endpoint."""
+"""Monitoring routes: drift/skew and live performance of logged predictions, and /metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from modalfuse.monitor.drift import NoReferenceError, drift_summary, load_or_build_reference
+from modalfuse.monitor.performance import PerformanceThresholds, performance_summary
 from modalfuse.serve.deps import ServedModelDep, SettingsDep
 from modalfuse.serve.security import AuthDep
 
@@ -33,6 +34,26 @@ def drift(request: Request, _: AuthDep, served: ServedModelDep, settings: Settin
     since = time.time() - hours * 3600 if hours else None
     logged = plog.read(model_version=predictor.model_version, since=since, limit=limit)
     return drift_summary(predictor, reference, logged)
+
+
+@router.get("/v1/monitoring/performance", summary="Live performance on labelled traffic: "
+            "accuracy, macro-F1, ECE and per-class recall per window and model version, and "
+            "the windows that are flagged")
+def performance(request: Request, _: AuthDep, settings: SettingsDep,
+                hours: Annotated[float | None, Query(gt=0, le=24 * 365, description="only "
+                                                     "predictions of the last N hours")] = None,
+                model_version: Annotated[str | None, Query(max_length=200, description="only "
+                                                           "this model version")] = None,
+                ) -> dict[str, Any]:
+    """Windows of MODALFUSE_PERF_WINDOW by prediction time; thresholds MODALFUSE_ALERT_*."""
+    plog = getattr(request.app.state, "prediction_log", None)
+    if plog is None:
+        raise HTTPException(409, detail="prediction logging is off (MODALFUSE_LOG_PREDICTIONS)")
+    since = time.time() - hours * 3600 if hours else None
+    summary = performance_summary(plog, PerformanceThresholds.from_settings(settings),
+                                  model_version, since)
+    request.app.state.metrics.observe_performance(summary)
+    return summary
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -1,7 +1,12 @@
-"""Prediction routes: one record (JSON or multipart upload) and a JSON batch."""
+"""Prediction routes: one record (JSON or multipart upload) and a JSON batch.
+
+Every scored row gets a `prediction_id` (uuid4 hex), made here and passed to the Predictor,
+so the prediction log stores it and `POST /v1/feedback` can later give that row its label.
+"""
 
 
 import json
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, File, Form, HTTPException, UploadFile
@@ -27,6 +32,11 @@ def unprocessable(errors: dict[str, str], prefix: list[Any]) -> HTTPException:
     """A 422 with one entry per bad field, each located under `prefix`."""
     return HTTPException(422, detail=[{"loc": [*prefix, k], "type": "value_error", "msg": v}
                                       for k, v in errors.items()])
+
+
+def new_prediction_ids(n: int) -> list[str]:
+    """`n` fresh prediction ids (uuid4 hex, 32 characters), one per row of a request."""
+    return [uuid.uuid4().hex for _ in range(n)]
 
 
 def batch_examples(record_model: type[BaseModel], example: dict) -> dict[str, Any]:
@@ -61,11 +71,12 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
     def score_one(served: ServedModel, settings: Settings, fields: dict, image: bytes,
                   loc: list) -> PredictResponse:
         # Through Predictor.predict, so every prediction reaches its observers (log, metrics).
-        result = served.predictor.predict([fields], [image],
+        ids = new_prediction_ids(1)
+        result = served.predictor.predict([fields], [image], prediction_ids=ids,
                                           max_total_pixels=settings.max_request_pixels)[0]
         if "error" in result:
             raise unprocessable(result["error"], loc)
-        return PredictResponse(model_version=served.version, **result)
+        return PredictResponse(model_version=served.version, prediction_id=ids[0], **result)
 
     @router.post("/predict", response_model=PredictResponse,
                  summary="Predict one record from its fields and a base64 image")
@@ -130,14 +141,16 @@ def _add_batch_route(router: APIRouter, record_model: type[BaseModel],
                 images.append(None)
                 pre_errors[i] = {"image_base64": "not valid base64"}
         predictor = served.predictor
-        results = predictor.predict([r.fields for r in rows], images,
+        ids = new_prediction_ids(len(rows))
+        results = predictor.predict([r.fields for r in rows], images, prediction_ids=ids,
                                     max_total_pixels=settings.max_request_pixels)
         items = []
         for i, res in enumerate(results):
             if i in pre_errors:
                 res = {"error": {**res.get("error", {}), **pre_errors[i]}}
                 res["error"].pop(predictor.spec.image_column, None)
-            items.append(BatchItem(**res))
+            # Only a scored row has an id: an error row was never logged.
+            items.append(BatchItem(**res, prediction_id=None if "error" in res else ids[i]))
         return BatchResponse(model_version=served.version, predictions=items,
                              errors=sum(1 for it in items if it.error))
 
