@@ -61,6 +61,13 @@ def test_job_scores_every_row_once_like_the_batch_path(client, fixture_dataset, 
     np.testing.assert_allclose(out[cols].to_numpy(), direct[cols].to_numpy())
     csv = client.get(job["result_url"] + "?format=csv", headers=AUTH)
     assert csv.status_code == 200 and len(pd.read_csv(io.BytesIO(csv.content))) == 40
+    # Every scored row has a prediction id the feedback route knows; error rows have none.
+    ids = out["prediction_id"]
+    assert ids[out["error"].isna()].str.len().eq(32).all() and ids[out["error"].notna()].isna().all()
+    client.app.state.prediction_log.flush()
+    fb = client.post("/v1/feedback", headers=AUTH, json={"feedback": [
+        {"prediction_id": ids.iloc[0], "label": str(out.loc[0, "predicted"])}]})
+    assert fb.status_code == 200 and fb.json()["stored"] == 1, fb.text
 
 
 def test_idempotency_key_returns_the_same_job_and_refuses_other_inputs(client, fixture_dataset):

@@ -195,6 +195,18 @@ def test_shadow_under_load_keeps_answers_and_logs_both(fixture_bundle, other_bun
     with sqlite3.connect(prediction_db(tmp_path / "shadow")) as db:
         champion_labels = {r[0] for r in db.execute("SELECT champion_label FROM shadow")}
     assert champion_labels <= {e["label"] for e in expected}
+    # `modalfuse monitor --shadow` reports the same rows, as files and a table.
+    from typer.testing import CliRunner
+
+    from modalfuse.cli import app as cli_app
+
+    res = CliRunner().invoke(cli_app, ["monitor", "--bundle", str(fixture_bundle.path),
+                                       "--no-drift", "--no-performance", "--shadow",
+                                       "--out", str(tmp_path / "report")],
+                             env={"MODALFUSE_DATA_DIR": str(tmp_path / "shadow")})
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "report" / "shadow_report.json").read_text())
+    assert saved["pairs"][0]["rows"] == state["scored"] and "agreement" in res.output
 
 
 def test_a_full_shadow_queue_drops_and_counts_and_never_blocks(fixture_bundle, other_bundle,

@@ -45,6 +45,9 @@ def monitor(
     performance: Annotated[bool | None, typer.Option(
         "--performance/--no-performance", help="live performance on labelled traffic "
         "(POST /v1/feedback); default: when the model has feedback")] = None,
+    shadow: Annotated[bool, typer.Option("--shadow/--no-shadow", help="the shadow release: "
+                                         "agreement with the champion and, on labelled rows, "
+                                         "both models' accuracy")] = False,
 ) -> None:
     """Drift (Evidently: fields and predictions), skew (features) and live performance
     (feedback) of logged predictions; exit code 3 when a performance window is flagged."""
@@ -63,11 +66,25 @@ def monitor(
         monitor_drift(predictor, plog, since, folder)
     if performance or (performance is None and plog.latest_labelled_ts(version) is not None):
         alert = monitor_performance(plog, version, since, folder)
-    # Further sections (the shadow comparison, `--shadow`) go here: each writes its files into
-    # `folder`, prints its table and says whether it alerts.
+    if shadow:
+        monitor_shadow(s.data_dir, since, folder)
     console.print(f"report: {folder}")
     if alert:
         raise typer.Exit(ALERT_EXIT_CODE)
+
+
+def monitor_shadow(data_dir: Path, since: float | None, folder: Path) -> None:
+    """The shadow section: shadow_report.json and .md in `folder`, and its table printed."""
+    import json
+
+    from modalfuse.monitor.shadowlog import shadow_markdown, shadow_report
+
+    report = shadow_report(data_dir, since=since)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "shadow_report.json").write_text(json.dumps(report, indent=2, default=str))
+    text = shadow_markdown(report)
+    (folder / "shadow_report.md").write_text(text)
+    console.print(text, markup=False, highlight=False)
 
 
 def monitor_drift(predictor: Predictor, plog: PredictionLog, since: float | None,

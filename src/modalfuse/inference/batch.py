@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -220,8 +221,9 @@ def _read_image(root: str, name: Any) -> bytes | None:
 
 
 def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
-                from_text: bool = False) -> pd.DataFrame:
-    """Score table rows; `from_text=True` for rows read from CSV (see `parse_record`)."""
+                from_text: bool = False, with_ids: bool = False) -> pd.DataFrame:
+    """Score table rows; `from_text=True` for rows read from CSV (see `parse_record`).
+    `with_ids` gives every scored row a `prediction_id` (served traffic: jobs, for feedback)."""
     spec = predictor.spec
     records = table_records(spec, rows)
     blobs: list[bytes | None] = []
@@ -235,7 +237,8 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
         if data is None and i not in path_errors:
             path_errors[i] = f"image file {name!r} not found under the images folder"
         blobs.append(data)
-    results = predictor.predict(records, blobs, top_k=1, from_text=from_text)
+    ids = [uuid.uuid4().hex for _ in records] if with_ids else None
+    results = predictor.predict(records, blobs, top_k=1, from_text=from_text, prediction_ids=ids)
     out: dict[str, Any] = {}
     if spec.id_column in rows:
         out[spec.id_column] = rows[spec.id_column].to_numpy()
@@ -259,6 +262,9 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
         out[f"proba_{lab}"] = probs[:, j]
     out["error"] = errors
     out["model_version"] = predictor.model_version
+    if ids is not None:
+        out["prediction_id"] = [None if e is not None else pid for pid, e in zip(ids, errors,
+                                                                                strict=True)]
     return pd.DataFrame(out)
 
 

@@ -444,7 +444,8 @@ def run_job(store: JobStore, predictor: Predictor, job: Job, owner: str, lease_s
         if stop is not None and stop.is_set():
             return "running"
         idx, start = chunk.number, chunk.start
-        scored = score_frame(predictor, chunk.rows, images_dir, from_text=table.suffix == ".csv")
+        scored = score_frame(predictor, chunk.rows, images_dir, from_text=table.suffix == ".csv",
+                             with_ids=True)
         scored.insert(0, "row", np.arange(start, start + len(chunk.rows)))
         _write_atomic(scored, parts / f"{idx:06d}.parquet")
         n_err = int(scored["error"].notna().sum())

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from modalfuse.monitor.drift import NoReferenceError, drift_summary, load_or_build_reference
 from modalfuse.monitor.performance import PerformanceThresholds, performance_summary
-from modalfuse.serve.deps import ServedModelDep, SettingsDep
+from modalfuse.serve.deps import ChampionDep, SettingsDep
 from modalfuse.serve.security import AuthDep
 
 router = APIRouter(tags=["ops"])
@@ -18,7 +18,7 @@ router = APIRouter(tags=["ops"])
 
 @router.get("/v1/monitoring/drift", summary="Data drift, prediction drift and feature skew of "
             "the logged predictions against the training reference")
-def drift(request: Request, _: AuthDep, served: ServedModelDep, settings: SettingsDep,
+def drift(request: Request, _: AuthDep, served: ChampionDep, settings: SettingsDep,
           hours: Annotated[float | None, Query(gt=0, le=24 * 365,
                                                description="only the last N hours")] = None,
           limit: Annotated[int, Query(ge=1, le=1_000_000)] = 50_000) -> dict[str, Any]:
