@@ -153,6 +153,25 @@ def _soak(src: Sources) -> str:
     return head + md_table(["check", "target", "measured", "pass"], rows)
 
 
+@table("shadow", "modalfuse bench shadow --requests 600")
+def _shadow(src: Sources) -> str:
+    b = src.json(src.bench_dir / "bench_shadow.json", src.docs / "benchmarks" / "shadow.json")
+    rows: list[list[object]] = [
+        [r["concurrency"], "on" if r["shadow"] else "off", r["requests"], r["errors"],
+         r["p50_ms"], r["p99_ms"], r["throughput_rps"]] for r in b["results"]]
+    ratios = ", ".join(f"c={c}: p50 ×{v['p50']:.3f}, p99 ×{v['p99']:.3f}"
+                       for c, v in b["ratios"].items())
+    shadowed = ", ".join(f"c={c}: {v['scored']} scored, {v['dropped']} dropped"
+                         for c, v in b["shadow"].items())
+    verdict = "met" if b["target"]["met"] else "**not met**"
+    challenger = b.get("challenger_version", b["challenger"])
+    return (f"champion `{b['model_version']}`, challenger `{challenger}`, "
+            f"{b['machine']['cpus']} CPUs, {b['created_at']}\n\n"
+            + md_table(["c", "shadow", "requests", "errors", "p50 ms", "p99 ms", "req/s"], rows)
+            + f"\n\nWith the shadow / without: {ratios}. Shadow: {shadowed}. Target p50 ×"
+              f"{b['target']['max_p50_ratio']}: {verdict}.")
+
+
 def render(src: Sources, name: str) -> str:
     """One table's markdown, or a line naming the command to run when its source is missing."""
     command, fn = TABLES[name]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from modalfuse.config import Settings
+from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor
 from modalfuse.serve.app import create_app
 from modalfuse.serve.loadbench import drive, free_port, running
@@ -209,6 +210,7 @@ def shadow_result(results: list[ShadowLevel], shadow_state: dict[str, Any],
         "mode": "server" if server else "in-process",
         "model_version": predictor.model_version,
         "bundle": bundle.name, "challenger": challenger.name,
+        "challenger_version": load_bundle(challenger).model_version,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform(terse=True)},
         "results": [asdict(r) for r in results],
