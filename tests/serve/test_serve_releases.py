@@ -309,12 +309,29 @@ def test_modalfuse_serve_runs_a_canary_and_a_shadow(fixture_bundle, other_bundle
                 time.sleep(0.3)
         with httpx.Client(base_url=url, timeout=30) as http:
             seen: dict[str, set[str]] = {}
+            answers = []
             for i in range(60):
                 key = f"client-{i % 12}"
                 r = http.post("/v1/predict", json=bodies[i % len(bodies)],
                               headers={"X-Client-Key": key})
                 assert r.status_code == 200, r.text
                 seen.setdefault(key, set()).add(r.json()["model_version"])
+                answers.append(r.json())
+            # Feedback on a real server becomes live performance, per answering model: here the
+            # "true" label is the first 40 answers' own and a wrong one for the last 20.
+            wrong = {a["prediction_id"]: next(lab for lab in a["probabilities"] if lab != a["label"])
+                     for a in answers[40:]}
+            fb = http.post("/v1/feedback", headers=AUTH, json={"feedback": [
+                {"prediction_id": a["prediction_id"],
+                 "label": wrong.get(a["prediction_id"], a["label"])} for a in answers]})
+            assert fb.status_code == 200 and fb.json()["stored"] == 60, fb.text
+            perf = http.get("/v1/monitoring/performance", headers=AUTH).json()
+            for version, m in perf["models"].items():
+                mine = [a for a in answers if a["model_version"] == version]
+                right = sum(a["prediction_id"] not in wrong for a in mine)
+                assert m["labelled"] == len(mine), m
+                assert m["overall"]["accuracy"] == pytest.approx(right / len(mine)), m["overall"]
+            assert set(perf["models"]) == {fixture_bundle.model_version, other_bundle.model_version}
             assert all(len(v) == 1 for v in seen.values()), seen  # sticky
             assert set().union(*seen.values()) == {fixture_bundle.model_version,
                                                    other_bundle.model_version}
