@@ -259,3 +259,25 @@ def test_monitor_performance_writes_its_files_and_exits_3_on_an_alert(client, sc
     summary = json.loads((alert / "performance.json").read_text())
     assert summary["status"] == "alert" and "MODALFUSE_ALERT_MIN_ACCURACY" in r.output
     assert summary["alerts"][0]["model_version"] == predictor.model_version
+
+
+def test_a_lone_surrogate_in_a_label_is_a_422_not_a_500(client, scored):
+    ids, _, _ = scored
+    body = '{"feedback": [{"prediction_id": "' + ids[0] + '", "label": "\\ud800"}]}'
+    r = client.post("/v1/feedback", content=body.encode(), headers={**AUTH,
+                    "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+
+
+def test_a_failing_observer_never_fails_the_prediction(predictor, fixture_dataset):
+    rows = fixture_dataset.table.head(2)
+    records, images = table_records(fixture_dataset.spec, rows), fixture_dataset.row_images(rows)
+
+    def broken(event):
+        raise RuntimeError("an observer bug")
+
+    predictor.observers.append(broken)
+    try:
+        assert len(predictor.predict(records, images)) == 2
+    finally:
+        predictor.observers.remove(broken)

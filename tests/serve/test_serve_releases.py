@@ -369,3 +369,25 @@ def test_bench_shadow_runs_in_process(fixture_bundle, tmp_path, monkeypatch):
     assert all(r["errors"] == 0 for r in res["results"])
     assert set(res["ratios"]) == {"1", "8"} and res["shadow"]["1"]["scored"] > 0
     assert "met" in (tmp_path / "reports" / "bench" / "bench_shadow.md").read_text()
+
+
+def test_an_app_that_fails_to_build_leaves_no_shadow_process(fixture_bundle, other_bundle, tmp_path):
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises(ValueError, match="canary"):  # a canary share with no canary model
+        _app(fixture_bundle, tmp_path, shadow_bundle=other_bundle.path, canary_share=0.1)
+    assert set(multiprocessing.active_children()) == before
+
+
+def test_canary_stickiness_ignores_the_shared_api_key(fixture_bundle, other_bundle, bodies,
+                                                      tmp_path):
+    """Every keyed client sends the server's one API key: the split must not follow it."""
+    with TestClient(_app(fixture_bundle, tmp_path)) as client:
+        r = client.post("/admin/canary", headers=AUTH,
+                        json={"share": 0.5, "bundle": str(other_bundle.path)})
+        assert r.status_code == 200, r.text
+        versions = {client.post("/v1/predict", json=bodies[0],
+                                headers={**AUTH, "X-Forwarded-For": f"10.0.0.{i}"}).json()[
+                                    "model_version"] for i in range(40)}
+        assert versions == {fixture_bundle.model_version, other_bundle.model_version}

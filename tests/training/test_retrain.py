@@ -240,3 +240,15 @@ def test_dvc_retrain_runs_the_pipeline_then_registers_its_bundle(fixture_dataset
     assert summary["outcome"] == "first_champion" and summary["registry"]["version"] == "1"
     s = Settings(data_dir=data)
     assert [str(m.version) for m in get_client(s).search_model_versions("name='pokemon'")] == ["1"]
+
+
+def test_a_failed_retrain_exits_1_and_still_writes_its_summary(store, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"model": "nope", "rounds": 5, "seed": 0}}))
+    before = set(summaries(store["data"]))
+    res = invoke("--if", "always", "--no-dvc", "--params", str(params))
+    assert res.exit_code == 1, res.output
+    assert "unknown model 'nope'" in res.output
+    (new,) = set(summaries(store["data"])) - before
+    saved = json.loads(new.read_text())
+    assert saved["outcome"] == "error" and "unknown model 'nope'" in saved["error"]

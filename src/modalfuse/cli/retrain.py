@@ -14,17 +14,19 @@ is recorded); 1 for an error (no data, a failed stage, a server that cannot be r
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
 
 from modalfuse.cli.common import OPERATIONS, USAGE, DatasetOpt, app, console, fail, settings
+from modalfuse.errors import ModalfuseError
 
 if TYPE_CHECKING:
     from modalfuse.config import Settings
@@ -65,8 +67,8 @@ def retrain(
                                               "(default: the current folder)")] = None,
     params: Annotated[Path | None, typer.Option(help="params.yaml to read the train stage from "
                                                 "(default: <repo>/params.yaml)")] = None,
-    hours: Annotated[float | None, typer.Option(help="--if drift: only predictions of the last "
-                                                "N hours")] = None,
+    hours: Annotated[float | None, typer.Option(help="only predictions of the last N hours "
+                                                "(--if performance: whole windows; default 7)")] = None,
     margin: Annotated[float, typer.Option(help="the gate: how much the lower end of the "
                                           "macro-F1 gain's interval must clear")] = 0.01,
     confidence: Annotated[float, typer.Option(help="the gate: the bootstrap interval's level")]
@@ -127,6 +129,15 @@ def _pipeline_settings(s: Settings, root: Path, pipeline: dict[str, Any], datase
 
 
 # -- the decision -----------------------------------------------------------------------------
+# How many windows of live performance `--if performance` looks back over by default.
+PERF_LOOKBACK_WINDOWS = 7
+
+
+def window_start(now: float, window_s: float, hours: float | None) -> float:
+    """The start of the first whole performance window (windows are aligned to the epoch) of
+    the last `hours`, or of the last PERF_LOOKBACK_WINDOWS windows."""
+    lookback = hours * 3600 if hours else PERF_LOOKBACK_WINDOWS * window_s
+    return math.floor((now - lookback) / window_s) * window_s
 def decide(trigger: Trigger, s: Settings, dataset: str, hours: float | None = None,
            dry_run: bool = False) -> TriggerDecision:
     """Whether to retrain now, and why, by the check `trigger` names."""
@@ -136,7 +147,7 @@ def decide(trigger: Trigger, s: Settings, dataset: str, hours: float | None = No
         return TriggerDecision(trigger.value, True, "asked to retrain whatever the monitoring says")
     if trigger is Trigger.drift:
         return drift_decision(s, dataset, hours, dry_run)
-    return performance_decision(s, dataset)
+    return performance_decision(s, dataset, hours)
 
 
 def served_predictor(s: Settings, dataset: str) -> Any:
@@ -200,10 +211,11 @@ def drift_decision(s: Settings, dataset: str, hours: float | None = None,
     return TriggerDecision("drift", share > s.alert_max_drift_share, reason, details)
 
 
-def performance_decision(s: Settings, dataset: str) -> TriggerDecision:
+def performance_decision(s: Settings, dataset: str, hours: float | None = None) -> TriggerDecision:
     """Retrain when the live performance alert (`monitor.performance`: accuracy, macro-F1 or
-    ECE of a window with at least `perf_min_labels` labels) fires for the served model in
-    the last `perf_window`."""
+    ECE of a window with at least `perf_min_labels` labels) fires for the served model in a
+    whole window of the last `hours` (default: PERF_LOOKBACK_WINDOWS windows), so labels that
+    arrive days late still count and no window is cut at the run's hour."""
     from modalfuse.monitor.performance import PerformanceThresholds, performance_summary
     from modalfuse.monitor.predlog import PredictionLog
     from modalfuse.training.retrain import TriggerDecision
@@ -212,7 +224,7 @@ def performance_decision(s: Settings, dataset: str) -> TriggerDecision:
     db = s.data_dir / "monitoring" / "predictions.db"
     summary = performance_summary(PredictionLog(db), PerformanceThresholds.from_settings(s),
                                   model_version=predictor.model_version,
-                                  since=time.time() - s.perf_window)
+                                  since=window_start(time.time(), s.perf_window, hours))
     details: dict[str, Any] = {"model_version": predictor.model_version, "log": str(db),
                                "status": summary["status"], "labelled": summary["labelled"],
                                "min_labels": s.perf_min_labels, "window_s": s.perf_window,
@@ -220,8 +232,8 @@ def performance_decision(s: Settings, dataset: str) -> TriggerDecision:
     if summary["status"] == "alert":
         return TriggerDecision("performance", True, summary["alerts"][0]["message"], details)
     if summary["status"] == "no_feedback":
-        reason = (f"no labelled predictions of model {predictor.model_version} in the last "
-                  f"{s.perf_window:.0f} s ({db}): nothing to judge, nothing to do")
+        reason = (f"no labelled predictions of model {predictor.model_version} in the windows "
+                  f"looked at ({db}): nothing to judge, nothing to do")
     else:
         reason = (f"live performance of model {predictor.model_version} is within the alert "
                   f"thresholds on {summary['labelled']} labels (windows with fewer than "
@@ -258,8 +270,8 @@ def _retrain(s: Settings, dataset: str, root: Path, pipeline: dict[str, Any], dv
                 bundle = train_on_current(ds, splits, s.models_dir, cfg)
             summary.training = {"via": "functions", "config": {
                 "model": cfg.model, "rounds": cfg.num_boost_round, "seed": cfg.seed}}
-    except (RetrainError, ValueError) as e:
-        fail(str(e))
+    except (RetrainError, ModalfuseError, ValueError) as e:  # no data, a bad recipe, a failed run
+        fail_recorded(summary, s, str(e))
     cv = (bundle.metrics.get("cv") or {}).get("macro_f1") or {}
     summary.training.update({"bundle": str(bundle.path), "model_version": bundle.model_version,
                              "dataset_version": ds.version, "cv_macro_f1": cv.get("mean"),
@@ -289,7 +301,7 @@ def _register(bundle: ModelBundle, ds: Dataset, splits: Splits, s: Settings,
             tracked, decision = register_and_gate(bundle, ds, splits, s, margin, confidence,
                                                   resamples)
     except RegistryError as e:
-        fail(str(e))
+        fail_recorded(summary, s, str(e))
     summary.registry = {"name": name, "version": tracked.registered_version, "new": True,
                         "alias": tracked.alias, "run_id": tracked.run_id,
                         "model_uri": f"models:/{name}/{tracked.registered_version}"}
@@ -332,6 +344,14 @@ def _shadow(summary: RetrainSummary, url: str, api_key: str, s: Settings) -> Non
         fail(f"{e} (the challenger is registered; summary: {path})")
     summary.shadow.update({"started": True, **answer})
     console.print(f"[green]shadow started[/] on {url}: {uri}")
+
+
+def fail_recorded(summary: RetrainSummary, s: Settings, message: str) -> NoReturn:
+    """Record the error in the run's summary, write it, and exit 1 with the message."""
+    summary.outcome = "error"
+    summary.error = message
+    path = _finish(summary, s)
+    fail(f"{message} (summary: {path})")
 
 
 def _finish(summary: RetrainSummary, s: Settings, write: bool = True) -> Path | None:

@@ -8,6 +8,7 @@ is kept out. Bad rows become error entries; they never take the other rows down.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from modalfuse.features.tabular import RecordError, parse_record, records_column
 from modalfuse.inference.bundle import ModelBundle, load_bundle
 from modalfuse.spec import DatasetSpec, FieldKind
 
+log = logging.getLogger("modalfuse.predict")
 
 class PredictionInputError(InvalidInput):
     """One or more rows cannot be scored; `errors` maps row index -> {field: message}."""
@@ -222,7 +224,10 @@ class Predictor:
         event = PredictionEvent(records, prep, proba, self.labels, self.model_version,
                                 time.perf_counter() - t0, images, prediction_ids)
         for observe in self.observers:
-            observe(event)
+            try:  # an observer (log, metrics, shadow) must never fail the prediction it sees
+                observe(event)
+            except Exception:
+                log.exception("a prediction observer failed: %r", observe)
 
     def format(self, p: np.ndarray, top_k: int = 3) -> dict[str, Any]:
         """One prediction as the API returns it: the label, every probability and the top `top_k`."""

@@ -17,6 +17,7 @@ labels of the model that made the prediction. Pruning a prediction drops its fee
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -189,7 +190,8 @@ class PredictionLog:
 
     def observe(self, event: PredictionEvent) -> None:
         """Predictor observer: queue one tuple per scored row; never blocks, never raises."""
-        if self._thread is None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():  # not started yet, or it died: (re)start
             self.start()
         batch = event.prepared.batch
         if batch is None:
@@ -254,7 +256,7 @@ class PredictionLog:
             if items:
                 try:
                     self._write(items)
-                except sqlite3.Error:
+                except Exception:  # a failed write loses these rows, never the writer
                     log.exception("cannot write %d predictions to the log", len(items))
             for m in markers:
                 m.set()
@@ -277,8 +279,11 @@ class PredictionLog:
     # -- retention -----------------------------------------------------------------------
     def size_bytes(self) -> int:
         """The log's size on disk: the database file and its write-ahead log."""
-        paths = (self.path, self.path.with_name(self.path.name + "-wal"))
-        return sum(p.stat().st_size for p in paths if p.exists())
+        total = 0
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):  # SQLite deletes -wal when it closes
+                total += p.stat().st_size
+        return total
 
     def _prune_due(self) -> bool:
         if self.max_age_s is None and self.max_bytes is None:
@@ -296,7 +301,7 @@ class PredictionLog:
         self._next_prune = self._last_prune + self.prune_every_s
         try:
             res = self.prune()
-        except sqlite3.Error:
+        except Exception:  # the writer must outlive a failed prune: log it and go on
             log.exception("cannot prune the prediction log")
             return
         if res.deleted_old or res.deleted_for_size:
@@ -348,15 +353,29 @@ class PredictionLog:
             page_size = db.execute("PRAGMA page_size").fetchone()[0]
             used = page_size * (db.execute("PRAGMA page_count").fetchone()[0]
                                 - db.execute("PRAGMA freelist_count").fetchone()[0])
-            rows = db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
-            if used <= target or rows == 0:
+            # The shadow's rows share the file: both tables give up the same share of rows,
+            # oldest first, so a long shadow cannot push every prediction (and its feedback) out.
+            counts = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                      for t in self._tables(db)}
+            if used <= target or not any(counts.values()):
                 break
-            n = min(rows, max(1, -(-(used - target) * rows // used)))
-            deleted += db.execute("DELETE FROM predictions WHERE id IN (SELECT id FROM "
-                                  "predictions ORDER BY id LIMIT ?)", (n,)).rowcount
+            for t, rows in counts.items():
+                if not rows:
+                    continue
+                n = min(rows, max(1, -(-(used - target) * rows // used)))
+                gone = db.execute(f"DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} "
+                                  "ORDER BY rowid LIMIT ?)", (n,)).rowcount
+                if t == "predictions":
+                    deleted += gone
             db.commit()
             self._release_pages(db)
         return deleted
+
+    @staticmethod
+    def _tables(db: sqlite3.Connection) -> list[str]:
+        """The tables whose rows size retention may delete: predictions, and the shadow's."""
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return [t for t in ("predictions", "shadow") if t in names]
 
     @staticmethod
     def _release_pages(db: sqlite3.Connection) -> None:

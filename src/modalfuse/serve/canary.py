@@ -39,12 +39,16 @@ def client_point(key: str) -> float:
 
 
 def client_key(request: Request) -> str:
-    """Who a request is from, for stickiness: `X-Client-Key`, else `X-API-Key`, else the IP."""
+    """Who a request is from, for stickiness: `X-Client-Key`, else the first address of
+    `X-Forwarded-For` (behind a proxy), else the peer's address. Not the API key: the server
+    has one, so it would put every keyed client in one cohort."""
     headers = request.headers
-    for name in (CLIENT_KEY_HEADER, "x-api-key"):
-        value = headers.get(name)
-        if value:
-            return f"{name}:{value}"
+    value = headers.get(CLIENT_KEY_HEADER)
+    if value:
+        return f"{CLIENT_KEY_HEADER}:{value}"
+    forwarded = (headers.get("x-forwarded-for") or "").split(",")[0].strip()
+    if forwarded:
+        return f"ip:{forwarded}"
     host = request.client.host if request.client else "unknown"
     return f"ip:{host}"
 

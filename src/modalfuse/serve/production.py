@@ -31,11 +31,14 @@ from modalfuse.serve.state import ModelHolder
 
 
 def _json_safe(v: Any) -> Any:
-    """NaN and infinities as strings: they are not JSON, and echoing one back must not 500."""
+    """NaN and infinities as strings, lone surrogates escaped: they are not JSON (or not
+    UTF-8), and echoing one back in a 422 must not 500."""
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
+    if isinstance(v, str):
+        return v.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
+        return {_json_safe(k): _json_safe(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
         return [_json_safe(x) for x in v]
     return v

@@ -141,7 +141,7 @@ class Shadow:
             try:
                 self._queue.put_nowait(work)
                 put += 1
-            except queue.Full:
+            except (queue.Full, ValueError, OSError):  # full, or closed by a concurrent stop
                 lost += 1
         with self._lock:
             self.queued += put
@@ -266,19 +266,23 @@ class ShadowRelease:
 
 def install(app: FastAPI, settings: Settings, holder: ModelHolder,
             registry: CollectorRegistry) -> ShadowRelease:
-    """Give the app its shadow slot (`app.state.shadow`), started now when the settings name a
-    challenger, and stopped with the app."""
+    """Give the app its shadow slot (`app.state.shadow`). A challenger the settings name is
+    checked now (a bad one fails the start-up) and its scorer process starts with the app's
+    lifespan, so an app that fails to build leaves no process behind; it stops with the app."""
     release = ShadowRelease(holder, ShadowLog(prediction_db(settings.data_dir),
                                               max_age_s=settings.prediction_log_max_age),
                             ShadowMetrics(registry), settings.shadow_queue_size)
     app.state.shadow = release
-    if settings.shadow_model_uri or settings.shadow_bundle is not None:
-        release.start(settings.shadow_model_uri, settings.shadow_bundle)
+    named = settings.shadow_model_uri or settings.shadow_bundle is not None
+    if named:
+        holder.load_challenger(settings.shadow_model_uri, settings.shadow_bundle, observed=False)
 
     previous = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
+        if named and release.current is None:
+            release.start(settings.shadow_model_uri, settings.shadow_bundle)
         try:
             async with previous(a) as state:
                 yield state

@@ -68,7 +68,8 @@ class RetrainSummary:
     dataset: str
     decision: TriggerDecision
     dry_run: bool = False
-    outcome: str = "nothing_to_do"  # nothing_to_do, dry_run, unchanged, first_champion, promoted, refused
+    # nothing_to_do, dry_run, unchanged, first_champion, promoted, refused, error
+    outcome: str = "nothing_to_do"
     started_at: str = field(default_factory=lambda: utc_stamp())
     finished_at: str | None = None
     data_dir: str | None = None
@@ -76,6 +77,7 @@ class RetrainSummary:
     registry: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
     shadow: dict[str, Any] = field(default_factory=lambda: {"requested": False, "started": False})
+    error: str | None = None  # what stopped a run that ended in an error
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON-ready data."""

@@ -52,7 +52,8 @@ def performance(request: Request, _: AuthDep, settings: SettingsDep,
     since = time.time() - hours * 3600 if hours else None
     summary = performance_summary(plog, PerformanceThresholds.from_settings(settings),
                                   model_version, since)
-    request.app.state.metrics.observe_performance(summary)
+    if since is None and model_version is None:  # the gauges show the whole log, never a slice
+        request.app.state.metrics.observe_performance(summary)
     return summary
 
 
