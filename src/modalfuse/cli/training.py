@@ -37,8 +37,18 @@ if TYPE_CHECKING:
 # when its training fits the 10-minute budget on two cores (scripts/bench_train.py), else gbm.
 DEFAULT_MODEL = "gbm"
 
-MODEL_OPTION_HELP = "gbm (the LightGBM baseline) or one of: " + ", ".join(
-    ["gbm_tabular", "cnn", "stacking", "intermediate", "gbm_embed"])
+def recipe_files() -> list[str]:
+    """The recipes of `training/recipes/`, by file name, without importing them (the help
+    stays fast); a recipe registered from elsewhere is trained by name all the same."""
+    import pkgutil
+
+    from modalfuse.training import recipes
+
+    return sorted(m.name for m in pkgutil.iter_modules(recipes.__path__) if not m.name.startswith("_"))
+
+
+MODEL_OPTION_HELP = "the recipe to train: gbm (the LightGBM baseline) or one of: " + ", ".join(
+    n for n in recipe_files() if n != DEFAULT_MODEL)
 
 
 def net_config(image_size: int | None = None, epochs: int | None = None,
@@ -69,7 +79,7 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="training epochs (neural models)")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="local image-trunk weights")] = None,
 ) -> None:
-    """Train a model (default: the CV champion of docs/ablation.md) on the training split."""
+    """Train a recipe (default gbm, the LightGBM baseline) on the training split: CV, fit, bundle."""
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
     from modalfuse.training.config import TrainConfig
