@@ -9,8 +9,11 @@ PORT ?= 8000
 MLFLOW_PORT ?= 5000
 # The real-data smoke test keeps its own data folder (and download cache) in the repo.
 SMOKE_DIR := $(CURDIR)/.cache/smoke
+# The pinned mermaid-cli of docs/tools/package.json, installed here (git-ignored) with the system Chromium.
+NODE_DIR := .cache/node
+MMDC := $(NODE_DIR)/node_modules/.bin/mmdc
 
-.PHONY: run install data train serve mlflow-ui pipeline test unit smoke lint clean help browser-deps container-test
+.PHONY: run install data train serve mlflow-ui pipeline test unit smoke lint clean help browser-deps container-test report-img report-pdf
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -62,6 +65,19 @@ lint: install ## ruff, mypy and the import contract (layers, no cycles: pyprojec
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/mypy src/modalfuse
 	$(BIN)/lint-imports
+
+$(MMDC): docs/tools/package.json docs/tools/package-lock.json
+	mkdir -p $(NODE_DIR)
+	cp docs/tools/package.json docs/tools/package-lock.json $(NODE_DIR)/
+	cd $(NODE_DIR) && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund
+	touch $(MMDC)
+
+report-img: install browser-deps $(MMDC) ## Mermaid diagrams of the docs -> docs/img/*.svg|png, plus their image lines
+	@TIMEFORMAT='report-img took %R s'; time $(BIN)/python scripts/render_diagrams.py
+
+report-pdf: report-img ## docs/report.pdf and docs/informe.pdf (offline HTML printed by Chromium)
+	@TIMEFORMAT='report-pdf took %R s (with its report-img prerequisite: see above)'; \
+	time $(BIN)/python scripts/report_pdf.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,9 +1,12 @@
-"""Regenerate the tables of docs/report.md from the latest evaluation and benchmark outputs.
+"""Regenerate the tables of docs/report.md (and its Spanish twin docs/informe.md) from the
+latest evaluation and benchmark outputs.
 
 The report's prose is written by people; every table sits between
 `<!-- BEGIN table:NAME -->` and `<!-- END table:NAME -->` and is rewritten by
 `modalfuse report build` from the JSON that a project command produced. A table whose
 source is missing says which command makes it, instead of showing a stale number.
+Headers and captions go through `Phrases` (English or Spanish); the values are formatted
+the same way in both, so the two reports show byte-identical numbers.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modalfuse.config import Settings
-from modalfuse.errors import MissingData
+from modalfuse.errors import InvalidInput, MissingData
 from modalfuse.serve.soak import check_rows
 
-TableFn = Callable[["Sources"], str]
+TableFn = Callable[["Sources", "Phrases"], str]
 TABLES: dict[str, tuple[str, TableFn]] = {}  # name -> (command that makes the source, renderer)
 
 
@@ -49,6 +52,85 @@ class Sources:
         return self.settings.reports_dir / "bench"
 
 
+LANGUAGES = ("en", "es")
+
+# English text of the tables -> its Spanish wording. Only prose goes through here: values
+# (numbers, versions, file names, split and check identifiers) are never translated.
+SPANISH: dict[str, str] = {
+    # dataset
+    "fact": "dato", "value": "valor", "dataset version": "versión del dataset",
+    "rows (species)": "filas (especies)", "image files (front + views)":
+        "ficheros de imagen (frontal + vistas)", "classes": "clases",
+    "largest / smallest class": "clase mayor / menor", "source": "fuente",
+    # split audit
+    "split": "partición", "rows": "filas", "groups (families)": "grupos (familias)",
+    "check": "comprobación", "blocking": "bloqueante", "result": "resultado",
+    "numbers": "cifras", "yes": "sí", "no": "no", "pass": "pasa", "FAIL": "FALLA",
+    # decisions
+    "variant (LightGBM)": "variante (LightGBM)", "grouped-CV acc": "acc CV agrupada",
+    "grouped-CV macro-F1": "macro-F1 CV agrupada", "test acc": "acc test",
+    "test macro-F1": "macro-F1 test",
+    "tabular + image stats, abilities used (default)":
+        "tabular + estadísticas de imagen, con habilidades (por defecto)",
+    "without abilities": "sin habilidades",
+    "without image stats (tabular only)": "sin estadísticas de imagen (solo tabular)",
+    "default, random (ungrouped) CV folds": "por defecto, folds de CV aleatorios (sin agrupar)",
+    # batch
+    "engine": "motor", "rows/s": "filas/s", "× the in-process Predictor": "× el Predictor en proceso",
+    "predictor limit": "límite del Predictor", "model only": "solo el modelo",
+    "local engine": "motor local", "ray engine": "motor ray",
+    "ray engine with startup": "motor ray con arranque",
+    "model": "modelo", "1-min load average": "carga media de 1 min",
+    # serve
+    "target": "objetivo", "concurrency": "concurrencia", "errors": "errores",
+    "in-process Predictor": "Predictor en proceso",
+    # soak (check_rows labels carry numbers, so they are translated piece by piece)
+    "measured": "medido", "statuses": "estados",
+    "RSS growth after warm-up": "crecimiento de la RSS tras el calentamiento",
+    "p99 of /v1/predict, last vs first minute": "p99 de /v1/predict, último frente a primer minuto",
+    "prediction log peak": "pico del registro de predicciones", "5xx answers": "respuestas 5xx",
+    "job files in the last minute": "ficheros de trabajos en el último minuto",
+    "settled": "estable",
+    # shadow
+    "champion": "campeón", "challenger": "aspirante", "shadow": "sombra",
+    "requests": "peticiones", "on": "sí", "off": "no",
+    "With the shadow / without": "Con la sombra / sin ella", "Shadow": "Sombra",
+    "scored": "puntuadas", "dropped": "descartadas", "Target": "Objetivo",
+    "met": "cumplido", "not met": "no cumplido",
+    # captions
+    "Produced by": "Generado por", "refreshed by": "actualizado por",
+    "Not measured yet: run": "Aún sin medir: ejecute", "looked for": "se buscó en",
+}
+# Pieces of the soak check labels (made by serve.soak.check_rows) that are words, not values.
+SOAK_PIECES = ("RSS growth after warm-up", "p99 of /v1/predict, last vs first minute",
+               "prediction log peak", "5xx answers", "job files in the last minute", "settled")
+
+
+class Phrases:
+    """The words of the generated tables in one language; values pass through untouched."""
+
+    def __init__(self, lang: str = "en"):
+        if lang not in LANGUAGES:
+            raise InvalidInput(f"report language {lang!r} is not one of {', '.join(LANGUAGES)}")
+        self.lang = lang
+        self.words = SPANISH if lang == "es" else {}
+
+    def __call__(self, text: str) -> str:
+        """`text` in this language (unchanged when the table has no wording for it)."""
+        return self.words.get(text, text)
+
+    def within(self, text: str, pieces: tuple[str, ...]) -> str:
+        """`text` with each of `pieces` it contains replaced by its wording (for labels holding values)."""
+        for piece in pieces:
+            text = text.replace(piece, self(piece))
+        return text
+
+
+def language_of(path: Path) -> str:
+    """The language a report file is written in: "es" for informe*.md, else "en"."""
+    return "es" if path.name.startswith("informe") else "en"
+
+
 def table(name: str, command: str) -> Callable[[TableFn], TableFn]:
     """Decorator that registers a renderer for the report table `name`, made from the output of `command`."""
     def deco(fn: TableFn) -> TableFn:
@@ -75,36 +157,36 @@ def _mean_sd(d: dict | None) -> str:
 
 
 @table("dataset", "modalfuse data build")
-def _dataset(src: Sources) -> str:
+def _dataset(src: Sources, t: Phrases) -> str:
     m = src.json(src.dataset_dir / "manifest.json")
     classes = sorted(m["classes"].items(), key=lambda kv: -kv[1])
-    rows = [["dataset version", m["version"]], ["rows (species)", m["rows"]],
-            ["image files (front + views)", m["images"]], ["classes", len(classes)],
-            ["largest / smallest class", f"{classes[0][0]} {classes[0][1]} / "
-                                         f"{classes[-1][0]} {classes[-1][1]}"]]
-    rows += [[f"source: {k}", v] for k, v in m.get("sources", {}).items()]
-    return md_table(["fact", "value"], rows)
+    rows = [[t("dataset version"), m["version"]], [t("rows (species)"), m["rows"]],
+            [t("image files (front + views)"), m["images"]], [t("classes"), len(classes)],
+            [t("largest / smallest class"), f"{classes[0][0]} {classes[0][1]} / "
+                                            f"{classes[-1][0]} {classes[-1][1]}"]]
+    rows += [[f"{t('source')}: {k}", v] for k, v in m.get("sources", {}).items()]
+    return md_table([t("fact"), t("value")], rows)
 
 
 @table("split_audit", "modalfuse data split")
-def _split(src: Sources) -> str:
+def _split(src: Sources, t: Phrases) -> str:
     a = src.json(src.dataset_dir / "split_audit.json")
     rows: list[list[object]] = [[s, v["rows"], v["groups"]] for s, v in a["per_split"].items()]
-    out = md_table(["split", "rows", "groups (families)"], rows)
-    checks = [[c["name"], "yes" if c["blocking"] else "no", "pass" if c["passed"] else "FAIL",
+    out = md_table([t("split"), t("rows"), t("groups (families)")], rows)
+    checks = [[c["name"], t("yes" if c["blocking"] else "no"), t("pass" if c["passed"] else "FAIL"),
                ", ".join(f"{k}={v}" for k, v in c["summary"].items()
                          if isinstance(v, int | float) and not isinstance(v, bool))]
               for c in a["checks"]]
-    return out + "\n\n" + md_table(["check", "blocking", "result", "numbers"], checks)
+    return out + "\n\n" + md_table([t("check"), t("blocking"), t("result"), t("numbers")], checks)
 
 
 @table("decisions", "modalfuse report decisions")
-def _decisions(src: Sources) -> str:
+def _decisions(src: Sources, t: Phrases) -> str:
     m = src.json(src.docs / "decisions.json")
-    rows = [[k, _mean_sd(v["cv_acc"]), _mean_sd(v["cv_f1"]), v["test_acc"], v["test_f1"]]
+    rows = [[t(k), _mean_sd(v["cv_acc"]), _mean_sd(v["cv_f1"]), v["test_acc"], v["test_f1"]]
             for k, v in m["variants"].items()]
-    return md_table(["variant (LightGBM)", "grouped-CV acc", "grouped-CV macro-F1", "test acc",
-                     "test macro-F1"], rows)
+    return md_table([t(h) for h in ("variant (LightGBM)", "grouped-CV acc", "grouped-CV macro-F1",
+                                    "test acc", "test macro-F1")], rows)
 
 
 def _records_table(data: dict | list, prefer: list[str] | None = None) -> str:
@@ -125,69 +207,77 @@ def _records_table(data: dict | list, prefer: list[str] | None = None) -> str:
 
 
 @table("batch_bench", "modalfuse bench batch")
-def _batch(src: Sources) -> str:
+def _batch(src: Sources, t: Phrases) -> str:
     b = src.json(src.bench_dir / "bench_batch.json", src.docs / "results" / "bench_batch.json")
-    rows = [[name.replace("_", " "), e["rows_per_s"], e["ratio_to_limit"]]
+    rows = [[t(name.replace("_", " ")), e["rows_per_s"], e["ratio_to_limit"]]
             for name, e in b["engines"].items()]
-    head = (f"`{b['command']}`, {b['rows']} rows, model `{b['model_version']}`, "
-            f"1-min load average {b['machine'].get('load_avg_1m', float('nan')):.1f}\n\n")
-    return head + md_table(["engine", "rows/s", "× the in-process Predictor"], rows)
+    head = (f"`{b['command']}`, {b['rows']} {t('rows')}, {t('model')} `{b['model_version']}`, "
+            f"{t('1-min load average')} {b['machine'].get('load_avg_1m', float('nan')):.1f}\n\n")
+    return head + md_table([t("engine"), t("rows/s"), t("× the in-process Predictor")], rows)
 
 
 @table("serve_bench", "modalfuse bench serve")
-def _serve(src: Sources) -> str:
+def _serve(src: Sources, t: Phrases) -> str:
     b = src.json(src.docs / "benchmarks" / "serve.json")
-    rows = [[r["target"], r["concurrency"], r["errors"], r["p50_ms"], r["p99_ms"],
+    rows = [[t(r["target"]), r["concurrency"], r["errors"], r["p50_ms"], r["p99_ms"],
              r["throughput_rps"]] for r in b["results"]]
-    return (f"model `{b['model_version']}`\n\n"
-            + md_table(["target", "concurrency", "errors", "p50 ms", "p99 ms", "req/s"], rows))
+    return (f"{t('model')} `{b['model_version']}`\n\n"
+            + md_table([t("target"), t("concurrency"), t("errors"), "p50 ms", "p99 ms", "req/s"],
+                       rows))
 
 
 @table("soak", "modalfuse bench soak --minutes 10 --clients 4")
-def _soak(src: Sources) -> str:
+def _soak(src: Sources, t: Phrases) -> str:
     b = src.json(src.docs / "benchmarks" / "soak.json")
-    head = (f"`{b['command']}`, model `{b['model_version']}`, statuses {b['statuses']}; RSS "
-            f"{b['rss_start_mb']:.0f} → {b['rss_end_mb']:.0f} MB, p99 {b['p99_start_ms']:.1f} → "
-            f"{b['p99_end_ms']:.1f} ms\n\n")
-    rows: list[list[object]] = [list(r) for r in check_rows(b)]
-    return head + md_table(["check", "target", "measured", "pass"], rows)
+    head = (f"`{b['command']}`, {t('model')} `{b['model_version']}`, {t('statuses')} "
+            f"{b['statuses']}; RSS {b['rss_start_mb']:.0f} → {b['rss_end_mb']:.0f} MB, p99 "
+            f"{b['p99_start_ms']:.1f} → {b['p99_end_ms']:.1f} ms\n\n")
+    rows: list[list[object]] = [[t.within(check, SOAK_PIECES), t.within(target, SOAK_PIECES),
+                                 measured, t(passed)]
+                                for check, target, measured, passed in check_rows(b)]
+    return head + md_table([t("check"), t("target"), t("measured"), t("pass")], rows)
 
 
 @table("shadow", "modalfuse bench shadow --requests 600")
-def _shadow(src: Sources) -> str:
+def _shadow(src: Sources, t: Phrases) -> str:
     b = src.json(src.bench_dir / "bench_shadow.json", src.docs / "benchmarks" / "shadow.json")
     rows: list[list[object]] = [
-        [r["concurrency"], "on" if r["shadow"] else "off", r["requests"], r["errors"],
+        [r["concurrency"], t("on" if r["shadow"] else "off"), r["requests"], r["errors"],
          r["p50_ms"], r["p99_ms"], r["throughput_rps"]] for r in b["results"]]
     ratios = ", ".join(f"c={c}: p50 ×{v['p50']:.3f}, p99 ×{v['p99']:.3f}"
                        for c, v in b["ratios"].items())
-    shadowed = ", ".join(f"c={c}: {v['scored']} scored, {v['dropped']} dropped"
+    shadowed = ", ".join(f"c={c}: {v['scored']} {t('scored')}, {v['dropped']} {t('dropped')}"
                          for c, v in b["shadow"].items())
-    verdict = "met" if b["target"]["met"] else "**not met**"
+    verdict = t("met") if b["target"]["met"] else f"**{t('not met')}**"
     challenger = b.get("challenger_version", b["challenger"])
-    return (f"champion `{b['model_version']}`, challenger `{challenger}`, "
+    return (f"{t('champion')} `{b['model_version']}`, {t('challenger')} `{challenger}`, "
             f"{b['machine']['cpus']} CPUs, {b['created_at']}\n\n"
-            + md_table(["c", "shadow", "requests", "errors", "p50 ms", "p99 ms", "req/s"], rows)
-            + f"\n\nWith the shadow / without: {ratios}. Shadow: {shadowed}. Target p50 ×"
-              f"{b['target']['max_p50_ratio']}: {verdict}.")
+            + md_table(["c", t("shadow"), t("requests"), t("errors"), "p50 ms", "p99 ms", "req/s"],
+                       rows)
+            + f"\n\n{t('With the shadow / without')}: {ratios}. {t('Shadow')}: {shadowed}. "
+              f"{t('Target')} p50 ×{b['target']['max_p50_ratio']}: {verdict}.")
 
 
-def render(src: Sources, name: str) -> str:
+def render(src: Sources, name: str, t: Phrases | None = None) -> str:
     """One table's markdown, or a line naming the command to run when its source is missing."""
+    t = t or Phrases()
     command, fn = TABLES[name]
     try:
-        body = fn(src)
+        body = fn(src, t)
     except MissingSource as e:
-        return f"_Not measured yet: run `{command}` (looked for {e})._"
-    return f"{body}\n\n<sub>Produced by `{command}`; refreshed by `modalfuse report build`.</sub>"
+        return f"_{t('Not measured yet: run')} `{command}` ({t('looked for')} {e})._"
+    return (f"{body}\n\n<sub>{t('Produced by')} `{command}`; {t('refreshed by')} "
+            f"`modalfuse report build`.</sub>")
 
 
 BLOCK = re.compile(r"(<!-- BEGIN table:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- END table:(?P=name) -->)",
                    re.DOTALL)
 
 
-def build_report(path: Path, src: Sources) -> list[str]:
-    """Rewrite every table block of `path`; return the names of the tables refreshed."""
+def build_report(path: Path, src: Sources, lang: str | None = None) -> list[str]:
+    """Rewrite every table block of `path` in `lang` (default: `language_of(path)`); return
+    the names of the tables refreshed."""
+    t = Phrases(lang or language_of(path))
     text = path.read_text()
     done: list[str] = []
 
@@ -196,7 +286,7 @@ def build_report(path: Path, src: Sources) -> list[str]:
         if name not in TABLES:
             return m.group(0)
         done.append(name)
-        return f"{m.group(1)}{render(src, name)}\n{m.group(4)}"
+        return f"{m.group(1)}{render(src, name, t)}\n{m.group(4)}"
 
     path.write_text(BLOCK.sub(sub, text))
     return done
