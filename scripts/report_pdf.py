@@ -72,7 +72,8 @@ def loosen_lists(text: str) -> str:
 
 
 def embed_local(body: str, base: Path) -> str:
-    """Local images as data URIs and links to other local files as absolute file:// URLs."""
+    """Local images as data URIs; links to other local files become their text and the file's
+    name (no link: a PDF would need an absolute path of the machine that built it)."""
     def image(m: re.Match) -> str:
         target = (base / html.unescape(m["src"])).resolve()
         if not target.exists() or target.suffix.lower() not in MIME:
@@ -81,12 +82,14 @@ def embed_local(body: str, base: Path) -> str:
         return f'{m["pre"]}data:{MIME[target.suffix.lower()]};base64,{data}"'
 
     def link(m: re.Match) -> str:
-        target, _, anchor = html.unescape(m["href"]).partition("#")
-        url = (base / target).resolve().as_uri() + (f"#{anchor}" if anchor else "")
-        return f'{m["pre"]}{html.escape(url)}"'
+        # A PDF cannot follow a relative link; an absolute one would name this machine's
+        # folders. The text stays, with the file it names (relative to docs/), unlinked.
+        target = html.unescape(m["href"])
+        return f'<span class="doc-ref">{m["text"]} <code>{html.escape(target)}</code></span>'
 
     body = re.sub(r'(?P<pre><img [^>]*src=")(?P<src>(?![a-z]+:)[^"]+)"', image, body)
-    return re.sub(r'(?P<pre><a [^>]*href=")(?P<href>(?![a-z]+:|#)[^"]+)"', link, body)
+    return re.sub(r'<a [^>]*href="(?P<href>(?![a-z]+:|#)[^"]+)"[^>]*>(?P<text>.*?)</a>', link, body,
+                  flags=re.S)
 
 
 def to_html(path: Path) -> str:

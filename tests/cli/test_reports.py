@@ -107,3 +107,18 @@ def test_the_checker_sees_what_it_should():
             "1e-6 96 px, sección 3, secciones 3 y 6, section 2\n```bash\nrun --rows 2000\n```\n"
             "<!-- BEGIN table:soak -->\n7\n<!-- END table:soak -->\n")
     assert hand_typed(text) == ["0.617", "12%", "6"]
+
+
+def test_the_pdf_page_names_no_path_of_the_machine_that_builds_it():
+    """The HTML printed to PDF embeds its images and unlinks other files: no absolute path."""
+    import importlib.util
+
+    repo = DOCS.parent
+    script = repo / "scripts" / "report_pdf.py"
+    spec = importlib.util.spec_from_file_location("report_pdf", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = module.to_html(DOCS / "report.md")
+    assert "file://" not in page and str(repo) not in page
+    assert "<img" in page and "data:image/" in page
