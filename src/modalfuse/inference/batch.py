@@ -208,7 +208,7 @@ def load_image(images_dir: Path, name: Any) -> bytes | None:
 def _read_image(root: str, name: Any) -> bytes | None:
     """`load_image` with the images folder already resolved (once per chunk, not per row:
     resolving it was a third of the cost of reading a sprite)."""
-    if name is None or (isinstance(name, float) and np.isnan(name)) or str(name).strip() == "":
+    if _blank(name):
         return None
     p = os.path.realpath(os.path.join(root, str(name)))
     if os.path.commonpath([root, p]) != root:
@@ -223,7 +223,13 @@ def _read_image(root: str, name: Any) -> bytes | None:
 def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
                 from_text: bool = False, with_ids: bool = False) -> pd.DataFrame:
     """Score table rows; `from_text=True` for rows read from CSV (see `parse_record`).
-    `with_ids` gives every scored row a `prediction_id` (served traffic: jobs, for feedback)."""
+    `with_ids` gives every scored row a `prediction_id` (served traffic: jobs, for feedback).
+
+    A row with an empty image cell is scored from its fields alone (when the model has a
+    fields-only model); a row naming an image that is not there is an error row, never
+    scored without it. Besides the probabilities, each scored row gets its prediction set
+    (labels joined by `|`), its OOD flag and the modalities it was scored from.
+    """
     spec = predictor.spec
     records = table_records(spec, rows)
     blobs: list[bytes | None] = []
@@ -234,11 +240,17 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
             data = _read_image(root, name)
         except ValueError as e:
             data, path_errors[i] = None, str(e)
-        if data is None and i not in path_errors:
+        if data is None and i not in path_errors and not _blank(name):
             path_errors[i] = f"image file {name!r} not found under the images folder"
         blobs.append(data)
-    ids = [uuid.uuid4().hex for _ in records] if with_ids else None
-    results = predictor.predict(records, blobs, top_k=1, from_text=from_text, prediction_ids=ids)
+    keep = [i for i in range(len(records)) if i not in path_errors]
+    ids = [uuid.uuid4().hex for _ in keep] if with_ids else None
+    scored = predictor.predict([records[i] for i in keep], [blobs[i] for i in keep], top_k=1,
+                               from_text=from_text, prediction_ids=ids)
+    results: list[dict[str, Any]] = [{"error": {spec.image_column: e}} for e in
+                                     (path_errors.get(i, "") for i in range(len(records)))]
+    for i, r in zip(keep, scored, strict=True):
+        results[i] = r
     out: dict[str, Any] = {}
     if spec.id_column in rows:
         out[spec.id_column] = rows[spec.id_column].to_numpy()
@@ -246,26 +258,42 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
     probs = np.full((len(rows), len(labels)), np.nan)
     predicted: list[str | None] = []
     errors: list[str | None] = []
+    sets: list[str | None] = []
+    ood: list[bool | None] = []
+    used: list[str | None] = []
     for i, r in enumerate(results):
         if "error" in r:
-            err = dict(r["error"])
-            if i in path_errors:
-                err[spec.image_column] = path_errors[i]
             predicted.append(None)
-            errors.append(json.dumps(err, sort_keys=True))
+            errors.append(json.dumps(r["error"], sort_keys=True))
+            sets.append(None)
+            ood.append(None)
+            used.append(None)
         else:
             probs[i] = [r["probabilities"][lab] for lab in labels]
             predicted.append(r["label"])
             errors.append(None)
+            pset = r.get("prediction_set")
+            sets.append("|".join(pset["labels"]) if pset else None)
+            ood.append(bool(r["ood"]["flag"]) if r.get("ood") else None)
+            used.append("+".join(r["modalities"]["used"]) if r.get("modalities") else None)
     out["predicted"] = predicted
     for j, lab in enumerate(labels):
         out[f"proba_{lab}"] = probs[:, j]
+    out["prediction_set"] = sets
+    out["ood"] = pd.array(ood, dtype="boolean")
+    out["modalities"] = used
     out["error"] = errors
     out["model_version"] = predictor.model_version
     if ids is not None:
-        out["prediction_id"] = [None if e is not None else pid for pid, e in zip(ids, errors,
-                                                                                strict=True)]
+        by_row = dict(zip(keep, ids, strict=True))
+        out["prediction_id"] = [None if e is not None else by_row[i]
+                                for i, e in enumerate(errors)]
     return pd.DataFrame(out)
+
+
+def _blank(name: Any) -> bool:
+    """An empty image cell: no image was given for the row."""
+    return name is None or (isinstance(name, float) and np.isnan(name)) or str(name).strip() == ""
 
 
 def predict_file(predictor: Predictor, input_path: Path, images_dir: Path, output: Path,

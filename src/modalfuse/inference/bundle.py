@@ -13,7 +13,7 @@ import json
 import platform
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from importlib import metadata
@@ -22,6 +22,7 @@ from pathlib import Path
 from modalfuse import __version__
 from modalfuse.errors import ModelError
 from modalfuse.features.preprocess import Preprocessor
+from modalfuse.inference.companions import Companions
 from modalfuse.models.registry import Model, kind_libraries, load_model
 from modalfuse.spec import DatasetSpec
 
@@ -74,6 +75,7 @@ class ModelBundle:
     spec: DatasetSpec
     preprocessor: Preprocessor
     model: Model
+    companions: Companions = field(default_factory=Companions)
 
     @property
     def labels(self) -> list[str]:
@@ -96,7 +98,8 @@ class ModelBundle:
         preprocessor and the spec. Two bundles with one digest answer alike (async jobs
         check it, so a job is never finished by another model)."""
         h = hashlib.sha256(self.model_version.encode())
-        h.update(json.dumps({"model": self.meta.get("model"), "labels": self.labels},
+        h.update(json.dumps({"model": self.meta.get("model"), "labels": self.labels,
+                             "companions": self.meta.get("companions")},
                             sort_keys=True, default=str).encode())
         for name in ("preprocessor.json", "spec.json"):
             path = self.path / name
@@ -122,8 +125,9 @@ def version_tag(model_meta: dict, training: dict | None) -> str:
 
 def save_bundle(directory: Path, spec: DatasetSpec, preprocessor: Preprocessor, model: Model,
                 labels: list[str], dataset: dict, metrics: dict | None = None,
-                training: dict | None = None) -> ModelBundle:
-    """Write a bundle folder atomically and return it loaded."""
+                training: dict | None = None, companions: Companions | None = None) -> ModelBundle:
+    """Write a bundle folder atomically and return it loaded; `companions` (modality models,
+    conformal calibration, OOD detectors) are saved with it when given."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
@@ -132,6 +136,7 @@ def save_bundle(directory: Path, spec: DatasetSpec, preprocessor: Preprocessor, 
     model_meta = model.save(tmp)
     (tmp / "preprocessor.json").write_text(json.dumps(preprocessor.to_dict()))
     (tmp / "spec.json").write_text(spec.model_dump_json(indent=2))
+    companions_meta = companions.save(tmp) if companions is not None else None
     content = _content_hash(tmp)
     meta = {
         "format": "modalfuse-bundle",
@@ -146,6 +151,7 @@ def save_bundle(directory: Path, spec: DatasetSpec, preprocessor: Preprocessor, 
         "model": model_meta,
         "metrics": metrics or {},
         "training": training or {},
+        **({"companions": companions_meta} if companions_meta else {}),
     }
     (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, default=str))
     if directory.exists():
@@ -171,7 +177,10 @@ def _check_compatible(meta: dict, path: Path) -> None:
             f"{__version__} reads format {BUNDLE_FORMAT}; install the modalfuse version that "
             f"wrote it ({meta.get('modalfuse_version')}) or retrain with this one"
         )
-    for lib in kind_libraries(model_kinds(meta["model"])):
+    kinds = model_kinds(meta["model"])
+    for m in meta.get("companions", {}).get("models", {}).values():
+        kinds += model_kinds(m["model"])
+    for lib in kind_libraries(kinds):
         wrote, have = meta.get("libraries", {}).get(lib), installed_version(lib)
         if wrote is None:
             continue
@@ -206,4 +215,5 @@ def load_bundle(directory: Path) -> ModelBundle:
     spec = DatasetSpec.load(directory / "spec.json")
     pre = Preprocessor.from_dict(spec, json.loads((directory / "preprocessor.json").read_text()))
     model = load_model(directory, meta["model"])
-    return ModelBundle(path=directory, meta=meta, spec=spec, preprocessor=pre, model=model)
+    return ModelBundle(path=directory, meta=meta, spec=spec, preprocessor=pre, model=model,
+                       companions=Companions.load(directory, meta.get("companions")))

@@ -11,7 +11,7 @@ import base64
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,10 @@ from modalfuse.features.image import (
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import RecordError, parse_record, records_columns
 from modalfuse.inference.bundle import ModelBundle, load_bundle
+from modalfuse.inference.companions import BOTH, FIELDS, IMAGE, USED
+from modalfuse.inference.conformal import check_coverage
+from modalfuse.inference.ood import image_ood_features
+from modalfuse.models.registry import Model
 from modalfuse.spec import DatasetSpec, FieldKind
 
 log = logging.getLogger("modalfuse.predict")
@@ -54,11 +58,24 @@ class PixelBudgetError(InvalidInput):
 
 @dataclass
 class Prepared:
-    """Rows after validation: the indices that passed, their features, and errors of the rest."""
+    """Rows after validation: the indices that passed, their features, and errors of the rest.
+
+    `modes` says which modalities each valid row has (`both`, `fields`, `image`); a row
+    without an image has NaN image statistics and a transparent canvas that no model of its
+    case reads. `field_flags` are the OOD reasons of each valid row's fields, and
+    `image_ood` the image OOD score of each valid row (NaN without an image or a detector).
+    """
 
     valid: list[int]  # row indices that passed validation, in order
     batch: FeatureBatch | None
     errors: dict[int, dict[str, str]]
+    modes: list[str] = field(default_factory=list)
+    field_flags: list[dict[str, str]] = field(default_factory=list)
+    image_ood: np.ndarray | None = None
+
+    def rows_of(self, mode: str) -> np.ndarray:
+        """Positions (within `valid`) of the rows of one modality case."""
+        return np.array([i for i, m in enumerate(self.modes) if m == mode], dtype=int)
 
 
 @dataclass
@@ -126,14 +143,46 @@ class Predictor:
         """Image bytes -> the model's square RGBA array, within the per-image limits."""
         return self.decode_header(self.open_header(data))
 
+    def supports(self, mode: str) -> bool:
+        """Whether this bundle scores requests of a modality case (`both`, `fields`, `image`)."""
+        return self.bundle.companions.supports(mode)
+
+    @property
+    def modalities(self) -> dict[str, bool]:
+        """Which cases the bundle scores: both, fields only, image only."""
+        return {mode: self.supports(mode) for mode in (BOTH, FIELDS, IMAGE)}
+
+    def model_for(self, mode: str) -> Model:
+        """The model that scores rows of a modality case (the main model for `both`)."""
+        return self.bundle.model if mode == BOTH else self.bundle.companions.models[mode]
+
+    def _mode(self, record: dict[str, Any], image: bytes | None) -> tuple[str, dict[str, str]]:
+        """A row's modality case, or the errors that say why it cannot be scored."""
+        no_fields = all(v is None for v in record.values())
+        if image is not None and not (no_fields and self.supports(IMAGE)):
+            return BOTH, {}
+        if image is not None:
+            return IMAGE, {}
+        if no_fields and not self.supports(FIELDS):
+            return BOTH, {self.spec.image_column: "image is required"}
+        if no_fields:
+            return FIELDS, {self.spec.image_column: "image is missing and so are the fields: "
+                            "send an image, the fields, or both"}
+        if not self.supports(FIELDS):
+            return BOTH, {self.spec.image_column: "image is required (this model has no "
+                          "fields-only model: retrain it with this modalfuse)"}
+        return FIELDS, {}
+
     def prepare(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
                 allow_extra: bool = False, *, from_text: bool = False,
                 max_total_pixels: int | None = None) -> Prepared:
         """Validate and encode rows; a bad row becomes an entry of `errors`.
 
-        Every image's header is read before any image is decoded, so a call whose images
-        declare more than `max_total_pixels` in all is refused with PixelBudgetError at the
-        cost of reading headers. `from_text` is `parse_record`'s (tables read from CSV).
+        A row without an image is scored from its fields, and one with no field values
+        from its image, when the bundle has a model for that case (`supports`). Every
+        image's header is read before any image is decoded, so a call whose images declare
+        more than `max_total_pixels` in all is refused with PixelBudgetError at the cost of
+        reading headers. `from_text` is `parse_record`'s (tables read from CSV).
         """
         if len(records) != len(images):
             raise InvalidInput(f"{len(records)} records but {len(images)} images")
@@ -141,7 +190,7 @@ class Predictor:
         image_errors: dict[int, str] = {}
         for i, data in enumerate(images):
             try:
-                headers.append(self.open_header(data))
+                headers.append(None if data is None else self.open_header(data))
             except ImageError as e:
                 headers.append(None)
                 image_errors[i] = str(e)
@@ -150,17 +199,24 @@ class Predictor:
             total = sum(w * h for w, h in sizes)
             if total > max_total_pixels:
                 raise PixelBudgetError(total, len(sizes), max_total_pixels)
-        parsed, pixels, valid, errors = [], [], [], {}
+        blank = np.zeros((self.spec.image_size, self.spec.image_size, 4), np.uint8)
+        field_ood = self.bundle.companions.field_ood
+        parsed, pixels, valid, errors, modes, flags = [], [], [], {}, [], []
         for i, rec in enumerate(records):
-            row_err: dict[str, str] = {}
-            try:
-                p = parse_record(self.spec, rec, allow_extra=allow_extra, from_text=from_text)
-            except RecordError as e:
-                row_err.update(e.errors)
-            header, headers[i] = headers[i], None  # decoded pixels are not kept past the row
-            if header is None:
-                row_err[self.spec.image_column] = image_errors[i]
+            mode, row_err = self._mode(rec, images[i])
+            p: dict[str, Any] = {}
+            if mode == IMAGE:
+                p = {f.name: None for f in self.spec.fields}
             else:
+                try:
+                    p = parse_record(self.spec, rec, allow_extra=allow_extra, from_text=from_text)
+                except RecordError as e:
+                    row_err.update(e.errors)
+            header, headers[i] = headers[i], None  # decoded pixels are not kept past the row
+            px = blank
+            if i in image_errors:
+                row_err[self.spec.image_column] = image_errors[i]
+            elif header is not None:
                 try:
                     px = self.decode_header(header)
                 except ImageError as e:
@@ -171,11 +227,43 @@ class Predictor:
             parsed.append(p)
             pixels.append(px)
             valid.append(i)
+            modes.append(mode)
+            flags.append(field_ood.reasons(p) if field_ood is not None and mode != IMAGE else {})
         if not valid:
             return Prepared(valid, None, errors)
         frame = records_columns(self.spec, parsed)
         batch = self.bundle.preprocessor.transform(frame, np.stack(pixels))
-        return Prepared(valid, batch, errors)
+        prep = Prepared(valid, batch, errors, modes, flags)
+        no_image = prep.rows_of(FIELDS)
+        if len(no_image):
+            batch.image_stats[no_image] = np.nan  # no image: nothing may read its statistics
+        prep.image_ood = self._image_scores(prep)
+        return prep
+
+    def _image_scores(self, prep: Prepared) -> np.ndarray:
+        """The image OOD score of every valid row (NaN where there is no image or detector)."""
+        scores = np.full(len(prep.valid), np.nan)
+        detector = self.bundle.companions.image_ood
+        batch = prep.batch
+        if detector is None or batch is None:
+            return scores
+        rows = np.array([i for i, m in enumerate(prep.modes) if m != FIELDS], dtype=int)
+        if len(rows):
+            scores[rows] = detector.score(image_ood_features(batch.image_stats[rows],
+                                                             batch.images[rows]))
+        return scores
+
+    def proba(self, prep: Prepared) -> np.ndarray:
+        """Probabilities of the valid rows of a Prepared, each case by its own model."""
+        assert prep.batch is not None
+        if all(m == BOTH for m in prep.modes):
+            return self.bundle.model.predict_proba(prep.batch)
+        out = np.zeros((len(prep.valid), len(self.labels)))
+        for mode in (BOTH, FIELDS, IMAGE):
+            rows = prep.rows_of(mode)
+            if len(rows):
+                out[rows] = self.model_for(mode).predict_proba(prep.batch.take(rows))
+        return out
 
     def predict_proba(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
                       allow_extra: bool = False, *, from_text: bool = False,
@@ -190,19 +278,25 @@ class Predictor:
             raise PredictionInputError(prep.errors)
         if prep.batch is None:
             return np.zeros((0, len(self.labels)))
-        proba = self.bundle.model.predict_proba(prep.batch)
+        proba = self.proba(prep)
         self._notify(records, prep, proba, t0, images, prediction_ids)
         return proba
 
     def predict(self, records: Sequence[dict[str, Any]], images: Sequence[bytes | None],
                 top_k: int = 3, allow_extra: bool = False, *, from_text: bool = False,
                 max_total_pixels: int | None = None,
-                prediction_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                prediction_ids: Sequence[str] | None = None,
+                coverage: float | None = None) -> list[dict[str, Any]]:
         """One result per input row: a prediction, or an `error` mapping field -> message.
 
-        See `prepare` for `from_text` and `max_total_pixels` (PixelBudgetError);
-        `prediction_ids` (one per row) reach the observers with the rows.
+        A prediction carries its label, probabilities and top classes, its prediction set
+        at `coverage` (the bundle's default when None), its OOD flags and the modalities
+        it was made from (see `describe`). See `prepare` for `from_text` and
+        `max_total_pixels` (PixelBudgetError); `prediction_ids` (one per row) reach the
+        observers with the rows.
         """
+        if coverage is not None:
+            check_coverage(coverage)
         t0 = time.perf_counter()
         prep = self.prepare(records, images, allow_extra, from_text=from_text,
                             max_total_pixels=max_total_pixels)
@@ -210,11 +304,53 @@ class Predictor:
         for i, msg in prep.errors.items():
             out[i] = {"error": msg}
         if prep.batch is not None:
-            proba = self.bundle.model.predict_proba(prep.batch)
-            for row, p in zip(prep.valid, proba, strict=True):
-                out[row] = self.format(p, top_k)
+            proba = self.proba(prep)
+            sets = self.prediction_sets(proba, prep.modes, coverage)
+            for k, (row, p) in enumerate(zip(prep.valid, proba, strict=True)):
+                out[row] = {**self.format(p, top_k), **self.describe(prep, k, sets[k])}
             self._notify(records, prep, proba, t0, images, prediction_ids)
         return out
+
+    def prediction_sets(self, proba: np.ndarray, modes: Sequence[str],
+                        coverage: float | None = None) -> list[dict[str, Any] | None]:
+        """Each row's conformal prediction set (most probable label first) at `coverage`,
+        by the calibration of its modality case; None where the bundle has none."""
+        calib = self.bundle.companions.conformal
+        out: list[dict[str, Any] | None] = [None] * len(proba)
+        for mode in set(modes):
+            c = calib.get(mode)
+            if c is None:
+                continue
+            rows = [i for i, m in enumerate(modes) if m == mode]
+            member = c.sets(proba[rows], coverage)
+            for r, m in zip(rows, member, strict=True):
+                order = [int(j) for j in np.argsort(-proba[r]) if m[j]]
+                out[r] = {"labels": [self.labels[j] for j in order],
+                          "coverage": c.default_coverage if coverage is None else coverage,
+                          "method": c.method}
+        return out
+
+    def describe(self, prep: Prepared, k: int, prediction_set: dict[str, Any] | None
+                 ) -> dict[str, Any]:
+        """What a prediction carries besides its probabilities, for valid row `k`: the
+        modalities used and missing, the prediction set, and the OOD flags."""
+        mode = prep.modes[k]
+        detector = self.bundle.companions.image_ood
+        image = None
+        if detector is not None and mode != FIELDS and prep.image_ood is not None:
+            score = float(prep.image_ood[k])
+            image = {"score": round(score, 4), "threshold": round(detector.threshold, 4),
+                     "flag": bool(score > detector.threshold)}
+        fields_ = None
+        if self.bundle.companions.field_ood is not None and mode != IMAGE:
+            reasons = prep.field_flags[k]
+            fields_ = {"flag": bool(reasons), "reasons": reasons}
+        flag = bool((image or {}).get("flag") or (fields_ or {}).get("flag"))
+        used = USED[mode]
+        return {"prediction_set": prediction_set,
+                "ood": {"flag": flag, "image": image, "fields": fields_},
+                "modalities": {"used": used,
+                               "missing": [m for m in ("fields", "image") if m not in used]}}
 
     def _notify(self, records: Sequence[dict[str, Any]], prep: Prepared, proba: np.ndarray,
                 t0: float, images: Sequence[bytes | None] = (),

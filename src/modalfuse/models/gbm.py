@@ -30,8 +30,10 @@ DEFAULT_PARAMS = {
 }
 
 
-def gbm_inputs(batch: FeatureBatch, use_image_stats: bool) -> np.ndarray:
-    """The matrix LightGBM reads: the raw tabular columns, and image statistics when asked."""
+def gbm_inputs(batch: FeatureBatch, use_image_stats: bool, use_tabular: bool = True) -> np.ndarray:
+    """The matrix LightGBM reads: the raw tabular columns and/or the image statistics."""
+    if not use_tabular:
+        return batch.image_stats
     if use_image_stats:
         return np.hstack([batch.tabular, batch.image_stats])
     return batch.tabular
@@ -44,8 +46,10 @@ class GBMModel:
     kind: ClassVar[str] = "lightgbm"
 
     def __init__(self, use_image_stats: bool = True, num_boost_round: int = 300,
-                 params: dict | None = None, seed: int = 0, class_weight: str | None = "balanced"):
+                 params: dict | None = None, seed: int = 0, class_weight: str | None = "balanced",
+                 use_tabular: bool = True):
         self.use_image_stats = use_image_stats
+        self.use_tabular = use_tabular  # False: the image statistics alone (image-only model)
         self.num_boost_round = num_boost_round
         self.params = {**DEFAULT_PARAMS, **(params or {})}
         self.seed = seed
@@ -55,7 +59,7 @@ class GBMModel:
     def fit(self, batch: FeatureBatch, y: np.ndarray, n_classes: int,
             feature_names: list[str] | None = None) -> GBMModel:
         """Train the booster on a batch and integer labels, class-balanced by default; returns self."""
-        x = gbm_inputs(batch, self.use_image_stats)
+        x = gbm_inputs(batch, self.use_image_stats, self.use_tabular)
         weight = None
         if self.class_weight == "balanced":
             counts = np.bincount(y, minlength=n_classes).astype(float)
@@ -70,7 +74,7 @@ class GBMModel:
         """(n, n_classes) probabilities; NotFittedError before `fit`."""
         if self.booster_ is None:
             raise NotFittedError("GBMModel is not fitted; call fit() first")
-        x = gbm_inputs(batch, self.use_image_stats)
+        x = gbm_inputs(batch, self.use_image_stats, self.use_tabular)
         return np.asarray(self.booster_.predict(x, num_threads=1), dtype=np.float64)
 
     def feature_importance(self) -> dict[str, float]:
@@ -85,12 +89,14 @@ class GBMModel:
         (directory / "model.lgb.txt").write_text(self.booster_.model_to_string())
         return {"kind": self.kind, "file": "model.lgb.txt", "use_image_stats": self.use_image_stats,
                 "num_boost_round": self.num_boost_round, "params": self.params,
-                "class_weight": self.class_weight}
+                "class_weight": self.class_weight,
+                **({} if self.use_tabular else {"use_tabular": False})}
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> GBMModel:
         """The model `save` wrote into `directory`."""
         m = cls(use_image_stats=meta["use_image_stats"], num_boost_round=meta["num_boost_round"],
-                params=meta["params"], class_weight=meta.get("class_weight"))
+                params=meta["params"], class_weight=meta.get("class_weight"),
+                use_tabular=meta.get("use_tabular", True))
         m.booster_ = lgb.Booster(model_str=(directory / meta["file"]).read_text())
         return m

@@ -55,11 +55,15 @@ def training_batch(bundle: ModelBundle, ds: Dataset, splits: Splits, rows: int |
 
 def derive_bundle(source: ModelBundle, model: Model, out: Path, how: dict[str, Any]) -> ModelBundle:
     """Save `model` as a new bundle with the source's preprocessor, labels and dataset, and
-    a record of how it was derived (`training.optimized`)."""
+    a record of how it was derived (`training.optimized`). The source's companions (the
+    missing-modality models, the OOD detectors and the conformal calibration) come along: the
+    derived model answers like its source within the tolerance `optimize` checks, so its sets
+    keep their coverage up to that difference."""
     meta = source.meta
     training = {**meta.get("training", {}), "optimized": {"from": source.model_version, **how}}
     save_bundle(out, source.spec, source.preprocessor, model, source.labels,
-                         dataset=meta.get("dataset", {}), metrics={}, training=training)
+                dataset=meta.get("dataset", {}), metrics={}, training=training,
+                companions=source.companions)
     # The request example is added after saving; read it from disk, not a stale in-memory meta.
     example = load_bundle(source.path).meta.get("example")
     if example is not None:

@@ -40,12 +40,56 @@ def record_model(spec: DatasetSpec) -> type[BaseModel]:
     )
 
 
+class PredictionSet(BaseModel):
+    """Labels that hold the true one with at least `coverage` probability (split conformal)."""
+
+    labels: list[str] = Field(description="the set, most probable first (never empty)")
+    coverage: float = Field(description="the coverage the set was made for")
+    method: str = Field(description="aps, or raps (APS with a rank penalty)")
+
+
+class ImageOOD(BaseModel):
+    """How unlike the training images this image is."""
+
+    score: float = Field(description="distance to the training images (larger is stranger)")
+    threshold: float = Field(description="scores above it are flagged (out-of-fold calibrated)")
+    flag: bool
+
+
+class FieldsOOD(BaseModel):
+    """Fields whose values the training rows never had."""
+
+    flag: bool
+    reasons: dict[str, str] = Field(description="field -> what was outside the training data")
+
+
+class OOD(BaseModel):
+    """Out-of-distribution flags of the inputs; `flag` is true when any input is flagged."""
+
+    flag: bool
+    image: ImageOOD | None = Field(default=None, description="none without an image")
+    fields: FieldsOOD | None = Field(default=None, description="none without fields")
+
+
+class Modalities(BaseModel):
+    """What the prediction was made from."""
+
+    used: list[Literal["fields", "image"]]
+    missing: list[Literal["fields", "image"]]
+
+
 class Prediction(BaseModel):
-    """One scored record: the label, every probability and the top classes."""
+    """One scored record: the label, every probability, the top classes, the prediction set,
+    the OOD flags and the modalities it was made from."""
 
     label: str = Field(description="most likely class")
     probabilities: dict[str, float] = Field(description="probability of every class")
     top: list[dict[str, Any]] = Field(description="the k most likely classes, best first")
+    prediction_set: PredictionSet | None = Field(default=None, description=(
+        "conformal prediction set at the requested coverage (none for a model trained "
+        "without cross-validation)"))
+    ood: OOD | None = None
+    modalities: Modalities | None = None
 
 
 PREDICTION_ID = ("the id of this prediction (32 hex characters): send it with the true label "
@@ -60,10 +104,12 @@ class PredictResponse(Prediction):
 
 
 class BatchRow(BaseModel):
-    """One row of a /v1/predict/batch request."""
+    """One row of a /v1/predict/batch request: fields, an image, or both."""
 
-    fields: dict[str, Any] = Field(description="the record's fields, as in /v1/predict")
-    image_base64: str = Field(description="the image (PNG, JPEG, GIF, WebP, BMP) in base64")
+    fields: dict[str, Any] = Field(default_factory=dict, description=(
+        "the record's fields, as in /v1/predict; empty or absent: scored from the image alone"))
+    image_base64: str | None = Field(default=None, description=(
+        "the image (PNG, JPEG, GIF, WebP, BMP) in base64; absent: scored from the fields alone"))
 
 
 class BatchItem(BaseModel):
@@ -72,6 +118,9 @@ class BatchItem(BaseModel):
     label: str | None = None
     probabilities: dict[str, float] | None = None
     top: list[dict[str, Any]] | None = None
+    prediction_set: PredictionSet | None = None
+    ood: OOD | None = None
+    modalities: Modalities | None = None
     error: dict[str, str] | None = Field(default=None,
                                          description="why this row was not scored (field -> message)")
     prediction_id: str | None = Field(default=None, description=PREDICTION_ID + " (none for an "

@@ -93,11 +93,11 @@ def safe_feature_names(names: list[str]) -> list[str]:
 
 
 def fit_lightgbm(batch: FeatureBatch, y: np.ndarray, n_classes: int, cfg: TrainConfig,
-                 names: list[str], use_image_stats: bool) -> GBMModel:
+                 names: list[str], use_image_stats: bool, use_tabular: bool = True) -> GBMModel:
     """The one place LightGBM is configured from a TrainConfig (tuned `gbm_params` included)."""
     model = GBMModel(use_image_stats=use_image_stats, num_boost_round=cfg.num_boost_round,
                      params={"learning_rate": cfg.learning_rate, **cfg.gbm_params}, seed=cfg.seed,
-                     class_weight=cfg.class_weight)
+                     class_weight=cfg.class_weight, use_tabular=use_tabular)
     return model.fit(batch, y, n_classes, feature_names=safe_feature_names(names))
 
 
@@ -202,17 +202,19 @@ class FoldEngine:
         return self._fits[key]
 
     def lightgbm(self, excluded: Excluded, use_image_stats: bool,
-                 embedder: OnnxNetModel | None = None) -> GBMModel:
+                 embedder: OnnxNetModel | None = None, use_tabular: bool = True) -> GBMModel:
         """LightGBM on the rows outside `excluded`; with `embedder`, its embedding is appended
-        to the image statistics."""
+        to the image statistics; without `use_tabular`, on the image statistics alone."""
         pre = self.preprocessor(excluded)
         rows = self.rows(excluded)
         batch = self.batch(excluded, rows)
-        names = pre.tabular_names + (pre.image_stat_names if use_image_stats else [])
+        names = ((pre.tabular_names if use_tabular else [])
+                 + (pre.image_stat_names if use_image_stats else []))
         if embedder is not None:
             batch = EmbeddingGBMModel.with_embedding(batch, embedder.embedding(batch))
             names += [f"cnn_emb_{i}" for i in range(batch.image_stats.shape[1] - len(pre.image_stat_names))]
-        return fit_lightgbm(batch, self.raw.y[rows], self.n_classes, self.cfg, names, use_image_stats)
+        return fit_lightgbm(batch, self.raw.y[rows], self.n_classes, self.cfg, names, use_image_stats,
+                            use_tabular)
 
     def network(self, excluded: Excluded, with_tabular: bool) -> OnnxNetModel:
         """The image network (or, with tabular input, the fusion network), trained with torch

@@ -24,6 +24,7 @@ from modalfuse.inference.oof import OOF_FILE, folds_digest
 from modalfuse.inference.predictor import Predictor, api_body, table_records
 from modalfuse.models.neural import CalibratedModel
 from modalfuse.training import recipes
+from modalfuse.training.companions import fit_companions
 from modalfuse.training.config import TrainConfig
 from modalfuse.training.folds import OOF_KEY, FoldEngine, training_labels
 
@@ -58,7 +59,8 @@ def train(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig | None = 
           evaluate_test: bool = True, engine: FoldEngine | None = None,
           cv: dict | None = None) -> ModelBundle:
     """Train recipe `cfg.model`: CV it on the grouped folds, fit it on the whole training part,
-    calibrate it with the out-of-fold temperature, bundle it, and score the test split once.
+    calibrate it with the out-of-fold temperature, fit its companions (missing-modality
+    models, conformal sets, OOD detectors), bundle it, and score the test split once.
 
     `engine` shares fits between runs (the ablation); `cv` reuses a cross-validation already made.
     """
@@ -82,6 +84,7 @@ def train(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig | None = 
         training={"config": cfg.model_dump(mode="json"), "git_commit": git_commit(),
                   "train_seconds": round(time.perf_counter() - started, 2),
                   "temperature": temperature, "model_help": recipe.help},
+        companions=fit_companions(engine, cv),
     )
     return finish_bundle(bundle, ds, splits, cv, metrics, evaluate_test)
 

@@ -9,11 +9,12 @@ import json
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, Body, File, Form, HTTPException, Query, UploadFile
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from modalfuse.config import Settings
 from modalfuse.features.image import ImageError, decode_base64_image
+from modalfuse.inference.conformal import DEFAULT_COVERAGE, MAX_COVERAGE, MIN_COVERAGE
 from modalfuse.serve.deps import ServedModelDep, SettingsDep
 from modalfuse.serve.schemas import BatchItem, BatchResponse, BatchRow, PredictResponse
 from modalfuse.serve.state import ServedModel
@@ -32,6 +33,12 @@ def unprocessable(errors: dict[str, str], prefix: list[Any]) -> HTTPException:
     """A 422 with one entry per bad field, each located under `prefix`."""
     return HTTPException(422, detail=[{"loc": [*prefix, k], "type": "value_error", "msg": v}
                                       for k, v in errors.items()])
+
+
+COVERAGE_HELP = (f"coverage of the prediction set, from {MIN_COVERAGE} to {MAX_COVERAGE} "
+                 f"(default: the model's, {DEFAULT_COVERAGE})")
+CoverageQuery = Annotated[float | None, Query(ge=MIN_COVERAGE, le=MAX_COVERAGE,
+                                              description=COVERAGE_HELP)]
 
 
 def new_prediction_ids(n: int) -> list[str]:
@@ -62,30 +69,40 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
 
     request_model = create_model(
         "PredictRequest",
-        fields=(record_model, Field(description="the record's table fields")),
-        image_base64=(str, Field(description="the image (PNG, JPEG, GIF, WebP, BMP) in base64")),
+        fields=(record_model | None, Field(default=None, description=(
+            "the record's table fields; absent or null: scored from the image alone"))),
+        image_base64=(str | None, Field(default=None, description=(
+            "the image (PNG, JPEG, GIF, WebP, BMP) in base64; absent or null: scored from "
+            "the fields alone"))),
         __config__={"extra": "forbid",
                     "json_schema_extra": {"examples": [example]} if example else None},
     )
 
-    def score_one(served: ServedModel, settings: Settings, fields: dict, image: bytes,
-                  loc: list) -> PredictResponse:
+    def score_one(served: ServedModel, settings: Settings, fields: dict, image: bytes | None,
+                  loc: list, coverage: float | None) -> PredictResponse:
         # Through Predictor.predict, so every prediction reaches its observers (log, metrics).
         ids = new_prediction_ids(1)
         result = served.predictor.predict([fields], [image], prediction_ids=ids,
-                                          max_total_pixels=settings.max_request_pixels)[0]
+                                          max_total_pixels=settings.max_request_pixels,
+                                          coverage=coverage)[0]
         if "error" in result:
             raise unprocessable(result["error"], loc)
         return PredictResponse(model_version=served.version, prediction_id=ids[0], **result)
 
     @router.post("/predict", response_model=PredictResponse,
-                 summary="Predict one record from its fields and a base64 image")
+                 summary="Predict one record from its fields and a base64 image (or either alone)",
+                 description="Send `fields`, `image_base64`, or both. A request missing one is "
+                             "scored by the model trained for that case; the answer's "
+                             "`modalities` says what was used.")
     def predict(body: Annotated[request_model,  # type: ignore[valid-type]
                                 Body(openapi_examples=predict_examples)],
-                served: ServedModelDep, settings: SettingsDep) -> PredictResponse:
-        image = decode_base64(body.image_base64, "image_base64")  # type: ignore[attr-defined]
-        fields = body.fields.model_dump(exclude_none=True)  # type: ignore[attr-defined]
-        return score_one(served, settings, fields, image, ["body"])
+                served: ServedModelDep, settings: SettingsDep,
+                coverage: CoverageQuery = None) -> PredictResponse:
+        raw = body.image_base64  # type: ignore[attr-defined]
+        image = None if raw is None else decode_base64(raw, "image_base64")
+        record = body.fields  # type: ignore[attr-defined]
+        fields = {} if record is None else record.model_dump(exclude_none=True)
+        return score_one(served, settings, fields, image, ["body"], coverage)
 
     @router.post("/predict/upload", response_model=PredictResponse,
                  summary="Predict one record from an uploaded image file and JSON fields",
@@ -93,13 +110,16 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
                              "record; choose the image file (PNG, JPEG, GIF, WebP, BMP) yourself.")
     def predict_upload(
         served: ServedModelDep, settings: SettingsDep,
-        image: Annotated[UploadFile, File(description="the image file")],
-        fields: Annotated[str, Form(description="the record's fields as a JSON object",
-                                    examples=fields_examples)],
+        image: Annotated[UploadFile | None, File(description="the image file; absent: scored "
+                                                 "from the fields alone")] = None,
+        fields: Annotated[str | None, Form(description="the record's fields as a JSON object; "
+                                           "absent: scored from the image alone",
+                                           examples=fields_examples)] = None,
+        coverage: CoverageQuery = None,
     ) -> PredictResponse:
         try:
-            raw = json.loads(fields)
-            record = record_model.model_validate(raw).model_dump(exclude_none=True)
+            record = ({} if fields is None else
+                      record_model.model_validate(json.loads(fields)).model_dump(exclude_none=True))
         except json.JSONDecodeError as e:
             raise HTTPException(422, detail=[{"loc": ["body", "fields"], "type": "json_invalid",
                                               "msg": f"fields is not valid JSON: {e}"}]) from None
@@ -110,8 +130,8 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
             raise HTTPException(422, detail=[{"loc": ["body", "fields", *err["loc"]],
                                               "type": err["type"], "msg": err["msg"]}
                                              for err in e.errors()]) from None
-        data = image.file.read(settings.max_image_bytes + 1)
-        return score_one(served, settings, record, data, ["body", "image"])
+        data = None if image is None else image.file.read(settings.max_image_bytes + 1)
+        return score_one(served, settings, record, data, ["body", "image"], coverage)
 
     _add_batch_route(router, record_model, example)
     return router
@@ -124,7 +144,8 @@ def _add_batch_route(router: APIRouter, record_model: type[BaseModel],
                  summary="Predict a list of records; bad rows come back as errors")
     def predict_batch(rows: Annotated[list[BatchRow], Body(openapi_examples=(
                           batch_examples(record_model, example) if example else None))],
-                      served: ServedModelDep, settings: SettingsDep) -> BatchResponse:
+                      served: ServedModelDep, settings: SettingsDep,
+                      coverage: CoverageQuery = None) -> BatchResponse:
         if not rows:
             raise HTTPException(422, detail=[{"loc": ["body"], "type": "too_short",
                                               "msg": "batch is empty; send 1 or more rows"}])
@@ -136,21 +157,26 @@ def _add_batch_route(router: APIRouter, record_model: type[BaseModel],
         pre_errors: dict[int, dict[str, str]] = {}
         for i, r in enumerate(rows):
             try:
-                images.append(decode_base64_image(r.image_base64))
+                images.append(None if r.image_base64 is None
+                              else decode_base64_image(r.image_base64))
             except ImageError:
                 images.append(None)
                 pre_errors[i] = {"image_base64": "not valid base64"}
-        predictor = served.predictor
-        ids = new_prediction_ids(len(rows))
-        results = predictor.predict([r.fields for r in rows], images, prediction_ids=ids,
-                                    max_total_pixels=settings.max_request_pixels)
+        # A row whose image is not base64 is an error row, never scored from its fields alone.
+        scored = [i for i in range(len(rows)) if i not in pre_errors]
+        ids = new_prediction_ids(len(scored))
+        results = served.predictor.predict(
+            [rows[i].fields for i in scored], [images[i] for i in scored], prediction_ids=ids,
+            max_total_pixels=settings.max_request_pixels, coverage=coverage)
+        by_row = dict(zip(scored, zip(results, ids, strict=True), strict=True))
         items = []
-        for i, res in enumerate(results):
+        for i in range(len(rows)):
             if i in pre_errors:
-                res = {"error": {**res.get("error", {}), **pre_errors[i]}}
-                res["error"].pop(predictor.spec.image_column, None)
+                items.append(BatchItem(error=pre_errors[i]))
+                continue
+            res, pid = by_row[i]
             # Only a scored row has an id: an error row was never logged.
-            items.append(BatchItem(**res, prediction_id=None if "error" in res else ids[i]))
+            items.append(BatchItem(**res, prediction_id=None if "error" in res else pid))
         return BatchResponse(model_version=served.version, predictions=items,
                              errors=sum(1 for it in items if it.error))
 

@@ -1,0 +1,92 @@
+"""Fit what a bundle carries besides its model (`inference/companions.py`), on the training
+split only, by the fold engine.
+
+* The fields-only model is recipe `gbm_tabular`, the image-only model recipe `gbm_image`;
+  each is cross-validated on the grouped folds like the main model and calibrated with its
+  out-of-fold temperature.
+* Conformal calibration of each case uses that case's out-of-fold (calibrated)
+  probabilities: rows predicted by models that never saw their fold.
+* The image OOD threshold is the conformal quantile of out-of-fold distances: the distance
+  of each training image of fold k to a detector fitted on the other folds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modalfuse.inference.companions import BOTH, FIELDS, IMAGE, Companions
+from modalfuse.inference.conformal import Conformal
+from modalfuse.inference.ood import DEFAULT_FALSE_ALARM, FieldOOD, ImageOOD, image_ood_features
+from modalfuse.models.neural import CalibratedModel
+from modalfuse.training.folds import OOF_KEY, FoldEngine
+
+# The recipe that serves each missing-modality case.
+MODALITY_RECIPES = {FIELDS: "gbm_tabular", IMAGE: "gbm_image"}
+# RAPS settings tried on the tuning part of the out-of-fold rows (lam = 0 is APS).
+RAPS_GRID = [(lam, k) for lam in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2) for k in (0, 1, 2, 3)]
+TUNE_SHARE = 0.3
+
+
+def fit_conformal(proba: np.ndarray, y: np.ndarray, seed: int = 0) -> Conformal:
+    """RAPS calibrated on out-of-fold rows: the rank penalty is chosen on a random 30 % of the
+    rows (the smallest mean set at the default coverage), and the scores are those of the
+    other 70 %, so the choice never touches the rows the guarantee rests on."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_tune = int(len(y) * TUNE_SHARE)
+    tune, calib = order[:n_tune], order[n_tune:]
+
+    def mean_size(setting: tuple[float, int]) -> float:
+        c = Conformal.fit(proba[tune], y[tune], *setting)
+        return float(c.sets(proba[tune]).sum(axis=1).mean())
+
+    lam, k_reg = min(RAPS_GRID, key=mean_size) if n_tune >= 20 else (0.0, 0)
+    conformal = Conformal.fit(proba[calib], y[calib], lam, k_reg)
+    conformal.source = (f"out-of-fold predictions of the training split: {len(calib)} rows "
+                        f"calibrate, {n_tune} others chose lam={lam:g}, k_reg={k_reg}")
+    return conformal
+
+
+def training_image_features(engine: FoldEngine) -> np.ndarray:
+    """The image OOD detector's features of every training row (image statistics are a
+    stateless function of the pixels, so any fitted preprocessor gives the same)."""
+    batch = engine.batch(frozenset(), engine.train_pos)
+    return image_ood_features(batch.image_stats, batch.images)
+
+
+def fit_image_ood(engine: FoldEngine, false_alarm: float = DEFAULT_FALSE_ALARM
+                  ) -> tuple[ImageOOD, np.ndarray]:
+    """The detector fitted on all training images, thresholded on out-of-fold distances;
+    also returns those distances."""
+    feats = training_image_features(engine)
+    held = np.zeros(len(feats))
+    for k in engine.folds:
+        m = engine.fold_of == k
+        held[m] = ImageOOD.fit(feats[~m]).score(feats[m])
+    return ImageOOD.fit(feats).calibrate(held, false_alarm), held
+
+
+def fit_companions(engine: FoldEngine, main_cv: dict | None) -> Companions:
+    """Modality models, conformal calibrations (when CV ran) and OOD detectors for a bundle
+    whose main model's cross-validation is `main_cv`."""
+    comp = Companions()
+    if main_cv is not None:
+        oof = main_cv[OOF_KEY]
+        comp.conformal[BOTH] = fit_conformal(oof.proba, oof.y, engine.cfg.seed)
+    for mode, recipe in MODALITY_RECIPES.items():
+        cv = engine.cross_validate(recipe) if engine.cfg.cv else None
+        temperature = cv["temperature"] if cv else 1.0
+        comp.models[mode] = CalibratedModel(engine.fit(recipe), temperature)
+        comp.model_info[mode] = {"recipe": recipe, "temperature": temperature,
+                                 "cv": cv["summary"] if cv else None}
+        if cv is not None:
+            comp.conformal[mode] = fit_conformal(cv[OOF_KEY].proba, cv[OOF_KEY].y, engine.cfg.seed)
+    comp.image_ood, held = fit_image_ood(engine)
+    comp.field_ood = FieldOOD.fit(engine.ds.spec,
+                                  engine.raw.frame.iloc[engine.train_pos].reset_index(drop=True))
+    comp.ood_info = {"image": {"false_alarm": comp.image_ood.false_alarm,
+                               "threshold": comp.image_ood.threshold,
+                               "out_of_fold_flag_rate": float((held > comp.image_ood.threshold).mean()),
+                               "calibration": "out-of-fold distances of the training images"},
+                     "fields": {"rule": "a number outside the training range, or a category "
+                                        "never seen in training"}}
+    return comp
