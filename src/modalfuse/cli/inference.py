@@ -1,5 +1,5 @@
-"""Stage 3, inference: `modalfuse evaluate`, `modalfuse predict`, `modalfuse explain` and
-`modalfuse example`.
+"""Stage 3, inference: `modalfuse evaluate`, `modalfuse reliability`, `modalfuse predict`,
+`modalfuse explain` and `modalfuse example`.
 
 Every command here scores through the one `Predictor` built from a saved bundle.
 """
@@ -61,6 +61,27 @@ def evaluate(
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
         metrics_file.write_text(json.dumps({split: result["metrics"],
                                             "model_version": predictor.model_version}, indent=2))
+
+
+@app.command(rich_help_panel=INFERENCE)
+def reliability(
+    dataset: DatasetOpt = "pokemon",
+    bundle: BundleOpt = None,
+    out: Annotated[Path | None, typer.Option(help="also write the report as JSON here")] = None,
+    probes: Annotated[int, typer.Option(help="images per out-of-distribution family")] = 40,
+) -> None:
+    """Trust of a bundle's predictions on the test split: scores with a modality missing,
+    conformal coverage and set sizes, OOD flags on images unlike the training sprites."""
+    from modalfuse.inference.predictor import Predictor
+    from modalfuse.inference.reliability import reliability_markdown, reliability_report
+
+    _, ds, splits = load_data(dataset)
+    predictor = Predictor.from_path(bundle_path(bundle, dataset))
+    report = reliability_report(predictor, ds, splits.ids("test"), probes_per_family=probes)
+    console.print("\n".join(reliability_markdown(report, predictor.model_version)), markup=False)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
 
 
 @app.command(rich_help_panel=INFERENCE)
@@ -172,9 +193,11 @@ def explain_row(explainer: Explainer, ds: Dataset, dataset: str, row_id: str, ou
         t.add_row(f, str(e.values.get(f)), f"{v:+.4f}")
     console.print(t)
     path = out_dir / f"explain_{dataset}_{row_id}.png"
-    path.write_bytes(e.overlay_png(scale=4))
+    png = e.overlay_png(scale=4)
+    if png is not None:
+        path.write_bytes(png)
     console.print(f"image share {e.image_share:.2f}; explained in {seconds:.2f} s "
-                  f"({described}); heatmap: {path}")
+                  f"({described}); heatmap: {path if png is not None else 'none (no image)'}")
 
 
 def explain_split(explainer: Explainer, ds: Dataset, splits: Splits, split: str, dataset: str,

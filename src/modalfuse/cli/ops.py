@@ -29,7 +29,7 @@ from modalfuse.cli.common import (
 
 if TYPE_CHECKING:
     from modalfuse.inference.predictor import Predictor
-    from modalfuse.monitor.predlog import PredictionLog
+    from modalfuse.monitor.predlog import LoggedPredictions, PredictionLog
 
 
 @app.command(rich_help_panel=OPERATIONS)
@@ -62,6 +62,7 @@ def monitor(
     folder = out or s.reports_dir / "monitoring" / time.strftime("%Y%m%d-%H%M%S")
     version = predictor.model_version
     alert = False
+    monitor_inputs(plog.read(model_version=version, since=since), version, folder)
     if drift:
         monitor_drift(predictor, plog, since, folder)
     if performance or (performance is None and plog.latest_labelled_ts(version) is not None):
@@ -71,6 +72,25 @@ def monitor(
     console.print(f"report: {folder}")
     if alert:
         raise typer.Exit(ALERT_EXIT_CODE)
+
+
+def monitor_inputs(logged: LoggedPredictions, version: str, folder: Path) -> None:
+    """The inputs section: what rows were scored from and the share flagged out of
+    distribution (image, fields), printed and written to inputs.json in `folder`."""
+    import json
+
+    summary = logged.input_flags()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "inputs.json").write_text(json.dumps(summary, indent=2))
+    t = Table(title=f"inputs, model {version}: {summary['rows']} logged rows")
+    for col in ("check", "result"):
+        t.add_column(col)
+    mix = ", ".join(f"{k} {v}" for k, v in summary["modalities"].items()) or "none"
+    t.add_row("scored from", mix)
+    t.add_row("OOD image", f"{summary['ood_image_share']:.1%}")
+    t.add_row("OOD fields", f"{summary['ood_fields_share']:.1%}")
+    t.add_row("OOD (any input)", f"{summary['ood_any_share']:.1%}")
+    console.print(t)
 
 
 def monitor_shadow(data_dir: Path, since: float | None, folder: Path) -> None:

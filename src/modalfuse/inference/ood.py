@@ -170,7 +170,7 @@ class FieldOOD:
                    {k: set(v) for k, v in d["seen"].items()})
 
 
-def auroc(inside: Sequence[float], outside: Sequence[float]) -> float:
+def auroc(inside: Sequence[float] | np.ndarray, outside: Sequence[float] | np.ndarray) -> float:
     """Probability that an outside score exceeds an inside one (ties count half)."""
     a, b = np.asarray(inside, dtype=float), np.asarray(outside, dtype=float)
     if not len(a) or not len(b):

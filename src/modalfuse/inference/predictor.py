@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,10 +73,21 @@ class Prepared:
     modes: list[str] = field(default_factory=list)
     field_flags: list[dict[str, str]] = field(default_factory=list)
     image_ood: np.ndarray | None = None
+    image_threshold: float = math.inf
 
     def rows_of(self, mode: str) -> np.ndarray:
         """Positions (within `valid`) of the rows of one modality case."""
         return np.array([i for i, m in enumerate(self.modes) if m == mode], dtype=int)
+
+    def image_flags(self) -> list[bool | None]:
+        """Per valid row: is its image flagged out of distribution (None: no image scored)."""
+        scores = self.image_ood if self.image_ood is not None else np.full(len(self.valid), np.nan)
+        return [None if np.isnan(v) else bool(v > self.image_threshold) for v in scores]
+
+    def field_flagged(self) -> list[bool | None]:
+        """Per valid row: are any of its fields flagged (None: the row had no fields)."""
+        return [None if m == IMAGE else bool(f)
+                for m, f in zip(self.modes, self.field_flags or [{}] * len(self.modes), strict=True)]
 
 
 @dataclass
@@ -238,6 +250,8 @@ class Predictor:
         if len(no_image):
             batch.image_stats[no_image] = np.nan  # no image: nothing may read its statistics
         prep.image_ood = self._image_scores(prep)
+        if self.bundle.companions.image_ood is not None:
+            prep.image_threshold = self.bundle.companions.image_ood.threshold
         return prep
 
     def _image_scores(self, prep: Prepared) -> np.ndarray:

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     inputs TEXT NOT NULL,
     proba BLOB NOT NULL,
     features BLOB NOT NULL,
-    prediction_id TEXT
+    prediction_id TEXT,
+    flags TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE TABLE IF NOT EXISTS models (
@@ -72,12 +73,14 @@ LOOKUP_CHUNK = 500
 
 def migrate(db: sqlite3.Connection) -> None:
     """Bring a log file written by an older version up to SCHEMA: tables, the prediction id
-    column (added with ALTER TABLE where missing) and its index."""
+    and flags columns (added with ALTER TABLE where missing) and the id's index."""
     db.executescript(SCHEMA)
     columns = {r[1] for r in db.execute("PRAGMA table_info(predictions)")}
-    if "prediction_id" not in columns:
+    for name in ("prediction_id", "flags"):
+        if name in columns:
+            continue
         try:
-            db.execute("ALTER TABLE predictions ADD COLUMN prediction_id TEXT")
+            db.execute(f"ALTER TABLE predictions ADD COLUMN {name} TEXT")
         except sqlite3.OperationalError as e:  # another worker process added it meanwhile
             if "duplicate column" not in str(e):
                 raise
@@ -201,13 +204,18 @@ class PredictionLog:
         ts = time.time()
         per_row_ms = event.latency_s * 1000 / max(1, len(event.prepared.valid))
         ids = event.prediction_ids
+        prep = event.prepared
+        image_flags, field_flags = prep.image_flags(), prep.field_flagged()
         for k, row in enumerate(event.prepared.valid):
             p = event.proba[k]
             j = int(np.argmax(p))
             item = (ts, rid, event.model_version, per_row_ms, event.labels[j], float(p[j]),
                     json.dumps(event.records[row], default=str),
                     p.astype(np.float32).tobytes(), feats[k].tobytes(),
-                    ids[row] if ids is not None else None, event.labels)
+                    ids[row] if ids is not None else None,
+                    json.dumps({"modalities": prep.modes[k] if prep.modes else "both",
+                                "ood_image": image_flags[k], "ood_fields": field_flags[k]}),
+                    event.labels)
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
@@ -264,16 +272,16 @@ class PredictionLog:
     def _write(self, items: list[tuple]) -> None:
         with self.connect() as db:
             for it in items:
-                version, labels = it[2], it[10]
+                version, labels = it[2], it[11]
                 if version not in self._known_models:
                     db.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?)",
                                (version, json.dumps(labels), json.dumps(self.feature_names)))
                     self._known_models.add(version)
             db.executemany(
                 "INSERT INTO predictions (ts, request_id, model_version, latency_ms, label, "
-                "confidence, inputs, proba, features, prediction_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [it[:10] for it in items])
+                "confidence, inputs, proba, features, prediction_id, flags) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [it[:11] for it in items])
             db.commit()
 
     # -- retention -----------------------------------------------------------------------
@@ -586,11 +594,27 @@ class LoggedPredictions:
         """A frame with the log's columns and no rows."""
         return cls(pd.DataFrame(columns=["id", "ts", "request_id", "model_version", "latency_ms",
                                          "label", "confidence", "inputs", "proba", "features",
-                                         "prediction_id"]),
+                                         "prediction_id", "flags"]),
                    {})
 
     def __len__(self) -> int:
         return len(self.frame)
+
+    def input_flags(self) -> dict[str, Any]:
+        """What the logged rows were scored from, and the share flagged out of distribution
+        (rows logged before flags existed count as `both`, unflagged)."""
+        flags = [json.loads(f) if isinstance(f, str) else {}
+                 for f in self.frame.get("flags", pd.Series(dtype=object))]
+        n = len(flags)
+        modes = pd.Series([f.get("modalities", "both") for f in flags], dtype=object)
+
+        def share(key: str) -> float:
+            return sum(1 for f in flags if f.get(key)) / n if n else 0.0
+
+        return {"rows": n, "modalities": {str(k): int(v) for k, v in modes.value_counts().items()},
+                "ood_image_share": share("ood_image"), "ood_fields_share": share("ood_fields"),
+                "ood_any_share": (sum(1 for f in flags if f.get("ood_image") or f.get("ood_fields"))
+                                  / n if n else 0.0)}
 
     def records(self) -> list[dict[str, Any]]:
         """The raw input records of the logged rows."""

@@ -60,6 +60,12 @@ class ServiceMetrics:
         self.prediction_latency = Histogram("modalfuse_predictor_seconds",
                                             "Predictor time per scored call (decode to output)",
                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.ood_flags = Counter("modalfuse_ood_flags_total", "scored rows flagged out of "
+                                 "distribution, by input (image, fields)",
+                                 ["input", "model_version"], registry=r)
+        self.modalities = Counter("modalfuse_predictions_by_modalities_total", "scored rows by "
+                                  "what they were scored from (both, fields, image)",
+                                  ["modalities", "model_version"], registry=r)
         self.log_dropped = Counter("modalfuse_prediction_log_dropped_total",
                                    "predictions not logged because the log queue was full",
                                    registry=r)
@@ -85,10 +91,18 @@ class ServiceMetrics:
                                 ["model_version", "outcome"], registry=r)
 
     def observe_prediction(self, event: PredictionEvent) -> None:
-        """Record a scored call: its Predictor latency and a count per predicted class."""
+        """Record a scored call: its Predictor latency, a count per predicted class, per
+        modality case and per OOD flag."""
         self.prediction_latency.observe(event.latency_s)
         for j, n in zip(*np.unique(event.proba.argmax(axis=1), return_counts=True), strict=True):
             self.predictions.labels(event.labels[int(j)], event.model_version).inc(int(n))
+        prep, version = event.prepared, event.model_version
+        for mode in set(prep.modes):
+            self.modalities.labels(mode, version).inc(prep.modes.count(mode))
+        for name, flags in (("image", prep.image_flags()), ("fields", prep.field_flagged())):
+            n = sum(1 for f in flags if f)
+            if n:
+                self.ood_flags.labels(name, version).inc(n)
 
     def observe_feedback(self, outcomes: Sequence[FeedbackOutcome]) -> None:
         """Count feedback rows by model version and outcome (an unknown id has no version)."""

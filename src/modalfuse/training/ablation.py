@@ -17,14 +17,16 @@ import numpy as np
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
+from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor, table_records
+from modalfuse.inference.reliability import reliability_markdown, reliability_report
 from modalfuse.training import recipes
 from modalfuse.training.config import TrainConfig
 from modalfuse.training.folds import FoldEngine, training_labels
 from modalfuse.training.train import train
 
 FUSED = ("stacking", "intermediate", "gbm_embed")
-SINGLE = {"gbm_tabular": "tabular", "cnn": "image"}
+SINGLE = {"gbm_tabular": "tabular", "cnn": "image", "gbm_image": "image"}
 TARGETS = {"accuracy": 0.72, "macro_f1": 0.60, "ece": 0.05, "fusion_gain_macro_f1": 0.05}
 
 
@@ -76,6 +78,9 @@ def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig,
         "results": results,
         "champion": champion["model"],
         "targets": target_check(results, champion["model"]),
+        # What the champion's predictions carry: missing modalities, sets, OOD flags.
+        "reliability": reliability_report(Predictor(load_bundle(Path(champion["bundle"]))), ds,
+                                          splits.ids("test")),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablation.json").write_text(json.dumps(report, indent=2, default=float))
@@ -195,6 +200,8 @@ def to_markdown(report: dict, command: str, image: str | None = None) -> str:
         "training rows only); LightGBM "
         f"{report['config']['num_boost_round']} rounds.",
     ]
+    if report.get("reliability"):
+        lines += reliability_markdown(report["reliability"], report["champion"])
     if image:
         lines += ["", f"![ablation]({image})"]
     return "\n".join(lines) + "\n"

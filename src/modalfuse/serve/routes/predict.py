@@ -67,7 +67,7 @@ def build_router(record_model: type[BaseModel], example: dict | None) -> APIRout
                                     "value": example}} if example else None
     fields_examples = [json.dumps(example["fields"])] if example else None
 
-    request_model = create_model(
+    request_model = create_model(  # type: ignore[call-overload]
         "PredictRequest",
         fields=(record_model | None, Field(default=None, description=(
             "the record's table fields; absent or null: scored from the image alone"))),

@@ -1,0 +1,170 @@
+"""Missing modalities, prediction sets and OOD flags through the API, batch scoring, the
+metrics and the prediction log (issue [multimodal])."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from modalfuse.config import Settings
+from modalfuse.inference.batch import score_frame
+from modalfuse.inference.predictor import Predictor, table_records
+from modalfuse.inference.reliability import reliability_report
+from modalfuse.serve.app import create_app
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    return TestClient(create_app(Settings(max_batch_rows=8), predictor=predictor))
+
+
+@pytest.fixture(scope="module")
+def example(client):
+    schema = client.get("/openapi.json").json()
+    return schema["components"]["schemas"]["PredictRequest"]["examples"][0]
+
+
+def noise_png(seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), "RGB").save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_bundle_carries_models_for_each_case(predictor):
+    assert predictor.modalities == {"both": True, "fields": True, "image": True}
+    comp = predictor.bundle.meta["companions"]
+    assert comp["models"]["fields"]["recipe"] == "gbm_tabular"
+    assert comp["models"]["image"]["recipe"] == "gbm_image"
+    assert set(comp["conformal"]) == {"both", "fields", "image"}
+
+
+def test_fields_only_is_scored_by_the_fields_model(client, example, predictor):
+    r = client.post("/v1/predict", json={"fields": example["fields"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["modalities"] == {"used": ["fields"], "missing": ["image"]}
+    assert body["ood"]["image"] is None and body["ood"]["fields"] is not None
+    # The fields-only model answers, not the main model with a made-up image.
+    prep = predictor.prepare([example["fields"]], [None])
+    want = predictor.model_for("fields").predict_proba(prep.batch)[0]
+    got = np.array([body["probabilities"][lab] for lab in predictor.labels])
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert np.isnan(prep.batch.image_stats).all()
+
+
+def test_image_only_and_both(client, example):
+    r = client.post("/v1/predict", json={"image_base64": example["image_base64"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["modalities"] == {"used": ["image"], "missing": ["fields"]}
+    assert r.json()["ood"]["fields"] is None
+    full = client.post("/v1/predict", json=example).json()
+    assert full["modalities"] == {"used": ["fields", "image"], "missing": []}
+    assert full["prediction_set"]["labels"][0] == full["label"]
+    assert full["prediction_set"]["coverage"] == 0.9
+    assert full["ood"]["image"]["flag"] is False
+
+
+def test_neither_modality_is_a_422_that_says_what_to_send(client):
+    r = client.post("/v1/predict", json={})
+    assert r.status_code == 422
+    assert "send an image, the fields, or both" in r.text
+
+
+def test_coverage_per_request(client, example):
+    sizes = []
+    for cov in (0.5, 0.9, 0.99):
+        r = client.post(f"/v1/predict?coverage={cov}", json=example)
+        assert r.status_code == 200, r.text
+        assert r.json()["prediction_set"]["coverage"] == cov
+        sizes.append(len(r.json()["prediction_set"]["labels"]))
+    assert sizes == sorted(sizes)
+    for bad in ("0.2", "1", "x"):
+        r = client.post(f"/v1/predict?coverage={bad}", json=example)
+        assert r.status_code == 422 and "coverage" in r.text
+
+
+def test_noise_image_is_flagged_and_counted(client, example):
+    r = client.post("/v1/predict", json={**example, "image_base64": noise_png()})
+    assert r.status_code == 200, r.text
+    ood = r.json()["ood"]
+    assert ood["flag"] and ood["image"]["flag"] and ood["image"]["score"] > ood["image"]["threshold"]
+    metrics = client.get("/metrics").text
+    assert 'modalfuse_ood_flags_total{input="image"' in metrics
+    assert 'modalfuse_predictions_by_modalities_total{model_version=' in metrics or \
+        'modalfuse_predictions_by_modalities_total{modalities="both"' in metrics
+
+
+def test_out_of_range_field_is_flagged_with_its_reason(client, example, predictor):
+    hp = predictor.bundle.companions.field_ood.ranges["hp"][1] + 50
+    r = client.post("/v1/predict", json={**example, "fields": {**example["fields"], "hp": hp}})
+    if r.status_code == 422:  # the spec's own bound refuses it first: that is a 4xx, fine
+        pytest.skip("hp above the training range is outside the spec's bounds")
+    fields = r.json()["ood"]["fields"]
+    assert fields["flag"] and "outside the training range" in fields["reasons"]["hp"]
+
+
+def test_batch_mixes_cases_and_bad_rows(client, example):
+    rows = [example, {"fields": example["fields"]}, {"image_base64": example["image_base64"]},
+            {"fields": example["fields"], "image_base64": "not base64!"}, {}]
+    r = client.post("/v1/predict/batch?coverage=0.8", json=rows)
+    assert r.status_code == 200, r.text
+    items = r.json()["predictions"]
+    assert [it["modalities"]["used"] if it["modalities"] else None for it in items] == [
+        ["fields", "image"], ["fields"], ["image"], None, None]
+    assert items[3]["error"] == {"image_base64": "not valid base64"}
+    assert items[3]["prediction_id"] is None and items[4]["error"]
+    assert all(it["prediction_set"]["coverage"] == 0.8 for it in items[:3])
+    assert r.json()["errors"] == 2
+
+
+def test_upload_without_image(client, example):
+    r = client.post("/v1/predict/upload", data={"fields": json.dumps(example["fields"])})
+    assert r.status_code == 200, r.text
+    assert r.json()["modalities"]["missing"] == ["image"]
+
+
+def test_batch_file_with_empty_image_cell_and_missing_file(predictor, fixture_dataset):
+    rows = fixture_dataset.table.head(3).copy()
+    rows.loc[1, "image"] = None
+    rows.loc[2, "image"] = "missing.png"
+    out = score_frame(predictor, rows, fixture_dataset.image_dir)
+    assert out["modalities"].tolist()[:2] == ["fields+image", "fields"]
+    assert out["error"].notna().tolist() == [False, False, True]
+    assert "not found" in out["error"][2]
+    assert out["prediction_set"].notna().tolist() == [True, True, False]
+
+
+def test_prediction_log_records_flags(tmp_path, predictor, example):
+    from modalfuse.monitor.predlog import PredictionLog
+
+    plog = PredictionLog(tmp_path / "p.db").open()
+    local = Predictor(predictor.bundle)
+    local.observers.append(plog.observe)
+    image = base64.b64decode(example["image_base64"])
+    local.predict([example["fields"], example["fields"], {}],
+                  [image, None, base64.b64decode(noise_png(1))])
+    plog.flush()
+    summary = plog.read().input_flags()
+    plog.stop()
+    assert summary["rows"] == 3
+    assert summary["modalities"] == {"both": 1, "fields": 1, "image": 1}
+    assert summary["ood_image_share"] == pytest.approx(1 / 3)
+
+
+def test_reliability_report_on_the_fixture(predictor, fixture_dataset, fixture_splits):
+    rep = reliability_report(predictor, fixture_dataset, fixture_splits.ids("test"),
+                             probes_per_family=8)
+    assert set(rep["cases"]) == {"both", "fields", "image"}
+    assert 0 <= rep["conformal"]["both"]["0.9"]["coverage"] <= 1
+    assert rep["ood"]["families"]["random noise"]["flag_rate"] == 1.0
+    records = table_records(fixture_dataset.spec, fixture_dataset.table.head(2))
+    assert len(predictor.predict(records, [None, None])) == 2
+    assert isinstance(pd.DataFrame(rep["ood"]["families"]).T, pd.DataFrame)
