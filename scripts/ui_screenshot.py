@@ -1,5 +1,5 @@
-"""Screenshot of the UI for the docs: serve a bundle, upload its example image in Chromium,
-predict and explain, save the page as a PNG.
+"""Screenshot of the UI for the docs: serve a bundle, fill the form from its example (fields
+and image) in Chromium, predict and explain, save the page as a PNG.
 
     python scripts/ui_screenshot.py --bundle <bundle folder> --out docs/ui.png
 
@@ -9,9 +9,7 @@ Uses the same browser driver as the browser test (tests/ui_driver.py).
 from __future__ import annotations
 
 import argparse
-import base64
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -33,11 +31,8 @@ def main() -> None:
     example = app.state.model_holder.current.predictor.bundle.meta.get("example")
     if not example:
         raise SystemExit(f"{bundle} has no example record to upload")
-    with tempfile.TemporaryDirectory() as tmp:
-        image = Path(tmp) / "example.png"
-        image.write_bytes(base64.b64decode(example["image_base64"]))
-        with live_server(app) as url:
-            seen = predict_in_browser(url, image, args.out)
+    with live_server(app) as url:
+        seen = predict_in_browser(url, None, args.out)
     sys.stdout.write(f"{args.out}: {seen['status']}\n")
 
 

@@ -62,7 +62,7 @@ def test_scores_are_cumulative_mass_plus_rank_penalty():
 @pytest.mark.parametrize("bad", [0.3, 1.0, float("nan"), "0.9"])
 def test_coverage_outside_the_range_is_refused(bad):
     c = Conformal(np.linspace(0, 1, 50))
-    with pytest.raises(InvalidInput, match="coverage must be a number from 0.5 to 0.99"):
+    with pytest.raises(InvalidInput, match=r"coverage must be a number from 0\.5 to 0\.99"):
         c.sets(np.full((1, 3), 1 / 3), bad)
 
 

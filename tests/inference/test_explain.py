@@ -53,7 +53,11 @@ def test_contributions_add_up_to_the_prediction(explainer, rows):
     assert total == pytest.approx(e.probability - e.base_value, abs=1e-9)
     assert e.extra["f_full_coalition"] == pytest.approx(e.probability, abs=1e-12)
     assert e.label == e.prediction["label"]
-    assert 0.0 <= e.image_share <= 1.0 and e.image_share + e.table_share == pytest.approx(1.0)
+    # The shares are signed: each modality's contribution over probability - base_value.
+    move = e.probability - e.base_value
+    assert e.image_share == pytest.approx(e.image_contribution / move)
+    assert e.table_share == pytest.approx(sum(e.contributions.values()) / move)
+    assert e.image_share + e.table_share == pytest.approx(1.0)
     # The heatmap is zero where the normalized image has no opaque pixel.
     s = e.patch_size
     empty = np.array([[not e.image[i * s:(i + 1) * s, j * s:(j + 1) * s, 3].any()
@@ -171,6 +175,11 @@ def test_explain_route_serves_the_same_model(predictor):
     assert heat.format == "PNG"
     shares = body["modality_share"]
     assert shares["image"] + shares["table"] == pytest.approx(1.0)
+    move = body["probability"] - body["base_value"]
+    assert shares["image"] == pytest.approx(body["image_contribution"] / move)
+    assert shares["table"] == pytest.approx(body["table_contribution"] / move)
+    assert "signed" in shares["definition"] and "orange" in body["heatmap_legend"]
+    assert body["prediction"]["modalities"]["used"] == ["fields", "image"]
     bad = [
         {**example, "label": "Nope"},
         {**example, "image_base64": base64.b64encode(b"not an image").decode()},
@@ -228,3 +237,100 @@ def test_any_model_kind_gets_credit_only_where_it_looks(predictor, rows, attr):
         # Equal up to float rounding: batches of another size may round the last bit apart.
         assert other.label == e.label and other.image_contribution == 0.0
         assert all(abs(other.contributions[f] - v) < 1e-12 for f, v in e.contributions.items())
+
+
+def test_shares_are_signed_and_undefined_without_a_move(explainer, rows):
+    import dataclasses
+
+    records, images = rows
+    e = explainer.explain(records[0], images[0], heatmap=False)
+    # The image pushes against a move the fields make: its share is negative, the table's > 1.
+    against = dataclasses.replace(e, base_value=0.2, probability=0.7, image_contribution=-0.1,
+                                  contributions={"hp": 0.6})
+    assert against.image_share == pytest.approx(-0.2) and against.table_share == pytest.approx(1.2)
+    still = dataclasses.replace(e, base_value=0.5, probability=0.5, image_contribution=0.1,
+                                contributions={"hp": -0.1})
+    assert still.image_share is None and still.table_share is None
+
+
+class _OnePatchModel:
+    """Class 0's probability grows with the opacity of one patch of the image (the patch at
+    `cell` of the explainer's grid): that patch supports class 0, and nothing else matters."""
+
+    kind = "test-one-patch"
+
+    def __init__(self, cell: tuple[int, int], patch: int, n_classes: int):
+        self.cell, self.patch, self.n_classes = cell, patch, n_classes
+
+    def predict_proba(self, batch):
+        (i, j), s = self.cell, self.patch
+        a = batch.images[:, i * s:(i + 1) * s, j * s:(j + 1) * s, 3].mean(axis=(1, 2)) / 255.0
+        p0 = 0.2 + 0.6 * a
+        rest = np.repeat(((1 - p0) / (self.n_classes - 1))[:, None], self.n_classes - 1, axis=1)
+        return np.column_stack([p0, rest])
+
+
+def test_the_heatmap_is_positive_where_the_patch_supports_the_class(predictor, rows):
+    import dataclasses
+
+    from modalfuse.inference.predictor import Predictor
+
+    records, images = rows
+    x = predictor.prepare([records[0]], [images[0]]).batch
+    s = 8
+    grid = predictor.spec.image_size // s
+    opaque = [(i, j) for i in range(grid) for j in range(grid)
+              if x.images[0, i * s:(i + 1) * s, j * s:(j + 1) * s, 3].mean() > 128]
+    cell = opaque[len(opaque) // 2]
+    bundle = dataclasses.replace(predictor.bundle,
+                                 model=_OnePatchModel(cell, s, len(predictor.labels)))
+    e = Explainer(Predictor(bundle), permutations=2, patch=s).explain(
+        records[0], images[0], label=predictor.labels[0])
+    assert e.heatmap[cell] > 0.1 and np.count_nonzero(e.heatmap) == 1
+    assert e.image_contribution > 0 and e.image_share == pytest.approx(1.0)
+
+
+def test_a_missing_modality_is_explained_by_the_model_for_its_case(fixture_bundle, rows):
+    """Fields only: the fields-only model, image contribution 0 and no heatmap; image only:
+    the image-only model, every field 0. Each explains the probability /v1/predict gives."""
+    from modalfuse.inference.predictor import Predictor
+
+    predictor = Predictor.from_path(fixture_bundle.path)
+    assert predictor.supports("fields") and predictor.supports("image")
+    explainer = Explainer(predictor, permutations=8)
+    records, images = rows
+    e = explainer.explain(records[0], None)
+    direct = predictor.predict([records[0]], [None])[0]
+    assert e.mode == "fields" and e.prediction["modalities"] == direct["modalities"]
+    assert e.probability == pytest.approx(direct["probabilities"][e.label], abs=1e-12)
+    assert e.image_contribution == 0.0 and e.heatmap is None and e.overlay_png() is None
+    assert e.image_share == 0.0 and e.table_share == 1.0
+    total = sum(e.contributions.values())
+    assert total == pytest.approx(e.probability - e.base_value, abs=1e-9)
+    e = explainer.explain({}, images[0])
+    direct = predictor.predict([{}], [images[0]])[0]
+    assert e.mode == "image" and e.prediction["modalities"]["used"] == ["image"]
+    assert e.probability == pytest.approx(direct["probabilities"][e.label], abs=1e-12)
+    assert all(v == 0.0 for v in e.contributions.values()) and e.heatmap is not None
+    assert e.image_contribution == pytest.approx(e.probability - e.base_value, abs=1e-9)
+
+
+def test_explain_route_takes_either_modality_alone(fixture_bundle):
+    from modalfuse.config import Settings
+    from modalfuse.inference.predictor import Predictor
+    from modalfuse.serve.app import create_app
+
+    predictor = Predictor.from_path(fixture_bundle.path)
+    client = TestClient(create_app(Settings(), predictor=predictor))
+    example = predictor.bundle.meta["example"]
+    r = client.post("/v1/explain", json={"fields": example["fields"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["image_contribution"] == 0.0 and body["heatmap"] is None
+    assert body["heatmap_png_base64"] is None and body["prediction"]["modalities"]["missing"] == ["image"]
+    r = client.post("/v1/explain?coverage=0.8", json={"image_base64": example["image_base64"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["table_contribution"] == 0.0 and body["heatmap"] is not None
+    assert body["prediction"]["prediction_set"]["coverage"] == 0.8
+    assert client.post("/v1/explain", json={}).status_code == 422

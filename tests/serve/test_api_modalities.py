@@ -168,3 +168,28 @@ def test_reliability_report_on_the_fixture(predictor, fixture_dataset, fixture_s
     records = table_records(fixture_dataset.spec, fixture_dataset.table.head(2))
     assert len(predictor.predict(records, [None, None])) == 2
     assert isinstance(pd.DataFrame(rep["ood"]["families"]).T, pd.DataFrame)
+
+
+def test_a_bundle_without_companions_requires_both_and_says_so(predictor, tmp_path, example):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(predictor.bundle.path, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    meta.pop("companions")  # what a bundle written before [multimodal] looks like
+    (old / "bundle.json").write_text(json.dumps(meta))
+    legacy = Predictor.from_path(old)
+    assert legacy.modalities == {"both": True, "fields": False, "image": False}
+    client = TestClient(create_app(Settings(), predictor=legacy))
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]
+    assert set(schema["required"]) == {"fields", "image_base64"}
+    r = client.post("/v1/predict", json={"fields": example["fields"]})
+    assert r.status_code == 422
+    body = client.post("/v1/predict", json=example).json()
+    assert body["prediction_set"] is None and body["ood"]["image"] is None
+    assert client.get("/v1/model").json()["modalities"]["fields"] is False
+    assert client.get("/v1/model").json()["trust"] == {}
+    # The bundle that has them says so on /v1/model.
+    info = TestClient(create_app(Settings(), predictor=predictor)).get("/v1/model").json()
+    assert info["modalities"] == {"both": True, "fields": True, "image": True}
+    assert info["trust"]["conformal"]["both"]["method"] in ("aps", "raps")

@@ -196,7 +196,9 @@ def explain_row(explainer: Explainer, ds: Dataset, dataset: str, row_id: str, ou
     png = e.overlay_png(scale=4)
     if png is not None:
         path.write_bytes(png)
-    console.print(f"image share {e.image_share:.2f}; explained in {seconds:.2f} s "
+    shown = "undefined (the prediction barely moved)" if e.image_share is None else \
+        f"{e.image_share:.2f} (signed: image contribution / (probability - base value))"
+    console.print(f"image share {shown}; explained in {seconds:.2f} s "
                   f"({described}); heatmap: {path if png is not None else 'none (no image)'}")
 
 
@@ -249,17 +251,19 @@ def _importance_plot(explanations, image_name: str, title: str, path: Path) -> N
 
 
 def _modality_plot(explanations, truth, split: str, path: Path) -> None:
-    """Box plots of the image's share of each explanation, per true class."""
+    """Box plots of the image's signed share of each explanation, per true class (rows whose
+    prediction barely moved from the base value have no share and are left out)."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
     share = pd.DataFrame({"class": truth, "image": [e.image_share for e in explanations],
                           "correct": [e.label == c for e, c in zip(explanations, truth, strict=True)]})
+    share = share.dropna(subset=["image"])
     order = share.groupby("class")["image"].median().sort_values().index
     fig, ax = plt.subplots(figsize=(9, 3.6))
     ax.boxplot([share.loc[share["class"] == c, "image"].to_numpy() for c in order])
     ax.set_xticks(range(1, len(order) + 1), list(order), rotation=60, fontsize=8)
-    ax.set_ylabel("image share of the explanation")
+    ax.set_ylabel("image share (signed; < 0 or > 1 when\none modality pushes against the other)")
     ax.axhline(float(share["image"].median()), color="#d9a400", lw=1, ls="--")
     ax.set_title(f"image vs table: share owed to the image, per true class (median "
                  f"{share['image'].median():.2f}; {split} rows)", fontsize=10)

@@ -140,7 +140,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.include_router(model_routes.router)
     app.include_router(card_routes.router)
     app.include_router(admin_routes.router)
-    app.include_router(predict_routes.build_router(record_model(predictor.spec), example))
+    app.include_router(predict_routes.build_router(record_model(predictor.spec), example,
+                                                   predictor.modalities))
     app.include_router(explain_routes.build_router(record_model(predictor.spec), example,
                                                    predictor.labels))
     from modalfuse.ui.app import mount_ui  # gradio is heavy: imported when an app is built

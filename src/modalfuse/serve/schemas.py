@@ -145,6 +145,11 @@ class ModelInfo(BaseModel):
     image: dict[str, Any]
     metrics: dict[str, Any]
     created_at: str | None = None
+    modalities: dict[str, bool] = Field(default_factory=dict, description=(
+        "the request cases the model scores: both, fields (no image), image (no fields)"))
+    trust: dict[str, Any] = Field(default_factory=dict, description=(
+        "how prediction sets and OOD flags are made: conformal method and default coverage "
+        "per case, OOD thresholds (docs/trust.md)"))
     source: dict[str, Any] = Field(default_factory=dict, description=(
         "where the served model came from: source (registry or bundle), uri, alias, "
         "registered version, run id, local bundle path, and what chose it"))

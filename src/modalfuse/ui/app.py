@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,14 @@ from fastapi import FastAPI
 from PIL import Image
 
 from modalfuse.config import Settings
+from modalfuse.features.image import ImageError, load_first_frame
 from modalfuse.inference.batch import BatchInputError, iter_row_chunks, load_image, score_frame
-from modalfuse.inference.explain import Explainer
+from modalfuse.inference.explain import (
+    DEFAULT_OPACITY,
+    Explainer,
+    Explanation,
+    heatmap_overlay_png,
+)
 from modalfuse.inference.predictor import PredictionInputError, Predictor, table_records
 from modalfuse.inference.safe_csv import write_csv
 from modalfuse.inference.uploads import (
@@ -35,6 +42,15 @@ from modalfuse.inference.uploads import (
     safe_extract_zip,
 )
 from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
+from modalfuse.ui.views import (
+    CONTRIBUTION_COLUMNS,
+    contributions_frame,
+    legend_html,
+    share_html,
+    status_markdown,
+    top_classes_html,
+    trust_html,
+)
 
 log = logging.getLogger("modalfuse.ui")
 
@@ -68,18 +84,38 @@ def scratch_dir(prefix: str, base: Path | None = None) -> Path:
 
 # ---- one record ----------------------------------------------------------------------
 
+BOOLEAN_CHOICES = ["true", "false"]  # a dropdown, not a checkbox: "not given" is a value too
+PROMPT = ("Fill in the fields, upload an image, or both (see which inputs this model takes "
+          "on the left), then press **Predict and explain**.")
+EMPTY_FORM = "**Empty form.** Fill it in, or prefill it from the dataset or the bundle's example."
+
+
 def record_from_inputs(spec: DatasetSpec, values: list[Any]) -> dict[str, Any]:
     """UI widget values (in spec.fields order) -> a raw record; empty widgets are left out."""
     record: dict[str, Any] = {}
     for f, v in zip(spec.fields, values, strict=True):
         if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
             continue
+        if f.kind == FieldKind.boolean and isinstance(v, str):
+            v = v.strip().lower() == "true"
+        elif f.kind == FieldKind.numeric and isinstance(v, str):
+            v = _number(v.strip())
         record[f.name] = list(v) if f.kind == FieldKind.multi and isinstance(v, list | tuple) else v
     return record
 
 
+def _number(text: str) -> float | str:
+    """A numeric box's text as a number; text that is none stays text, for the record's
+    validation to name."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def input_values(spec: DatasetSpec, record: dict[str, Any]) -> list[Any]:
-    """A raw record -> widget values in spec.fields order (multi-valued fields as lists)."""
+    """A raw record -> widget values in spec.fields order (numbers as text, "" when absent;
+    multi-valued fields as lists; booleans as "true"/"false"; None where there is no value)."""
     out: list[Any] = []
     for f in spec.fields:
         v = record.get(f.name)
@@ -88,9 +124,16 @@ def input_values(spec: DatasetSpec, record: dict[str, Any]) -> list[Any]:
         if f.kind == FieldKind.multi:
             v = [s for s in v.split("|") if s] if isinstance(v, str) else list(v or [])
         elif f.kind == FieldKind.boolean:
-            v = bool(v) if v is not None else False
+            v = None if v is None else ("true" if bool(v) else "false")
+        elif f.kind == FieldKind.numeric:
+            v = "" if v is None else f"{v:g}" if isinstance(v, int | float) else str(v)
         out.append(v)
     return out
+
+
+def empty_values(spec: DatasetSpec) -> list[Any]:
+    """The widget values of an empty form."""
+    return input_values(spec, {})
 
 
 def prefill(table: pd.DataFrame, images_dir: Path, spec: DatasetSpec, display: str,
@@ -109,43 +152,101 @@ def prefill(table: pd.DataFrame, images_dir: Path, spec: DatasetSpec, display: s
     return str(path), input_values(spec, table_records(spec, row)[0])
 
 
-def explain_one(explainer: Explainer, sprite: bytes | None, values: list[Any], top_k: int = 5
-                ) -> tuple[str, dict[str, float] | None, Image.Image | None,
-                           dict[str, float] | None, pd.DataFrame]:
-    """(status, top-k probabilities, heatmap overlay, modality share, contributions table)."""
-    spec = explainer.predictor.spec
-    empty = pd.DataFrame(columns=["field", "value", "contribution"])
-    if not sprite:
-        return ("**Upload an image first** (PNG, JPEG, GIF, WebP or BMP).", None, None, None,
-                empty)
-    record = record_from_inputs(spec, values)
+def preview_image(predictor: Predictor, data: bytes | None, size: int = 192
+                  ) -> tuple[Image.Image | None, str]:
+    """(the uploaded image, its first frame enlarged to about `size` pixels, or None; a
+    caption) within the Predictor's image limits, so a preview never decodes more."""
+    if not data:
+        return None, ("No image: the prediction is made from the fields alone, if this "
+                      "model can (see above).")
     try:
-        e = explainer.explain(record, sprite)
+        header = predictor.open_header(data)
+        fmt = header.format or "image"
+        img = load_first_frame(header, predictor.max_image_pixels)
+    except ImageError as e:
+        return None, f"This file cannot be read as an image: {e}"
+    w, h = img.size
+    caption = f"Uploaded image: {w} × {h} px, {fmt}."
+    img = img.convert("RGBA")
+    factor = max(1, size // max(w, h))  # pixel art is enlarged by a whole factor, sharp
+    if factor > 1:
+        img = img.resize((w * factor, h * factor), Image.Resampling.NEAREST)
+    return img, caption
+
+
+def modalities_markdown(predictor: Predictor) -> str:
+    """Which inputs the served model can predict from."""
+    ok = predictor.modalities
+    cases = ["fields + image"] + [name for mode, name in (("fields", "fields alone"),
+                                                          ("image", "image alone")) if ok[mode]]
+    return ("This model predicts from: **" + "**, **".join(cases) + "**."
+            + ("" if ok["fields"] else " An image is required.")
+            + ("" if ok["image"] else " The required fields (*) are needed."))
+
+
+@dataclass
+class PredictView:
+    """Everything the Predict tab shows of one request; `heat` is what the opacity slider
+    redraws the heatmap from (None without a heatmap)."""
+
+    status: str
+    trust: str = ""
+    top: str = ""
+    heatmap: Image.Image | None = None
+    legend: str = ""
+    share: str = ""
+    contributions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=CONTRIBUTION_COLUMNS))
+    heat: dict[str, Any] | None = None
+    explanation: Explanation | None = None
+
+    def outputs(self) -> list[Any]:
+        """The values of the tab's output components, in `PREDICT_OUTPUTS` order."""
+        return [self.status, self.trust, self.top, self.heatmap, self.legend, self.share,
+                self.contributions, self.heat]
+
+
+def heatmap_image(heat: dict[str, Any] | None, opacity: float) -> Image.Image | None:
+    """The sprite and its heatmap side by side at `opacity`, from a PredictView's `heat`."""
+    if heat is None:
+        return None
+    png = heatmap_overlay_png(heat["image"], heat["heatmap"], heat["patch"], scale=3,
+                              opacity=opacity, beside=True)
+    return Image.open(io.BytesIO(png))
+
+
+def explain_one(explainer: Explainer, sprite: bytes | None, values: list[Any], top_k: int = 5,
+                opacity: float = DEFAULT_OPACITY) -> PredictView:
+    """One explained prediction as the Predict tab shows it; a missing image or missing
+    fields are scored from the other modality when the model can."""
+    predictor = explainer.predictor
+    spec = predictor.spec
+    record = record_from_inputs(spec, values)
+    if not sprite and not record:
+        return PredictView("**Nothing to predict from:** upload an image, fill in the "
+                           "fields, or both.")
+    if not sprite and not predictor.supports("fields"):
+        return PredictView("**Upload an image first** (PNG, JPEG, GIF, WebP or BMP): this "
+                           "model cannot predict from the fields alone.")
+    try:
+        e = explainer.explain(record, sprite or None)
     except PredictionInputError as err:
         problems = "\n".join(f"- **{k}**: {v}" for k, v in err.errors[0].items())
-        return f"**This input cannot be scored:**\n{problems}", None, None, None, empty
-    top = dict(sorted(e.prediction["probabilities"].items(), key=lambda kv: -kv[1])[:top_k])
-    heat = Image.open(io.BytesIO(e.overlay_png(scale=3)))
-    share = {"image": e.image_share, "table": e.table_share}
-    rows = [{"field": f, "value": _show(e.values.get(f)), "contribution": round(v, 4)}
-            for f, v in e.top_contributions()]
-    rows.append({"field": f"{spec.image_column} (whole image)", "value": "",
-                 "contribution": round(e.image_contribution, 4)})
-    table = pd.DataFrame(rows).sort_values("contribution", key=np.abs, ascending=False)
-    status = (f"Predicted **{e.label}** ({e.probability:.1%}) by model `{e.model_version}`. "
-              f"With nothing known the model gives {e.label} {e.base_value:.1%}; the fields "
-              f"add {sum(e.contributions.values()):+.1%} and the image "
-              f"{e.image_contribution:+.1%}. Red patches of the heatmap support {e.label}, "
-              "blue ones speak against it.")
-    return status, top, heat, share, table
-
-
-def _show(v: Any) -> str:
-    if v is None:
-        return "(missing)"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
+        return PredictView(f"**This input cannot be scored:**\n{problems}")
+    heat = None
+    if e.heatmap is not None:
+        heat = {"image": e.image, "heatmap": e.heatmap, "patch": e.patch_size}
+    return PredictView(
+        status=status_markdown(e),
+        trust=trust_html(e.prediction),
+        top=top_classes_html(e.prediction["probabilities"], top_k),
+        heatmap=heatmap_image(heat, opacity),
+        legend=legend_html(e),
+        share=share_html(e),
+        contributions=contributions_frame(e, spec.image_column),
+        heat=heat,
+        explanation=e,
+    )
 
 
 # ---- batch ---------------------------------------------------------------------------
@@ -277,20 +378,25 @@ async def model_card_markdown(app: FastAPI) -> str:
 
 # ---- the app -------------------------------------------------------------------------
 
-def _widget(f: FieldSpec, vocab: list[str], value: Any) -> gr.components.Component:
+def _widget(f: FieldSpec, vocab: list[str], value: Any) -> gr.Textbox | gr.Dropdown:
+    """The input of one field. A number is typed in a text box: gradio's Number box cannot
+    be empty (it sends 0), and an absent value must stay absent."""
     label = f"{f.name}" + (" *" if f.required else "")
     info = f.description or None
+    elem_id = f"mf-field-{f.name}"
     if f.kind == FieldKind.numeric:
         rng = f" ({f.min:g}-{f.max:g})" if f.min is not None and f.max is not None else ""
-        return gr.Number(value=value, label=label, info=(info or "") + rng)
+        return gr.Textbox(value=value, label=label, info=(info or "") + rng, elem_id=elem_id,
+                          placeholder="(not given)", max_lines=1)
     if f.kind == FieldKind.boolean:
-        return gr.Checkbox(value=bool(value), label=label, info=info)
+        return gr.Dropdown(choices=BOOLEAN_CHOICES, value=value, label=label, info=info,
+                           elem_id=elem_id)
     choices = list(f.categories or [v for v in vocab if v != "__other__"])
     if f.kind == FieldKind.categorical:
         return gr.Dropdown(choices=choices, value=value, label=label, info=info,
-                           allow_custom_value=not f.categories)
+                           allow_custom_value=not f.categories, elem_id=elem_id)
     return gr.Dropdown(choices=choices, value=value or [], multiselect=True, label=label,
-                       info=info, allow_custom_value=not f.categories)
+                       info=info, allow_custom_value=not f.categories, elem_id=elem_id)
 
 
 def dataset_rows(predictor: Predictor, settings: Settings) -> tuple[pd.DataFrame, Path] | None:
@@ -344,69 +450,102 @@ def predict_tab(holder, predictor: Predictor, settings: Settings) -> None:
     spec = predictor.spec
     vocab = predictor.bundle.preprocessor.tabular_.vocab_ or {}
     example = predictor.bundle.meta.get("example") or {}
-    start = input_values(spec, example.get("fields", {}))
+    blank = empty_values(spec)
     data = dataset_rows(predictor, settings)
     display = spec.display_column or spec.id_column
-    names: list[str] = []
-    if data is not None:
-        names = [str(v) for v in data[0][display]]
+    names: list[str] = [str(v) for v in data[0][display]] if data is not None else []
     with gr.Row():
         with gr.Column(scale=1):
-            if names:
-                species = gr.Dropdown(choices=names, value=None, label=f"Prefill from "
-                                      f"the dataset ({display})", elem_id="mf-species")
-            example_btn = gr.Button("Load the bundle's example", size="sm")
-            sprite = gr.File(label="Image (PNG, JPEG, GIF, WebP, BMP)", type="binary",
-                             file_types=IMAGE_TYPES, elem_id="mf-sprite")
+            source_md = gr.Markdown(EMPTY_FORM, elem_id="mf-source")
+            source = gr.State(EMPTY_FORM)  # where the form was filled from, before any edit
+            gr.Markdown(modalities_markdown(predictor), elem_id="mf-modes")
+            species = (gr.Dropdown(choices=names, value=None, label=f"Prefill from the "
+                                   f"dataset ({display})", elem_id="mf-species")
+                       if names else None)
+            with gr.Row():
+                example_btn = gr.Button("Load the bundle's example", size="sm",
+                                        elem_id="mf-example")
+                clear_btn = gr.Button("Clear the form", size="sm", elem_id="mf-clear")
+            with gr.Row():
+                sprite = gr.File(label="Image (PNG, JPEG, GIF, WebP, BMP)", type="binary",
+                                 file_types=IMAGE_TYPES, elem_id="mf-sprite")
+                preview = gr.Image(label="Uploaded image", type="pil", format="png",
+                                   interactive=False, height=200, elem_id="mf-preview")
+            preview_caption = gr.Markdown("No image uploaded.", elem_id="mf-preview-caption")
             with gr.Accordion("Fields (* required)", open=True):
                 widgets = []
-                pairs = list(zip(spec.fields, start, strict=True))
-                for i in range(0, len(pairs), 3):  # three to a row keeps it on screen
+                for i in range(0, len(spec.fields), 3):  # three to a row keeps it on screen
                     with gr.Row():
-                        widgets += [_widget(f, vocab.get(f.name, []), v)
-                                    for f, v in pairs[i:i + 3]]
+                        widgets += [_widget(f, vocab.get(f.name, []), v) for f, v in
+                                    zip(spec.fields[i:i + 3], blank[i:i + 3], strict=True)]
             go = gr.Button("Predict and explain", variant="primary", elem_id="mf-go")
         with gr.Column(scale=1):
-            status = gr.Markdown("Upload an image, check the fields, then press "
-                                 "**Predict and explain**.", elem_id="mf-status")
-            top = gr.Label(num_top_classes=5, label="Top classes", elem_id="mf-top")
-            heat = gr.Image(label="Heatmap (occlusion) over the normalized image",
-                            type="pil", format="png", interactive=False,
+            status = gr.Markdown(PROMPT, elem_id="mf-status")
+            trust = gr.HTML("", elem_id="mf-trust")
+            top = gr.HTML("", elem_id="mf-top")
+            heat = gr.Image(label="Heatmap (occlusion): the image, and the heatmap over it "
+                            "in grey", type="pil", format="png", interactive=False,
                             elem_id="mf-heatmap")
-            share = gr.Label(label="Share of the prediction: image vs table",
-                             elem_id="mf-share")
-            contrib = gr.Dataframe(
-                value=pd.DataFrame(columns=["field", "value", "contribution"]),
-                label="Contributions (probability points)", interactive=False,
-                elem_id="mf-contrib")
+            legend = gr.HTML("", elem_id="mf-legend")
+            opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05,
+                                label="Heatmap opacity", elem_id="mf-opacity")
+            share = gr.HTML("", elem_id="mf-share")
+            contrib = gr.Dataframe(value=pd.DataFrame(columns=CONTRIBUTION_COLUMNS),
+                                   label="Contributions (percentage points of the predicted "
+                                   "class's probability)", interactive=False,
+                                   elem_id="mf-contrib")
+            heat_state = gr.State(None)
+    outputs = [status, trust, top, heat, legend, share, contrib, heat_state]
+    cleared = PredictView(PROMPT).outputs()
 
-    def _predict(sprite_bytes, *values):
-        return explain_one(holder.current.explainer, sprite_bytes, list(values))
+    def _predict(sprite_bytes, alpha, *values):
+        return explain_one(holder.current.explainer, sprite_bytes, list(values),
+                           opacity=alpha).outputs()
 
-    go.click(_predict, [sprite, *widgets], [status, top, heat, share, contrib])
+    go.click(_predict, [sprite, opacity, *widgets], outputs)
+    opacity.change(heatmap_image, [heat_state, opacity], [heat], show_progress="hidden")
+
+    # Any change of an input (by the user or a prefill) clears the answer to the old input.
+    def _image_changed(sprite_bytes):
+        return [*preview_image(holder.current.predictor, sprite_bytes), *cleared]
+
+    sprite.change(_image_changed, [sprite], [preview, preview_caption, *outputs],
+                  show_progress="hidden")
+    gr.on([w.change for w in widgets], lambda: cleared, [], outputs, show_progress="hidden")
+    # An edit by hand says so under the form's source.
+    gr.on([sprite.upload, sprite.clear, *[w.input for w in widgets]],
+          lambda src: src if src == EMPTY_FORM else f"{src} *Edited since.*",
+          [source], [source_md], show_progress="hidden")
+
+    def _fill(path: str | None, values: list[Any], text: str) -> list[Any]:
+        return [path, *values, text, text]
 
     def _example():
-        tmp = scratch_dir("example-")
         path = None
         if example.get("image_base64"):
-            path = tmp / "example.png"
+            path = scratch_dir("example-") / "example.png"
             path.write_bytes(base64.b64decode(example["image_base64"]))
-        return [str(path) if path else None, *start]
+        text = "**Filled from the bundle's example record** (its fields and image)."
+        return _fill(str(path) if path else None, input_values(spec, example.get("fields", {})),
+                     text)
 
-    example_btn.click(_example, [], [sprite, *widgets])
-    if names and data is not None:
+    form = [sprite, *widgets, source_md, source]
+    example_btn.click(_example, [], form)
+    clear_btn.click(lambda: _fill(None, blank, EMPTY_FORM), [], form)
+    if species is not None and data is not None:
         table, images_dir = data
 
         def _prefill(name):
             if not name:
-                return [gr.update()] * (1 + len(widgets))
+                return [gr.update()] * len(form)
             try:
                 path, values = prefill(table, images_dir, spec, display, name)
             except UploadError as e:
                 raise gr.Error(str(e)) from None
-            return [path, *values]
+            return _fill(path, values, f"**Filled from the dataset row {display} = "
+                                       f"{name}** (its fields and image).")
 
-        species.change(_prefill, [species], [sprite, *widgets])
+        species.change(_prefill, [species], form)
 
 
 def batch_tab(holder, settings: Settings, spec: DatasetSpec) -> None:

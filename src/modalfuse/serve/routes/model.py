@@ -31,5 +31,7 @@ def model_info(served: ServedModelDep) -> ModelInfo:
                "note": "first frame; cropped to its opaque box and centred on a square"},
         metrics=meta.get("metrics", {}),
         created_at=meta.get("created_at"),
+        modalities=predictor.modalities,
+        trust={k: v for k, v in meta.get("companions", {}).items() if k != "models"},
         source=dict(served.source),  # swapped with the model: always the served one's
     )

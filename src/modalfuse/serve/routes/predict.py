@@ -59,21 +59,32 @@ def batch_examples(record_model: type[BaseModel], example: dict) -> dict[str, An
     }
 
 
-def build_router(record_model: type[BaseModel], example: dict | None) -> APIRouter:
-    """The /v1/predict routes, their request schemas made from the served model's spec."""
+def build_router(record_model: type[BaseModel], example: dict | None,
+                 modalities: dict[str, bool] | None = None) -> APIRouter:
+    """The /v1/predict routes, their request schemas made from the served model's spec and
+    the cases it scores (`modalities`: a bundle without a fields-only model requires the
+    image, one without an image-only model requires the fields)."""
+    cases = modalities or {"both": True, "fields": True, "image": True}
     router = APIRouter(prefix="/v1", tags=["predict"])
     # "Try it out" sends these as they are, so each is a request that succeeds.
     predict_examples = {"example": {"summary": "the model's example record",
                                     "value": example}} if example else None
     fields_examples = [json.dumps(example["fields"])] if example else None
 
+    fields_def: tuple[Any, Any] = (
+        (record_model | None, Field(default=None, description=(
+            "the record's table fields; absent or null: scored from the image alone")))
+        if cases["image"] else (record_model, Field(description="the record's table fields")))
+    image_def: tuple[Any, Any] = (
+        (str | None, Field(default=None, description=(
+            "the image (PNG, JPEG, GIF, WebP, BMP) in base64; absent or null: scored from "
+            "the fields alone")))
+        if cases["fields"] else
+        (str, Field(description="the image (PNG, JPEG, GIF, WebP, BMP) in base64")))
     request_model = create_model(  # type: ignore[call-overload]
         "PredictRequest",
-        fields=(record_model | None, Field(default=None, description=(
-            "the record's table fields; absent or null: scored from the image alone"))),
-        image_base64=(str | None, Field(default=None, description=(
-            "the image (PNG, JPEG, GIF, WebP, BMP) in base64; absent or null: scored from "
-            "the fields alone"))),
+        fields=fields_def,
+        image_base64=image_def,
         __config__={"extra": "forbid",
                     "json_schema_extra": {"examples": [example]} if example else None},
     )
