@@ -159,9 +159,15 @@ def test_ablation_table_and_doc(fixture_dataset, fixture_splits, fitter, tmp_pat
     from modalfuse.training.ablation import run_ablation, to_markdown
 
     report = run_ablation(fixture_dataset, fixture_splits, tmp_path, fitter.cfg,
-                          ("gbm_tabular", "cnn", "stacking"), engine=fitter)
+                          ("gbm_tabular", "gbm", "cnn", "stacking"), engine=fitter)
     names = [r["model"] for r in report["results"]]
-    assert names == ["gbm_tabular", "cnn", "stacking"]
+    assert names == ["gbm_tabular", "gbm", "cnn", "stacking"]
+    gains = {r["model"]: r["gain_over_baseline"] for r in report["results"]}
+    assert gains["gbm"]["gain"] == 0 and gains["gbm"]["low"] == gains["gbm"]["high"] == 0
+    assert gains["stacking"]["low"] <= gains["stacking"]["gain_mean"] <= gains["stacking"]["high"]
+    # The champion's reliability: every modality case, sets and OOD, on the test split.
+    rel = report["reliability"]
+    assert set(rel["cases"]) == {"both", "fields", "image"} and "ood" in rel
     best_cv = max(report["results"], key=lambda r: r["cv"]["macro_f1"]["mean"])["model"]
     assert report["champion"] == best_cv
     for r in report["results"]:
@@ -170,4 +176,6 @@ def test_ablation_table_and_doc(fixture_dataset, fixture_splits, fitter, tmp_pat
     assert (tmp_path / "ablation.png").stat().st_size > 1000
     md = to_markdown(report, "modalfuse ablation --doc docs/ablation.md", "ablation.png")
     assert "modalfuse ablation" in md and "| `stacking`" in md
+    assert "## Missing modalities" in md and "## Prediction sets" in md
+    assert "## Out-of-distribution images" in md and "paired bootstrap" in md
     assert json.loads((tmp_path / "ablation.json").read_text())["champion"] == report["champion"]

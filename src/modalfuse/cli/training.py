@@ -198,13 +198,20 @@ def _ablation_command(dataset: str, seed: int, models: list[str] | None, net: Ne
 
 
 def _write_ablation_doc(report: dict, doc: Path, plot: Path, command: str) -> None:
-    """The markdown doc of an ablation, with its plot copied next to it."""
+    """The markdown doc of an ablation, with its plot copied next to it and its numbers as
+    JSON beside it (what `modalfuse report build` makes the report's tables from); bundle
+    paths are left out of the JSON, which is committed."""
+    import json
+
     from modalfuse.training.ablation import to_markdown
 
     doc.parent.mkdir(parents=True, exist_ok=True)
     png = doc.with_suffix(".png")
     shutil.copyfile(plot, png)
     doc.write_text(to_markdown(report, command, png.name))
+    public = {**report, "command": command,
+              "results": [{k: v for k, v in r.items() if k != "bundle"} for r in report["results"]]}
+    doc.with_suffix(".json").write_text(json.dumps(public, indent=2, default=float))
 
 
 def print_ablation(report: dict) -> None:
