@@ -97,6 +97,26 @@ SPANISH: dict[str, str] = {
     "With the shadow / without": "Con la sombra / sin ella", "Shadow": "Sombra",
     "scored": "puntuadas", "dropped": "descartadas", "Target": "Objetivo",
     "met": "cumplido", "not met": "no cumplido",
+    # ablation
+    "CV acc": "acc CV", "CV macro-F1": "macro-F1 CV", "CV ECE": "ECE CV",
+    "out-of-fold macro-F1 gain over gbm (90 % interval)":
+        "ganancia de macro-F1 out-of-fold sobre gbm (intervalo 90 %)",
+    "test ECE": "ECE test", "champion (best CV macro-F1)": "campeón (mejor macro-F1 en CV)",
+    # trust
+    "request": "petición", "image + fields": "imagen + campos",
+    "fields only (no image)": "solo campos (sin imagen)",
+    "image only (no fields)": "solo imagen (sin campos)",
+    "set coverage at 90 %": "cobertura del conjunto al 90 %", "mean set size": "tamaño medio",
+    "images": "imágenes", "flagged": "marcadas",
+    "fruit photos (custom-dataset fixture)": "fotos de frutas (fixture del dataset propio)",
+    "random noise": "ruido aleatorio", "rendered text": "texto renderizado",
+    "photos of other things (synthetic scenes)": "fotos de otras cosas (escenas sintéticas)",
+    "test sprites as heavy JPEG on white (quality 8)":
+        "sprites de test como JPEG fuerte sobre blanco (calidad 8)",
+    "test sprites scaled x3 and smoothed": "sprites de test escalados x3 y suavizados",
+    "control: test sprites mirrored (in domain)": "control: sprites de test espejados (del dominio)",
+    "in-domain test sprites": "sprites de test (del dominio)",
+    "fields flagged on the test split": "campos marcados en la partición de test",
     # captions
     "Produced by": "Generado por", "refreshed by": "actualizado por",
     "Not measured yet: run": "Aún sin medir: ejecute", "looked for": "se buscó en",
@@ -256,6 +276,54 @@ def _shadow(src: Sources, t: Phrases) -> str:
                        rows)
             + f"\n\n{t('With the shadow / without')}: {ratios}. {t('Shadow')}: {shadowed}. "
               f"{t('Target')} p50 ×{b['target']['max_p50_ratio']}: {verdict}.")
+
+
+ABLATION_COMMAND = ("modalfuse ablation --model gbm_tabular --model gbm --model cnn --model "
+                    "gbm_image --model stacking --model gbm_embed --epochs 6 --doc docs/ablation.md")
+
+
+def _gain(r: dict) -> str:
+    g = r.get("gain_over_baseline")
+    if not g or r["model"] == "gbm":
+        return "–"
+    return f"{g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+
+
+@table("ablation", ABLATION_COMMAND)
+def _ablation(src: Sources, t: Phrases) -> str:
+    a = src.json(src.docs / "ablation.json")
+    rows = [[f"`{r['model']}`" + (f" ({t('champion (best CV macro-F1)')})"
+                                   if r["model"] == a["champion"] else ""),
+             _mean_sd(r["cv"]["accuracy"]), _mean_sd(r["cv"]["macro_f1"]), _mean_sd(r["cv"]["ece"]),
+             _gain(r), f"{r['test']['accuracy']:.3f}", f"{r['test']['macro_f1']:.3f}",
+             f"{r['test']['ece']:.3f}"] for r in a["results"]]
+    return md_table([t(h) for h in ("model", "CV acc", "CV macro-F1", "CV ECE",
+                                    "out-of-fold macro-F1 gain over gbm (90 % interval)",
+                                    "test acc", "test macro-F1", "test ECE")], rows)
+
+
+@table("trust", ABLATION_COMMAND)
+def _trust(src: Sources, t: Phrases) -> str:
+    rel = src.json(src.docs / "ablation.json")["reliability"]
+    names = {"both": "image + fields", "fields": "fields only (no image)",
+             "image": "image only (no fields)"}
+    rows = []
+    for mode, m in rel["cases"].items():
+        c = rel["conformal"].get(mode, {}).get("0.9")
+        rows.append([t(names[mode]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}",
+                     f"{c['coverage']:.3f}" if c else "-", f"{c['mean_size']:.2f}" if c else "-"])
+    out = md_table([t("request"), t("test acc"), t("test macro-F1"), t("set coverage at 90 %"),
+                    t("mean set size")], rows)
+    ood = rel.get("ood")
+    if ood:
+        fam = [[t("in-domain test sprites"), rel["rows"], "-", f"{ood['test_flag_rate']:.1%}"]]
+        fam += [[t(name), f["images"], f"{f['auroc']:.3f}", f"{f['flag_rate']:.1%}"]
+                for name, f in ood["families"].items()]
+        out += "\n\n" + md_table([t("images"), "n", "AUROC", t("flagged")], fam)
+    fo = rel.get("field_ood")
+    if fo:
+        out += f"\n\n{t('fields flagged on the test split')}: {fo['test_flag_rate']:.1%}"
+    return out
 
 
 def render(src: Sources, name: str, t: Phrases | None = None) -> str:

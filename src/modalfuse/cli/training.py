@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from modalfuse.inference.bundle import ModelBundle
     from modalfuse.models.netconfig import NetConfig
 
-# What `modalfuse train` trains unless told otherwise: the CV champion of docs/ablation.md
-# when its training fits the 10-minute budget on two cores (scripts/bench_train.py), else gbm.
+# The baseline; what `modalfuse train` trains unless told otherwise is
+# `training.champion.default_recipe()`: the CV champion of docs/ablation.md when its training
+# fits the 10-minute budget on two cores (scripts/bench_train.py --record), else this.
 DEFAULT_MODEL = "gbm"
 
 def recipe_files() -> list[str]:
@@ -47,8 +48,9 @@ def recipe_files() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(recipes.__path__) if not m.name.startswith("_"))
 
 
-MODEL_OPTION_HELP = "the recipe to train: gbm (the LightGBM baseline) or one of: " + ", ".join(
-    n for n in recipe_files() if n != DEFAULT_MODEL)
+MODEL_OPTION_HELP = ("the recipe to train (default: the CV champion when its training fits the "
+                     "10-minute budget, else gbm, the LightGBM baseline; the command says which): "
+                     + ", ".join(recipe_files()))
 
 
 def net_config(image_size: int | None = None, epochs: int | None = None,
@@ -74,17 +76,22 @@ def train(
                                      "(--no-cv: quick runs; the gate then cannot compare it)")] = True,
     track: Annotated[bool, typer.Option("--track/--no-track", help="log to MLflow and register "
                                         "(--no-track, or MODALFUSE_TRACKING=false: neither)")] = True,
-    model: Annotated[str, typer.Option(help=MODEL_OPTION_HELP)] = DEFAULT_MODEL,
+    model: Annotated[str | None, typer.Option(help=MODEL_OPTION_HELP)] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (neural models)")] = "cpu",
     epochs: Annotated[int | None, typer.Option(help="training epochs (neural models)")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="local image-trunk weights")] = None,
 ) -> None:
-    """Train a recipe (default gbm, the LightGBM baseline) on the training split: CV, fit, bundle."""
+    """Train a recipe (default: the CV champion when it fits the budget, else gbm) on the
+    training split: CV, fit, bundle."""
     from modalfuse.data.dataset import load_dataset
     from modalfuse.data.split import load_splits
+    from modalfuse.training.champion import default_recipe
     from modalfuse.training.config import TrainConfig
     from modalfuse.training.train import train as run_train
 
+    if model is None:
+        model, why = default_recipe()
+        console.print(f"training {why}")
     s = settings()
     ds = load_dataset(s.dataset_dir(dataset))
     try:
