@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from modalfuse.models.fused import GeometricPoolModel
 from modalfuse.models.gbm import GBMModel
 from modalfuse.models.neural import CalibratedModel, EmbeddingGBMModel, StackingModel
 from modalfuse.training import recipes
@@ -24,14 +25,14 @@ def lightgbm_parts(model) -> list[GBMModel]:
         return lightgbm_parts(model.inner)
     if isinstance(model, EmbeddingGBMModel):
         return lightgbm_parts(model.gbm)
-    if isinstance(model, StackingModel):
+    if isinstance(model, StackingModel | GeometricPoolModel):
         return [g for part in model.parts.values() for g in lightgbm_parts(part)]
     return []
 
 
 def test_registry_lists_every_recipe_in_order():
-    assert recipes.names()[:7] == ("gbm_tabular", "gbm", "cnn", "gbm_image", "stacking",
-                                   "intermediate", "gbm_embed")
+    assert recipes.names() == ("gbm_tabular", "gbm", "cnn", "gbm_image", "stacking",
+                               "intermediate", "gbm_embed", "linear", "gbm_linear")
     assert set(recipes.tunable()) == {"gbm", "gbm_tabular", "intermediate"}
     with pytest.raises(ValueError, match="unknown model 'nope'; available"):
         recipes.get("nope")
