@@ -53,7 +53,7 @@ unit: install browser-deps ## the pytest suite (no network)
 smoke: install ## end-to-end on the real pinned sources with quick settings
 	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse data build
 	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse data split
-	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse train --rounds 60 --no-cv
+	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse train --rounds 60
 	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/python scripts/smoke_check.py
 
 test: lint unit smoke ## lint, unit/data/model tests, then the real-data smoke

@@ -73,6 +73,15 @@ def main() -> int:
         example = httpx.get(f"{base}/openapi.json").json()["components"]["schemas"][
             "PredictRequest"]["examples"][0]
         assert httpx.post(f"{base}/v1/predict", json=example).status_code == 200
+        # Every answer carries its prediction set, OOD flags and modalities; either modality
+        # alone is scored by the model trained for that case.
+        assert got["prediction_set"]["labels"][0] == got["label"], got["prediction_set"]
+        assert got["ood"]["image"]["flag"] is False, got["ood"]
+        for part, missing in (({"fields": record}, "image"),
+                              ({"image_base64": body["image_base64"]}, "fields")):
+            alone = httpx.post(f"{base}/v1/predict", json=part, timeout=10)
+            assert alone.status_code == 200, alone.text
+            assert alone.json()["modalities"]["missing"] == [missing], alone.json()
         sys.stderr.write(f"smoke: {row['name'].iloc[0]} ({row['primary_type'].iloc[0]}) -> "
                          f"{json.dumps(got['top'])} by {got['model_version']}\n")
     finally:

@@ -279,7 +279,8 @@ def _shadow(src: Sources, t: Phrases) -> str:
 
 
 ABLATION_COMMAND = ("modalfuse ablation --model gbm_tabular --model gbm --model cnn --model "
-                    "gbm_image --model stacking --model gbm_embed --epochs 6 --doc docs/ablation.md")
+                    "gbm_image --model stacking --model gbm_embed --model linear --model gbm_linear "
+                    "--epochs 6 --doc docs/ablation.md")
 
 
 def _gain(r: dict) -> str:

@@ -108,12 +108,26 @@ class Conformal:
                    d["default_coverage"], d.get("source", ""))
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.645) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (z = 1.645: 90 %): how far an empirical
+    coverage on n rows may sit from the true one by chance alone."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def set_report(member: np.ndarray, y: np.ndarray, labels: list[str]) -> dict:
-    """Empirical coverage, set sizes and per-class coverage of sets against true labels."""
+    """Empirical coverage (with its 90 % Wilson interval), set sizes and per-class coverage of
+    sets against true labels."""
     hit = member[np.arange(len(y)), y]
     sizes = member.sum(axis=1)
     per_class = {lab: (float(hit[y == j].mean()) if (y == j).any() else None)
                  for j, lab in enumerate(labels)}
-    return {"rows": len(y), "coverage": float(hit.mean()), "mean_size": float(sizes.mean()),
+    low, high = wilson_interval(int(hit.sum()), len(y))
+    return {"rows": len(y), "coverage": float(hit.mean()), "coverage_interval": [low, high],
+            "mean_size": float(sizes.mean()),
             "median_size": float(np.median(sizes)), "singleton_share": float((sizes == 1).mean()),
             "per_class_coverage": per_class}

@@ -182,15 +182,18 @@ def reliability_markdown(report: dict, model: str) -> list[str]:
     if report["conformal"]:
         lines += ["", "## Prediction sets (split conformal, test split)", "",
                   "Calibrated on out-of-fold predictions of the training split (never the test "
-                  "split); the rank penalty (RAPS) was chosen on a separate 30 % of those rows.",
-                  "", "| request | method | target coverage | test coverage | mean set size "
-                  "| single-label sets |", "| --- | --- | --- | --- | --- | --- |"]
+                  "split); the rank penalty (RAPS) was chosen on a separate 30 % of those rows. "
+                  "The interval is the 90 % binomial (Wilson) range of a coverage measured on this "
+                  "many rows: a target inside it is as close as the test split can tell.",
+                  "", "| request | method | target coverage | test coverage [90 % interval] "
+                  "| mean set size | single-label sets |", "| --- | --- | --- | --- | --- | --- |"]
         for mode, c in report["conformal"].items():
             for cov in COVERAGES:
                 r = c[str(cov)]
+                lo, hi = r["coverage_interval"]
                 lines.append(f"| {CASES[mode]} | {c['method']} (lam {c['lam']:g}, k_reg "
-                             f"{c['k_reg']}) | {cov:.0%} | {r['coverage']:.3f} | "
-                             f"{r['mean_size']:.2f} | {r['singleton_share']:.1%} |")
+                             f"{c['k_reg']}) | {cov:.0%} | {r['coverage']:.3f} [{lo:.3f}, "
+                             f"{hi:.3f}] | {r['mean_size']:.2f} | {r['singleton_share']:.1%} |")
         both = report["conformal"].get(BOTH)
         if both:
             per = both["0.9"]["per_class_coverage"]
