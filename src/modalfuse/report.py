@@ -106,7 +106,8 @@ SPANISH: dict[str, str] = {
     "request": "petición", "image + fields": "imagen + campos",
     "fields only (no image)": "solo campos (sin imagen)",
     "image only (no fields)": "solo imagen (sin campos)",
-    "set coverage at 90 %": "cobertura del conjunto al 90 %", "mean set size": "tamaño medio",
+    "set coverage at 90 %": "cobertura del conjunto al 90 %",
+    "ECE of a perfectly calibrated model": "ECE de un modelo perfectamente calibrado", "mean set size": "tamaño medio",
     "images": "imágenes", "flagged": "marcadas",
     "fruit photos (custom-dataset fixture)": "fotos de frutas (fixture del dataset propio)",
     "random noise": "ruido aleatorio", "rendered text": "texto renderizado",
@@ -293,7 +294,7 @@ def _gain(r: dict) -> str:
 @table("ablation", ABLATION_COMMAND)
 def _ablation(src: Sources, t: Phrases) -> str:
     a = src.json(src.docs / "ablation.json")
-    rows = [[f"`{r['model']}`" + (f" ({t('champion (best CV macro-F1)')})"
+    rows: list[list[object]] = [[f"`{r['model']}`" + (f" ({t('champion (best CV macro-F1)')})"
                                    if r["model"] == a["champion"] else ""),
              _mean_sd(r["cv"]["accuracy"]), _mean_sd(r["cv"]["macro_f1"]), _mean_sd(r["cv"]["ece"]),
              _gain(r), f"{r['test']['accuracy']:.3f}", f"{r['test']['macro_f1']:.3f}",
@@ -308,12 +309,15 @@ def _trust(src: Sources, t: Phrases) -> str:
     rel = src.json(src.docs / "ablation.json")["reliability"]
     names = {"both": "image + fields", "fields": "fields only (no image)",
              "image": "image only (no fields)"}
-    rows = []
+    rows: list[list[object]] = []
     for mode, m in rel["cases"].items():
         c = rel["conformal"].get(mode, {}).get("0.9")
+        floor = m.get("ece_floor")
         rows.append([t(names[mode]), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}",
+                     f"{m['ece']:.3f}", f"{floor['mean']:.3f}" if floor else "-",
                      f"{c['coverage']:.3f}" if c else "-", f"{c['mean_size']:.2f}" if c else "-"])
-    out = md_table([t("request"), t("test acc"), t("test macro-F1"), t("set coverage at 90 %"),
+    out = md_table([t("request"), t("test acc"), t("test macro-F1"), t("test ECE"),
+                    t("ECE of a perfectly calibrated model"), t("set coverage at 90 %"),
                     t("mean set size")], rows)
     ood = rel.get("ood")
     if ood:
