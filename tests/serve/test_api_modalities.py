@@ -159,7 +159,9 @@ def test_prediction_log_records_flags(tmp_path, predictor, example):
     assert summary["ood_image_share"] == pytest.approx(1 / 3)
 
 
-def test_reliability_report_on_the_fixture(predictor, fixture_dataset, fixture_splits):
+def test_reliability_report_on_the_fixture(predictor, fixture_dataset, fixture_splits, tmp_path):
+    from modalfuse.inference.reliability import plot_reliability
+
     rep = reliability_report(predictor, fixture_dataset, fixture_splits.ids("test"),
                              probes_per_family=8)
     assert set(rep["cases"]) == {"both", "fields", "image"}
@@ -168,6 +170,9 @@ def test_reliability_report_on_the_fixture(predictor, fixture_dataset, fixture_s
     records = table_records(fixture_dataset.spec, fixture_dataset.table.head(2))
     assert len(predictor.predict(records, [None, None])) == 2
     assert isinstance(pd.DataFrame(rep["ood"]["families"]).T, pd.DataFrame)
+    curve = rep["conformal"]["both"]["curve"]
+    assert [p["target"] for p in curve] == sorted(p["target"] for p in curve)
+    assert plot_reliability(rep, tmp_path / "r.png").stat().st_size > 1000
 
 
 def test_a_bundle_without_companions_requires_both_and_says_so(predictor, tmp_path, example):

@@ -174,6 +174,7 @@ def test_ablation_table_and_doc(fixture_dataset, fixture_splits, fitter, tmp_pat
         assert 0 <= r["test"]["accuracy"] <= 1 and r["latency"]["single_ms"] > 0
         assert r["cv"]["macro_f1"]["sd"] >= 0 and r["temperature"] > 0
     assert (tmp_path / "ablation.png").stat().st_size > 1000
+    assert (tmp_path / "reliability.png").stat().st_size > 1000
     md = to_markdown(report, "modalfuse ablation --doc docs/ablation.md", "ablation.png")
     assert "modalfuse ablation" in md and "| `stacking`" in md
     assert "## Missing modalities" in md and "## Prediction sets" in md

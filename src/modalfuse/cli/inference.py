@@ -69,11 +69,17 @@ def reliability(
     bundle: BundleOpt = None,
     out: Annotated[Path | None, typer.Option(help="also write the report as JSON here")] = None,
     probes: Annotated[int, typer.Option(help="images per out-of-distribution family")] = 40,
+    plot: Annotated[Path | None, typer.Option(help="also draw coverage and OOD scores here "
+                                                   "(PNG)")] = None,
 ) -> None:
     """Trust of a bundle's predictions on the test split: scores with a modality missing,
     conformal coverage and set sizes, OOD flags on images unlike the training sprites."""
     from modalfuse.inference.predictor import Predictor
-    from modalfuse.inference.reliability import reliability_markdown, reliability_report
+    from modalfuse.inference.reliability import (
+        plot_reliability,
+        reliability_markdown,
+        reliability_report,
+    )
 
     _, ds, splits = load_data(dataset)
     predictor = Predictor.from_path(bundle_path(bundle, dataset))
@@ -82,6 +88,9 @@ def reliability(
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
+    if plot:
+        plot_reliability(report, plot, f"{predictor.model_version}, test split")
+        console.print(f"plot: {plot}")
 
 
 @app.command(rich_help_panel=INFERENCE)

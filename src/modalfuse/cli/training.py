@@ -215,7 +215,12 @@ def _write_ablation_doc(report: dict, doc: Path, plot: Path, command: str) -> No
     doc.parent.mkdir(parents=True, exist_ok=True)
     png = doc.with_suffix(".png")
     shutil.copyfile(plot, png)
-    doc.write_text(to_markdown(report, command, png.name))
+    trust = plot.with_name("reliability.png")
+    trust_png = doc.with_name(doc.stem + "_trust.png")
+    if trust.exists():
+        shutil.copyfile(trust, trust_png)
+    doc.write_text(to_markdown(report, command, png.name,
+                               trust_png.name if trust.exists() else None))
     public = {**report, "command": command,
               "results": [{k: v for k, v in r.items() if k != "bundle"} for r in report["results"]]}
     doc.with_suffix(".json").write_text(json.dumps(public, indent=2, default=float))

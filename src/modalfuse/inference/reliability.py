@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -23,6 +24,7 @@ from modalfuse.inference.ood import auroc
 from modalfuse.inference.predictor import Predictor, table_records
 
 COVERAGES = (0.8, 0.9, 0.95)
+CURVE = tuple(round(c, 2) for c in np.arange(0.5, 0.991, 0.02))  # the coverage plot's targets
 # The rows of the missing-modality table: what a request sends.
 CASES = {BOTH: "image + fields", FIELDS: "fields only (no image)", IMAGE: "image only (no fields)"}
 
@@ -156,10 +158,15 @@ def reliability_report(predictor: Predictor, ds: Dataset, test_ids: np.ndarray,
         cases[mode] = {**classification_metrics(proba, y, labels), "ece_floor": ece_floor(proba)}
         if mode in predictor.bundle.companions.conformal:
             c = predictor.bundle.companions.conformal[mode]
+            curve = [set_report(c.sets(proba, cov), y, labels) for cov in CURVE]
             conformal[mode] = {"method": c.method, "lam": c.lam, "k_reg": c.k_reg,
                                "calibration_rows": len(c.scores),
                                **{str(cov): set_report(c.sets(proba, cov), y, labels)
-                                  for cov in COVERAGES}}
+                                  for cov in COVERAGES},
+                               "curve": [{"target": t, "coverage": r["coverage"],
+                                          "interval": r["coverage_interval"],
+                                          "mean_size": r["mean_size"]}
+                                         for t, r in zip(CURVE, curve, strict=True)]}
     report: dict = {"rows": len(y), "cases": cases, "conformal": conformal}
     detector = predictor.bundle.companions.image_ood
     if detector is not None:
@@ -168,9 +175,11 @@ def reliability_report(predictor: Predictor, ds: Dataset, test_ids: np.ndarray,
         for name, probe in ood_probes(images, probes_per_family, seed).items():
             s = image_scores(predictor, probe)
             families[name] = {"images": len(probe), "auroc": auroc(inside, s),
-                              "flag_rate": float(np.mean(s > detector.threshold))}
+                              "flag_rate": float(np.mean(s > detector.threshold)),
+                              "scores": [round(float(v), 3) for v in s]}
         report["ood"] = {"threshold": detector.threshold, "false_alarm": detector.false_alarm,
                          "test_flag_rate": float(np.mean(inside > detector.threshold)),
+                         "test_scores": [round(float(v), 3) for v in inside],
                          "families": families}
     field_ood = predictor.bundle.companions.field_ood
     if field_ood is not None:
@@ -241,3 +250,46 @@ def reliability_markdown(report: dict, model: str) -> list[str]:
                   "species bring abilities no training species had: such a flag says the "
                   "record holds something the model has not learned from, not that it is wrong."]
     return lines
+
+
+def plot_reliability(report: dict, path: Path, title: str = "") -> Path:
+    """Two panels: test coverage against the target coverage per request case (with the 90 %
+    binomial band), and the image OOD scores of the test sprites and of each probe family
+    against the threshold. Returns `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for mode, c in report["conformal"].items():
+        curve = c.get("curve") or []
+        t = [p["target"] for p in curve]
+        line, = left.plot(t, [p["coverage"] for p in curve], marker=".", label=CASES[mode])
+        left.fill_between(t, [p["interval"][0] for p in curve], [p["interval"][1] for p in curve],
+                          color=line.get_color(), alpha=0.12)
+    left.plot([0.5, 1], [0.5, 1], color="grey", ls="--", lw=1, label="target")
+    left.set_xlabel("target coverage")
+    left.set_ylabel("test coverage (band: 90 % binomial)")
+    left.set_title("prediction sets: coverage on the test split")
+    left.legend(fontsize=8, loc="lower right")
+    left.grid(alpha=0.3)
+    ood = report.get("ood")
+    if ood:
+        names = ["in-domain test sprites", *ood["families"]]
+        values = [ood["test_scores"], *[f["scores"] for f in ood["families"].values()]]
+        right.boxplot([np.log10(np.maximum(v, 1e-3)) for v in values], vert=False)
+        right.set_yticks(range(1, len(names) + 1), names, fontsize=7)
+        right.axvline(np.log10(ood["threshold"]), color="#c0392b", ls="--",
+                      label=f"threshold ({ood['false_alarm']:.0%} false alarms, out of fold)")
+        right.set_xlabel("image OOD score (log10 Mahalanobis distance)")
+        right.set_title("out-of-distribution images")
+        right.legend(fontsize=8, loc="lower right")
+        right.grid(axis="x", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -19,7 +19,11 @@ from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
 from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor, table_records
-from modalfuse.inference.reliability import reliability_markdown, reliability_report
+from modalfuse.inference.reliability import (
+    plot_reliability,
+    reliability_markdown,
+    reliability_report,
+)
 from modalfuse.training import recipes
 from modalfuse.training.bootstrap import paired_bootstrap_gain
 from modalfuse.training.config import TrainConfig
@@ -96,6 +100,8 @@ def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig,
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablation.json").write_text(json.dumps(report, indent=2, default=float))
     plot_ablation(report, out_dir / "ablation.png")
+    plot_reliability(report["reliability"], out_dir / "reliability.png",
+                     f"champion {champion['model']}, test split")
     return report
 
 
@@ -165,8 +171,10 @@ def gain_cell(result: dict) -> str:
     return f"{g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
 
 
-def to_markdown(report: dict, command: str, image: str | None = None) -> str:
-    """The ablation report as the generated Markdown page, with the plot `image` linked if given."""
+def to_markdown(report: dict, command: str, image: str | None = None,
+                trust_image: str | None = None) -> str:
+    """The ablation report as the generated Markdown page, with the plot `image` (and the
+    coverage / OOD plot `trust_image`) linked if given."""
     d = report["dataset"]
     lines = [
         "# Modality ablation",
@@ -232,6 +240,8 @@ def to_markdown(report: dict, command: str, image: str | None = None) -> str:
     ]
     if report.get("reliability"):
         lines += reliability_markdown(report["reliability"], report["champion"])
+        if trust_image:
+            lines += ["", f"![coverage and OOD scores]({trust_image})"]
     if image:
         lines += ["", f"![ablation]({image})"]
     return "\n".join(lines) + "\n"
