@@ -198,3 +198,57 @@ def test_a_bundle_without_companions_requires_both_and_says_so(predictor, tmp_pa
     info = TestClient(create_app(Settings(), predictor=predictor)).get("/v1/model").json()
     assert info["modalities"] == {"both": True, "fields": True, "image": True}
     assert info["trust"]["conformal"]["both"]["method"] in ("aps", "raps")
+
+
+def test_no_fields_means_no_value_of_any_field_and_no_unknown_key(client, example):
+    image = example["image_base64"]
+    rows = [{"fields": {"bogus": None}, "image_base64": image},  # an unknown key is not "no fields"
+            {"fields": {}, "image_base64": image}]
+    items = client.post("/v1/predict/batch", json=rows).json()["predictions"]
+    assert "bogus" in items[0]["error"] and items[1]["modalities"]["used"] == ["image"]
+    # Neither input: one message, no list of required fields after it.
+    detail = client.post("/v1/predict", json={}).json()["detail"]
+    assert len(detail) == 1 and "send an image, the fields, or both" in detail[0]["msg"]
+
+
+def test_upload_errors_sit_where_they_came_from(client, example):
+    r = client.post("/v1/predict/upload", data={})
+    assert r.status_code == 422
+    assert [d["loc"] for d in r.json()["detail"]] == [["body", "image"]]
+    huge = json.dumps({**example["fields"], "hp": 0}).replace('"hp": 0', '"hp": 1' + "0" * 5000)
+    r = client.post("/v1/predict/upload", data={"fields": huge})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "fields"]
+    r = client.post("/v1/predict/upload", data={"fields": json.dumps({"hp": 50})})
+    locs = [d["loc"] for d in r.json()["detail"]]
+    assert r.status_code == 422 and ["body", "fields", "atk"] in locs, locs
+
+
+def test_pandas_missing_values_mean_no_image(predictor, fixture_dataset):
+    from modalfuse.inference.mlflow_pyfunc import BundlePyfunc
+
+    rows = fixture_dataset.table.head(2).copy()
+    frame = pd.DataFrame(table_records(fixture_dataset.spec, rows))
+    b64 = base64.b64encode(fixture_dataset.row_images(rows)[0]).decode()
+    frame["image_base64"] = pd.array([b64, pd.NA], dtype="string")
+    model = BundlePyfunc()
+    model.predictor = predictor
+    out = model.predict(None, frame)
+    assert (out["error"] == "").all() and out["label"].notna().all()
+    rows["image"] = pd.array([rows["image"].iloc[0], pd.NA], dtype="string")
+    scored = score_frame(predictor, rows, fixture_dataset.image_dir)
+    assert scored["modalities"].tolist() == ["fields+image", "fields"]
+
+
+def test_drift_compares_only_rows_with_both_modalities(tmp_path, predictor, example):
+    from modalfuse.monitor.predlog import PredictionLog
+
+    plog = PredictionLog(tmp_path / "p.db").open()
+    local = Predictor(predictor.bundle)
+    local.observers.append(plog.observe)
+    image = base64.b64decode(example["image_base64"])
+    local.predict([example["fields"]] * 2, [image, None])
+    plog.flush()
+    logged = plog.read()
+    plog.stop()
+    assert len(logged.of_case("both")) == 1 and len(logged.of_case("fields")) == 1
+    assert not np.isnan(logged.of_case("both").features()).any()

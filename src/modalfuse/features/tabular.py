@@ -141,6 +141,18 @@ def _parse_value(f: FieldSpec, v: Any, from_text: bool = False,
     return "|".join(labels)
 
 
+def has_no_fields(spec: DatasetSpec, record: dict[str, Any], allow_extra: bool = False,
+                  from_text: bool = False) -> bool:
+    """Whether a raw record carries no field value at all (each of the spec's fields missing
+    by `parse_record`'s rules, and no unknown key unless `allow_extra`): what makes a row
+    with an image an image-only request."""
+    known = {f.name for f in spec.fields}
+    if not allow_extra and any(k not in known for k in record):
+        return False
+    na_values = frozenset(spec.na_values)
+    return all(_is_missing(f, record.get(f.name), from_text, na_values) for f in spec.fields)
+
+
 def parse_record(spec: DatasetSpec, record: dict[str, Any], allow_extra: bool = False,
                  from_text: bool = False) -> dict:
     """A raw record -> canonical values of the spec's fields, or RecordError naming each bad one.

@@ -293,7 +293,8 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
 
 def _blank(name: Any) -> bool:
     """An empty image cell: no image was given for the row."""
-    return name is None or (isinstance(name, float) and np.isnan(name)) or str(name).strip() == ""
+    return (name is None or name is pd.NA or name is pd.NaT
+            or (isinstance(name, float) and np.isnan(name)) or str(name).strip() == "")
 
 
 def predict_file(predictor: Predictor, input_path: Path, images_dir: Path, output: Path,

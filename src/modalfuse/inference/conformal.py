@@ -1,4 +1,4 @@
-"""Prediction sets with a coverage guarantee: split-conformal prediction (APS / RAPS).
+"""Prediction sets calibrated to a coverage: split-conformal prediction (APS / RAPS).
 
 A prediction set is the smallest group of labels, most probable first, whose conformity
 score stays within a quantile of the scores of held-out rows. If the held-out rows and a
@@ -7,7 +7,10 @@ stated coverage, whatever the model (Romano et al. 2020, APS; Angelopoulos et al
 RAPS). The scores are computed once at training, from the *out-of-fold* predictions of the
 training split (each row scored by models that never saw its fold), stored sorted in the
 bundle, and the quantile for any coverage is read from them at request time: the test
-split is never used to calibrate.
+split is never used to calibrate. The guarantee holds for the fold models those scores
+come from; the served model is refitted on all the training rows, and where it is sharper
+than its fold models its sets cover less than stated (docs/trust.md; `modalfuse
+reliability` measures it).
 
 Score of label y for probabilities p (sorted descending, y at rank r, 1-based):
     s(p, y) = sum of the probabilities ranked above y  +  p_y  +  lam * max(0, r - k_reg)
@@ -19,7 +22,7 @@ Own code (numpy only), since the serving install carries no scikit-learn: MAPIE 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,7 +65,6 @@ class Conformal:
     k_reg: int = 0
     default_coverage: float = DEFAULT_COVERAGE
     source: str = "out-of-fold predictions of the training split"
-    _cache: dict[float, float] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def method(self) -> str:
@@ -81,11 +83,9 @@ class Conformal:
     def quantile(self, coverage: float) -> float:
         """The score threshold for a coverage: the ceil((n + 1) * coverage)-th smallest
         calibration score (infinite, i.e. every label, when n is too small for it)."""
-        if coverage not in self._cache:
-            n = len(self.scores)
-            k = math.ceil((n + 1) * coverage)
-            self._cache[coverage] = float(self.scores[k - 1]) if k <= n else math.inf
-        return self._cache[coverage]
+        n = len(self.scores)
+        k = math.ceil((n + 1) * coverage)
+        return float(self.scores[k - 1]) if k <= n else math.inf
 
     def sets(self, proba: np.ndarray, coverage: float | None = None) -> np.ndarray:
         """(n, n_labels) boolean membership of each label in each row's set. The most
@@ -99,7 +99,7 @@ class Conformal:
         """The calibration as JSON-ready data (what the bundle stores)."""
         return {"method": self.method, "lam": self.lam, "k_reg": self.k_reg,
                 "default_coverage": self.default_coverage, "source": self.source,
-                "n": len(self.scores), "scores": [round(float(s), 8) for s in self.scores]}
+                "n": len(self.scores), "scores": [float(s) for s in self.scores]}
 
     @classmethod
     def from_dict(cls, d: dict) -> Conformal:

@@ -49,7 +49,8 @@ class BundlePyfunc(PythonModel):
         images: list[bytes | None] = []
         bad: dict[int, dict[str, str]] = {}
         for i, value in enumerate(model_input[IMAGE_COLUMN]):
-            if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
+            if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)) \
+                    or (isinstance(value, str) and value.strip() == ""):
                 images.append(None)  # no image: scored from the fields alone
                 continue
             try:

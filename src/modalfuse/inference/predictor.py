@@ -28,7 +28,7 @@ from modalfuse.features.image import (
     to_square_rgba,
 )
 from modalfuse.features.preprocess import FeatureBatch
-from modalfuse.features.tabular import RecordError, parse_record, records_columns
+from modalfuse.features.tabular import RecordError, has_no_fields, parse_record, records_columns
 from modalfuse.inference.bundle import ModelBundle, load_bundle
 from modalfuse.inference.companions import BOTH, FIELDS, IMAGE, USED
 from modalfuse.inference.conformal import check_coverage
@@ -37,6 +37,7 @@ from modalfuse.models.registry import Model
 from modalfuse.spec import DatasetSpec, FieldKind
 
 log = logging.getLogger("modalfuse.predict")
+NONE = "none"  # a row with neither an image nor a field value: always an error row
 
 class PredictionInputError(InvalidInput):
     """One or more rows cannot be scored; `errors` maps row index -> {field: message}."""
@@ -168,9 +169,11 @@ class Predictor:
         """The model that scores rows of a modality case (the main model for `both`)."""
         return self.bundle.model if mode == BOTH else self.bundle.companions.models[mode]
 
-    def _mode(self, record: dict[str, Any], image: bytes | None) -> tuple[str, dict[str, str]]:
-        """A row's modality case, or the errors that say why it cannot be scored."""
-        no_fields = all(v is None for v in record.values())
+    def _mode(self, record: dict[str, Any], image: bytes | None, allow_extra: bool = False,
+              from_text: bool = False) -> tuple[str, dict[str, str]]:
+        """A row's modality case, or the errors that say why it cannot be scored (`none`: it
+        has neither an image nor a field value)."""
+        no_fields = has_no_fields(self.spec, record, allow_extra, from_text)
         if image is not None and not (no_fields and self.supports(IMAGE)):
             return BOTH, {}
         if image is not None:
@@ -178,8 +181,8 @@ class Predictor:
         if no_fields and not self.supports(FIELDS):
             return BOTH, {self.spec.image_column: "image is required"}
         if no_fields:
-            return FIELDS, {self.spec.image_column: "image is missing and so are the fields: "
-                            "send an image, the fields, or both"}
+            return NONE, {self.spec.image_column: "image is missing and so are the fields: "
+                          "send an image, the fields, or both"}
         if not self.supports(FIELDS):
             return BOTH, {self.spec.image_column: "image is required (this model has no "
                           "fields-only model: retrain it with this modalfuse)"}
@@ -215,9 +218,9 @@ class Predictor:
         field_ood = self.bundle.companions.field_ood
         parsed, pixels, valid, errors, modes, flags = [], [], [], {}, [], []
         for i, rec in enumerate(records):
-            mode, row_err = self._mode(rec, images[i])
+            mode, row_err = self._mode(rec, images[i], allow_extra, from_text)
             p: dict[str, Any] = {}
-            if mode == IMAGE:
+            if mode in (IMAGE, NONE):  # nothing to parse (and no required-field noise)
                 p = {f.name: None for f in self.spec.fields}
             else:
                 try:

@@ -188,12 +188,20 @@ def feature_skew(reference: Reference, current: np.ndarray, names: list[str]) ->
 
 def drift_summary(predictor: Predictor, reference: Reference, logged: LoggedPredictions,
                   top: int = 10) -> dict[str, Any]:
-    """Data drift (raw fields), prediction drift and feature skew of the logged serving rows."""
+    """Data drift (raw fields), prediction drift and feature skew of the logged serving rows.
+
+    Only rows scored from both modalities are compared: the reference is training rows with
+    both, and a fields-only row's missing image statistics (or an image-only row's missing
+    fields) and another model's predictions would read as drift. The other rows are counted
+    (`other_case_rows`); `modalfuse monitor`'s inputs table reports their mix.
+    """
+    other = len(logged) - len(both := logged.of_case("both"))
+    logged = both
     n = len(logged)
     base: dict[str, Any] = {
         "model_version": predictor.model_version, "reference_rows": len(reference.features),
-        "serving_rows": n, "thresholds": {"psi_warn": PSI_WARN, "psi_drift": PSI_DRIFT},
-        "min_rows": MIN_ROWS,
+        "serving_rows": n, "other_case_rows": other,
+        "thresholds": {"psi_warn": PSI_WARN, "psi_drift": PSI_DRIFT}, "min_rows": MIN_ROWS,
     }
     if n == 0:
         return {**base, "status": "no_data", "message": "no logged predictions for this model"}

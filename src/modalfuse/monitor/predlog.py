@@ -600,6 +600,17 @@ class LoggedPredictions:
     def __len__(self) -> int:
         return len(self.frame)
 
+    def of_case(self, mode: str) -> LoggedPredictions:
+        """The rows scored from one modality case (`both`, `fields`, `image`); rows logged
+        before flags existed count as `both`."""
+        if not len(self.frame):
+            return self
+        flags = self.frame.get("flags", pd.Series([None] * len(self.frame)))
+        modes = [json.loads(f).get("modalities", "both") if isinstance(f, str) else "both"
+                 for f in flags]
+        keep = np.array([m == mode for m in modes], dtype=bool)
+        return LoggedPredictions(self.frame[keep].reset_index(drop=True), self.models)
+
     def input_flags(self) -> dict[str, Any]:
         """What the logged rows were scored from, and the share flagged out of distribution
         (rows logged before flags existed count as `both`, unflagged)."""

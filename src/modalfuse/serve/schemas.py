@@ -41,7 +41,8 @@ def record_model(spec: DatasetSpec) -> type[BaseModel]:
 
 
 class PredictionSet(BaseModel):
-    """Labels that hold the true one with at least `coverage` probability (split conformal)."""
+    """Labels calibrated to hold the true one with probability `coverage` (split conformal on
+    out-of-fold predictions; marginal, and approximate for the refitted model: docs/trust.md)."""
 
     labels: list[str] = Field(description="the set, most probable first (never empty)")
     coverage: float = Field(description="the coverage the set was made for")

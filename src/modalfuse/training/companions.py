@@ -12,6 +12,8 @@ split only, by the fold engine.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from modalfuse.inference.companions import BOTH, FIELDS, IMAGE, Companions
@@ -80,13 +82,20 @@ def fit_companions(engine: FoldEngine, main_cv: dict | None) -> Companions:
                                  "cv": cv["summary"] if cv else None}
         if cv is not None:
             comp.conformal[mode] = fit_conformal(cv[OOF_KEY].proba, cv[OOF_KEY].y, engine.cfg.seed)
-    comp.image_ood, held = fit_image_ood(engine)
+    detector, held = fit_image_ood(engine)
     comp.field_ood = FieldOOD.fit(engine.ds.spec,
                                   engine.raw.frame.iloc[engine.train_pos].reset_index(drop=True))
-    comp.ood_info = {"image": {"false_alarm": comp.image_ood.false_alarm,
-                               "threshold": comp.image_ood.threshold,
-                               "out_of_fold_flag_rate": float((held > comp.image_ood.threshold).mean()),
+    fields_info = {"rule": "a number outside the training range, or a category never seen "
+                           "in training"}
+    if math.isinf(detector.threshold):  # too few images for a threshold at that rate
+        comp.ood_info = {"image": {"none": f"{len(held)} training images cannot set a "
+                                           f"{detector.false_alarm:.0%} false-alarm threshold"},
+                         "fields": fields_info}
+        return comp
+    comp.image_ood = detector
+    comp.ood_info = {"image": {"false_alarm": detector.false_alarm,
+                               "threshold": detector.threshold,
+                               "out_of_fold_flag_rate": float((held > detector.threshold).mean()),
                                "calibration": "out-of-fold distances of the training images"},
-                     "fields": {"rule": "a number outside the training range, or a category "
-                                        "never seen in training"}}
+                     "fields": fields_info}
     return comp

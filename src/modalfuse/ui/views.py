@@ -124,8 +124,9 @@ def trust_html(prediction: dict[str, Any]) -> str:
         labels = ", ".join(html.escape(lab) for lab in pset["labels"])
         parts.append(f'<p id="mf-prediction-set">Prediction set at {percent(pset["coverage"])} '
                      f"coverage ({html.escape(str(pset['method']).upper())}): <b>{labels}</b> "
-                     f"— it holds the true class for at least {percent(pset['coverage'])} of "
-                     "inputs like the training data.</p>")
+                     f"— calibrated to hold the true class for {percent(pset['coverage'])} of "
+                     "inputs like the training data (on average over inputs, not for each class; "
+                     "see the model's measured coverage in docs/trust.md).</p>")
     else:
         parts.append('<p id="mf-prediction-set">No prediction set: this model was saved '
                      "without a conformal calibration.</p>")

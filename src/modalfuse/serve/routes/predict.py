@@ -90,14 +90,21 @@ def build_router(record_model: type[BaseModel], example: dict | None,
     )
 
     def score_one(served: ServedModel, settings: Settings, fields: dict, image: bytes | None,
-                  loc: list, coverage: float | None) -> PredictResponse:
+                  coverage: float | None, image_loc: str | None = None,
+                  fields_loc: tuple[str, ...] = ()) -> PredictResponse:
+        """Score one record; a row error is a 422 whose entries sit under the request part
+        they came from (`image_loc` for the image, `fields_loc` before a field's name)."""
         # Through Predictor.predict, so every prediction reaches its observers (log, metrics).
         ids = new_prediction_ids(1)
-        result = served.predictor.predict([fields], [image], prediction_ids=ids,
-                                          max_total_pixels=settings.max_request_pixels,
-                                          coverage=coverage)[0]
+        predictor = served.predictor
+        result = predictor.predict([fields], [image], prediction_ids=ids,
+                                   max_total_pixels=settings.max_request_pixels,
+                                   coverage=coverage)[0]
         if "error" in result:
-            raise unprocessable(result["error"], loc)
+            image_key = predictor.spec.image_column
+            raise HTTPException(422, detail=[
+                {"loc": ["body", image_loc or k] if k == image_key else ["body", *fields_loc, k],
+                 "type": "value_error", "msg": v} for k, v in result["error"].items()])
         return PredictResponse(model_version=served.version, prediction_id=ids[0], **result)
 
     @router.post("/predict", response_model=PredictResponse,
@@ -113,7 +120,7 @@ def build_router(record_model: type[BaseModel], example: dict | None,
         image = None if raw is None else decode_base64(raw, "image_base64")
         record = body.fields  # type: ignore[attr-defined]
         fields = {} if record is None else record.model_dump(exclude_none=True)
-        return score_one(served, settings, fields, image, ["body"], coverage)
+        return score_one(served, settings, fields, image, coverage)
 
     @router.post("/predict/upload", response_model=PredictResponse,
                  summary="Predict one record from an uploaded image file and JSON fields",
@@ -141,8 +148,11 @@ def build_router(record_model: type[BaseModel], example: dict | None,
             raise HTTPException(422, detail=[{"loc": ["body", "fields", *err["loc"]],
                                               "type": err["type"], "msg": err["msg"]}
                                              for err in e.errors()]) from None
+        except ValueError as e:  # json.loads' own limits (a 5000-digit integer, ...)
+            raise HTTPException(422, detail=[{"loc": ["body", "fields"], "type": "json_invalid",
+                                              "msg": f"fields is not valid JSON: {e}"}]) from None
         data = None if image is None else image.file.read(settings.max_image_bytes + 1)
-        return score_one(served, settings, record, data, ["body", "image"], coverage)
+        return score_one(served, settings, record, data, coverage, "image", ("fields",))
 
     _add_batch_route(router, record_model, example)
     return router
