@@ -111,12 +111,13 @@ def test_incompatible_bundle_is_refused(fixture_bundle, tmp_path):
     copy = tmp_path / "old"
     shutil.copytree(fixture_bundle.path, copy)
     meta = json.loads((copy / "bundle.json").read_text())
-    meta["libraries"]["lightgbm"] = "3.3.5"
+    # The LightGBM kind is served from its ONNX file: ONNX Runtime is the library it needs.
+    meta["libraries"]["onnxruntime"] = "0.5.0"
     (copy / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match=r"lightgbm 3\.3\.5.*Install 'lightgbm==3\.3\.5'"):
+    with pytest.raises(BundleError, match=r"onnxruntime 0\.5\.0.*Install 'onnxruntime==0\.5\.0'"):
         load_bundle(copy)
-    lgb_major = fixture_bundle.meta["libraries"]["lightgbm"].split(".")[0]
-    meta["libraries"]["lightgbm"] = f"{lgb_major}.0.0"
+    ort_major = fixture_bundle.meta["libraries"]["onnxruntime"].split(".")[0]
+    meta["libraries"]["onnxruntime"] = f"{ort_major}.0.0"
     (copy / "bundle.json").write_text(json.dumps(meta))
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")

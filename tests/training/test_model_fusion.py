@@ -135,7 +135,10 @@ def test_fused_bundle_serves_through_onnx_runtime(fused_bundle, fixture_dataset,
     assert {"onnx_net", "lightgbm"} <= set(kinds)
     onnx_files = sorted(p.relative_to(fused_bundle.path).as_posix()
                         for p in fused_bundle.path.rglob("*.onnx"))
-    assert onnx_files == ["inner/cnn/net.onnx"]
+    # The network, and every LightGBM part (served by ONNX Runtime), each as one ONNX file.
+    assert "inner/cnn/net.onnx" in onnx_files
+    assert {"inner/gbm/model.onnx", "inner/gbm_tabular/model.onnx"} <= set(onnx_files)
+    assert all(f.endswith(("net.onnx", "model.onnx")) for f in onnx_files)
     assert meta["metrics"]["test"]["n"] == len(fixture_splits.ids("test"))
 
     pred = Predictor(load_bundle(fused_bundle.path))

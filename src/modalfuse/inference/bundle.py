@@ -31,7 +31,7 @@ BUNDLE_FILE = "bundle.json"
 # Versions bundle.json records besides the model kinds' own libraries (the registry's):
 # what reads the inputs, then what trained the model.
 INPUT_LIBRARIES = ("numpy", "pandas", "pillow")
-TRAINING_LIBRARIES = ("scikit-learn", "torch")
+TRAINING_LIBRARIES = ("lightgbm", "onnxmltools", "scikit-learn", "torch")
 
 
 def model_kinds(model_meta: dict) -> list[str]:

@@ -186,7 +186,7 @@ def to_markdown(report: dict, command: str, image: str | None = None,
         "Each model is cross-validated on the grouped folds (probabilities temperature-scaled "
         "per fold, with the temperature fitted on the other folds' out-of-fold predictions), "
         "then trained on the whole training part and scored once on the test split through "
-        "the `Predictor` (raw fields + image bytes, ONNX Runtime for every network). The "
+        "the `Predictor` (raw fields + image bytes, ONNX Runtime for every network and every LightGBM). The "
         "champion is the best grouped-CV macro-F1; test numbers play no part in choosing. "
         "Latency: one-row requests through the `Predictor` (median), and per row in one "
         "batch of the test split.",
