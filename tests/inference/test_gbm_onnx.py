@@ -13,17 +13,9 @@ import pytest
 from modalfuse.errors import ModelError
 from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor, table_records
-from modalfuse.models.gbm import GBMModel
+from modalfuse.models.gbm import lightgbm_parts
 
 TOLERANCE = 1e-5  # float32 inputs in ONNX vs float64 in LightGBM
-
-
-def lightgbm_parts(model) -> list[GBMModel]:
-    if isinstance(model, GBMModel):
-        return [model]
-    inner = [getattr(model, a) for a in ("inner", "gbm") if hasattr(model, a)]
-    inner += list(getattr(model, "parts", {}).values())
-    return [g for m in inner for g in lightgbm_parts(m)]
 
 
 @pytest.fixture(scope="module")

@@ -179,3 +179,12 @@ class GBMModel:
             return m
         m.booster_ = lgb.Booster(model_str=(directory / meta["file"]).read_text())
         return m
+
+
+def lightgbm_parts(model: object) -> list[GBMModel]:
+    """Every LightGBM model inside a model, through calibration, pools and embeddings."""
+    if isinstance(model, GBMModel):
+        return [model]
+    inner = [getattr(model, a) for a in ("inner", "gbm") if hasattr(model, a)]
+    inner += list(getattr(model, "parts", {}).values())
+    return [g for m in inner for g in lightgbm_parts(m)]
