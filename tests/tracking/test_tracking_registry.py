@@ -159,6 +159,48 @@ def test_training_run_registers_into_server(registry, fixture_dataset):
     assert "## Split audit" in champ.description and "version 1" in champ.description
 
 
+def test_lean_serve_reads_the_registry_over_rest(registry, fixture_dataset, monkeypatch,
+                                                tmp_path):
+    """Without MLflow's client (the `serve` install) `models:/pokemon@champion` is resolved and
+    downloaded over the server's REST API, into the same files MLflow's client gives."""
+    from mlflow import MlflowClient
+
+    from modalfuse.data.split import load_splits
+    from modalfuse.inference.predictor import Predictor
+    from modalfuse.tracking import registry as reg
+    from modalfuse.tracking import source
+
+    client = MlflowClient(registry["url"], registry["url"])
+    if not client.search_model_versions("name='pokemon'"):  # run alone: register one first
+        reg.log_and_register(registry["weak2"], fixture_dataset, load_splits(fixture_dataset),
+                             Settings())
+    champ = client.get_model_version_by_alias("pokemon", "champion")
+    by_client, _ = reg.fetch_bundle("models:/pokemon@champion", Settings(data_dir=tmp_path / "a"))
+
+    monkeypatch.setattr(reg, "mlflow_installed", lambda: False)
+    monkeypatch.setattr(source, "mlflow_installed", lambda: False)
+    lean = Settings(data_dir=tmp_path / "b")
+    assert source.registered_champion(lean, "pokemon") == "models:/pokemon@champion"
+    path, info = reg.fetch_bundle("models:/pokemon@champion", lean)
+    assert (info["version"], info["run_id"], info["alias"]) == (champ.version, champ.run_id,
+                                                                 "champion")
+    files = sorted(p.relative_to(path) for p in path.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(by_client) for p in by_client.rglob("*") if p.is_file())
+    assert all((path / f).read_bytes() == (by_client / f).read_bytes() for f in files)
+    assert Predictor.from_path(path).model_version == champ.tags["modalfuse.bundle_version"]
+    numbered, _ = reg.fetch_bundle(f"models:/pokemon/{champ.version}", lean)
+    assert numbered == path  # the same cached download
+
+    with pytest.raises(reg.RegistryError, match="no version of 'pokemon' holds the alias 'nope'"):
+        reg.fetch_bundle("models:/pokemon@nope", lean)
+    with pytest.raises(reg.RegistryError, match="answered 404"):
+        reg.fetch_bundle("models:/no-such-model/1", lean)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(reg.RegistryError, match="cannot reach the MLflow server"):
+        reg.fetch_bundle("models:/pokemon@champion", lean)
+    assert source.registered_champion(lean, "pokemon") is None  # unreachable: the bundle serves
+
+
 def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_splits):
     from modalfuse.serve.app import create_app
     from modalfuse.tracking.registry import log_and_register, promote, rollback, trace

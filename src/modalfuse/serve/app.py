@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 from fastapi import FastAPI, Request
@@ -100,6 +101,18 @@ def api_description(settings: Settings, spec: DatasetSpec) -> str:
     )
 
 
+def mount_ui_if_installed(app: FastAPI) -> bool:
+    """Mount the Gradio UI at /ui when gradio is installed (the `ui` extra and image); the
+    lean `serve` install answers the API alone and says so once at start."""
+    if importlib.util.find_spec("gradio") is None:
+        log.info("no UI at /ui: gradio is not installed (install modalfuse[ui])")
+        return False
+    from modalfuse.ui.app import mount_ui  # gradio is heavy: imported when an app is built
+
+    mount_ui(app)
+    return True
+
+
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None,
                source: dict | None = None) -> FastAPI:
     """The API around one Predictor: given, or loaded as the settings say (`source` says
@@ -144,9 +157,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                                                    predictor.modalities))
     app.include_router(explain_routes.build_router(record_model(predictor.spec), example,
                                                    predictor.labels))
-    from modalfuse.ui.app import mount_ui  # gradio is heavy: imported when an app is built
-
-    mount_ui(app)
+    mount_ui_if_installed(app)
     # Innermost: a server bug becomes a generic JSON 500 that the outer layers (request id,
     # metrics, access log) still see.
     app.add_middleware(ServerErrors)

@@ -10,6 +10,7 @@ end of the interval clears a stated margin; `rollback` moves it back.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from modalfuse.inference.bundle import BUNDLE_FILE, ModelBundle, load_bundle
 from modalfuse.inference.evaluate import classification_metrics, evaluate, per_class_report
 from modalfuse.inference.oof import OutOfFold, OutOfFoldError, paired_bootstrap_gain
 from modalfuse.inference.predictor import Predictor
+from modalfuse.tracking.rest import RestRegistry, RestRegistryError
 from modalfuse.tracking.runs import (
     TrackedRun,
     get_client,
@@ -117,13 +119,28 @@ def register_version(client: MlflowClient, name: str, model_uri: str, run_id: st
     return mv, alias
 
 
-def fetch_bundle(uri: str, settings: Settings) -> tuple[Path, dict[str, Any]]:
-    """Download the bundle of a registered version (cached per registry and version) and say
-    where it came from."""
-    import mlflow
+def mlflow_installed() -> bool:
+    """Whether MLflow's client is importable (the lean serve install has none: it reads the
+    registry over REST, `tracking/rest.py`)."""
+    return importlib.util.find_spec("mlflow") is not None
+
+
+def _resolve_version(uri: str, settings: Settings) -> tuple[str, str | None, str, str | None]:
+    """(name, alias, version, run_id) of a `models:/` URI, by MLflow's client or over REST."""
+    name, alias, version = parse_model_uri(uri)
+    if not mlflow_installed():
+        rest = RestRegistry(registry_uri(settings))
+        try:
+            rv = (rest.version_by_alias(name, alias) if alias
+                  else rest.version(name, str(version)))
+        except RestRegistryError as e:
+            raise RegistryError(f"cannot resolve {uri}: {e}") from None
+        if rv is None:
+            raise RegistryError(f"cannot resolve {uri} in the registry at {rest.base}: "
+                                f"no version of {name!r} holds the alias {alias!r}")
+        return name, alias, rv.version, rv.run_id
     from mlflow.exceptions import MlflowException
 
-    name, alias, version = parse_model_uri(uri)
     client = _client(settings)
     try:
         mv = (client.get_model_version_by_alias(name, alias) if alias
@@ -131,16 +148,36 @@ def fetch_bundle(uri: str, settings: Settings) -> tuple[Path, dict[str, Any]]:
     except MlflowException as e:
         raise RegistryError(f"cannot resolve {uri} in the registry at "
                             f"{registry_uri(settings)}: {e.message}") from None
+    return name, alias, str(mv.version), mv.run_id
+
+
+def _download_version(name: str, version: str, settings: Settings, dest: Path) -> None:
+    if not mlflow_installed():
+        try:
+            RestRegistry(registry_uri(settings)).download(name, version, dest)
+        except RestRegistryError as e:
+            raise RegistryError(f"cannot download {name} version {version}: {e}") from None
+        return
+    import mlflow
+
+    with using_store(settings):
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                            dst_path=str(dest))
+
+
+def fetch_bundle(uri: str, settings: Settings) -> tuple[Path, dict[str, Any]]:
+    """Download the bundle of a registered version (cached per registry and version) and say
+    where it came from. With MLflow's client installed it does the reading; without it (the
+    lean serve install) an MLflow server is read over its REST API."""
+    name, alias, version, run_id = _resolve_version(uri, settings)
     # Keyed by registry too: version 3 of one registry is not version 3 of another.
     where = hashlib.sha256(registry_uri(settings).encode()).hexdigest()[:8]
-    dest = settings.mlflow_dir / "serving" / f"{name}-v{mv.version}-{where}"
+    dest = settings.mlflow_dir / "serving" / f"{name}-v{version}-{where}"
     if not any(dest.glob(f"artifacts/*/{BUNDLE_FILE}")):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-v{mv.version}-", dir=dest.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=dest.parent))
         try:
-            with using_store(settings):
-                mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}",
-                                                    dst_path=str(tmp))
+            _download_version(name, version, settings, tmp)
             if dest.exists():
                 shutil.rmtree(dest)
             tmp.rename(dest)
@@ -148,10 +185,9 @@ def fetch_bundle(uri: str, settings: Settings) -> tuple[Path, dict[str, Any]]:
             shutil.rmtree(tmp, ignore_errors=True)
     found = sorted(dest.glob(f"artifacts/*/{BUNDLE_FILE}"))
     if not found:
-        raise RegistryError(f"{name} version {mv.version} has no modalfuse bundle among its "
+        raise RegistryError(f"{name} version {version} has no modalfuse bundle among its "
                             "artifacts; register models with `modalfuse train`")
-    info = {"uri": uri, "name": name, "alias": alias, "version": str(mv.version),
-            "run_id": mv.run_id}
+    info = {"uri": uri, "name": name, "alias": alias, "version": version, "run_id": run_id}
     return found[0].parent, info
 
 

@@ -19,8 +19,10 @@ from typing import Any
 from modalfuse.config import Settings
 from modalfuse.errors import InvalidInput
 from modalfuse.inference.predictor import Predictor
-from modalfuse.tracking.registry import alias_version, fetch_bundle
-from modalfuse.tracking.runs import EMBEDDED_DB, get_client
+from modalfuse.tracking.registry import alias_version, fetch_bundle, mlflow_installed
+from modalfuse.tracking.rest import RestRegistry
+from modalfuse.tracking.rest import usable as rest_usable
+from modalfuse.tracking.runs import EMBEDDED_DB, get_client, registry_uri
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -44,14 +46,19 @@ def registered_champion(settings: Settings, dataset: str) -> str | None:
     """`models:/<dataset>@champion` if the registry has that alias, else None.
 
     The embedded store is only read when it exists (nothing is created by asking); a
-    registry that cannot be read, or no MLflow installed, counts as no champion.
+    registry that cannot be read counts as no champion. Without MLflow's client a server is
+    read over REST (`tracking/rest.py`), and a local store counts as none.
     """
     if not os.environ.get("MLFLOW_TRACKING_URI") and not (settings.mlflow_dir / EMBEDDED_DB).exists():
         return None
     try:
-        mv = alias_version(get_client(settings), dataset, CHAMPION)
-    except ImportError:
-        return None
+        mv: object | None
+        if mlflow_installed():
+            mv = alias_version(get_client(settings), dataset, CHAMPION)
+        elif rest_usable(registry_uri(settings)):  # the lean serve install: MLflow over REST
+            mv = RestRegistry(registry_uri(settings)).version_by_alias(dataset, CHAMPION)
+        else:
+            return None  # an sqlite store without MLflow's client: nothing to read it with
     except Exception as e:  # an unreachable or broken store: say so, fall back to the bundle
         log.warning("cannot read the model registry (%s: %s); using the latest bundle",
                     type(e).__name__, e)
