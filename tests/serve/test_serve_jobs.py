@@ -180,3 +180,32 @@ def test_production_settings_refuse_a_missing_key_and_keyless_servers_close_jobs
         r = c.get("/v1/jobs/" + "0" * 32, headers=AUTH)
         assert r.status_code == 403 and "MODALFUSE_API_KEY" in r.json()["detail"]
         assert c.get("/v1/monitoring/drift", headers=AUTH).status_code == 403
+
+
+def test_without_pyarrow_jobs_take_and_give_csv_and_say_why_not_parquet(client, fixture_dataset,
+                                                                        monkeypatch):
+    """The lean serve install has no pyarrow: a .parquet table is refused with what to send
+    instead, the result comes as CSV, and asking for Parquet is a 406, never a 500."""
+    import modalfuse.inference.batch as batch
+    import modalfuse.serve.jobs as jobs
+    import modalfuse.serve.routes.jobs as routes
+
+    for module in (batch, jobs, routes):
+        monkeypatch.setattr(module, "parquet_available", lambda: False)
+    table, images, _ = job_inputs(fixture_dataset, 9, bad_rows=(2,))
+    frame = pd.read_csv(io.BytesIO(table), keep_default_na=False)
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    refused = submit(client, buf.getvalue(), images, name="rows.parquet")
+    assert refused.status_code == 422, refused.text
+    assert "send a .csv" in refused.text and "modalfuse[parquet]" in refused.text
+    r = submit(client, table, images)
+    assert r.status_code == 201, r.text
+    job = wait_for(client.get, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    res = client.get(job["result_url"], headers=AUTH)
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/csv")
+    out = pd.read_csv(io.BytesIO(res.content))
+    assert out["row"].tolist() == list(range(9)) and out["error"].notna().sum() == 1
+    asked = client.get(job["result_url"] + "?format=parquet", headers=AUTH)
+    assert asked.status_code == 406 and "format=csv" in asked.json()["detail"]

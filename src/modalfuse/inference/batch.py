@@ -10,22 +10,25 @@ millions of rows is refused without loading it.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from modalfuse.errors import InvalidInput
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.inference.safe_csv import write_csv
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # A CSV is read as written, as `data import` reads it: only an empty cell is missing ("NA"
@@ -46,12 +49,25 @@ class RowChunk(NamedTuple):
     rows: pd.DataFrame
 
 
+def parquet_available() -> bool:
+    """Whether Parquet can be read and written here: pyarrow is the `parquet` extra, which
+    the lean serve install leaves out (its batch jobs take and give CSV)."""
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+NO_PARQUET = ("this install reads and writes .csv tables only: .parquet needs pyarrow "
+              "(pip install 'modalfuse[parquet]'); send a .csv instead")
+
+
 def table_format(path: Path) -> str:
-    """"csv" or "parquet" from the file's suffix; BatchInputError for anything else."""
+    """"csv" or "parquet" from the file's suffix; BatchInputError for anything else, and for
+    Parquet where pyarrow is not installed."""
     path = Path(path)
     fmt = TABLE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise BatchInputError(f"input must be .csv or .parquet, got {path.suffix.lower()!r}")
+    if fmt == "parquet" and not parquet_available():
+        raise BatchInputError(NO_PARQUET)
     if not path.exists():
         raise BatchInputError(f"input {path} does not exist")
     return fmt
@@ -77,6 +93,8 @@ def _csv_records(path: Path) -> Iterator[list[str]]:
 
 
 def _parquet_file(path: Path) -> pq.ParquetFile:
+    import pyarrow.parquet as pq
+
     try:
         return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a file that is not Parquet
@@ -119,6 +137,8 @@ def count_rows(path: Path, stop_after: int | None = None) -> int:
 
 
 def _parquet_chunks(path: Path, chunk_rows: int, skip: Collection[int]) -> Iterator[RowChunk]:
+    import pyarrow as pa
+
     pf = _parquet_file(path)
     meta = pf.metadata
 
@@ -303,6 +323,8 @@ def predict_file(predictor: Predictor, input_path: Path, images_dir: Path, outpu
 
     Rows that cannot be scored get an `error` instead of a label; returns row and error counts.
     """
+    if Path(output).suffix.lower() != ".csv" and not parquet_available():
+        raise BatchInputError(f"cannot write {Path(output).name}: {NO_PARQUET}")
     columns = table_columns(input_path)
     if predictor.spec.image_column not in columns:
         raise BatchInputError(

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from modalfuse.errors import InvalidInput, ModalfuseError
-from modalfuse.inference.batch import iter_row_chunks, score_frame
+from modalfuse.inference.batch import NO_PARQUET, iter_row_chunks, parquet_available, score_frame
 from modalfuse.inference.predictor import Predictor
+from modalfuse.inference.safe_csv import write_csv
 from modalfuse.inference.uploads import UploadError, UploadLimits, check_table, safe_extract_zip
 from modalfuse.serve.state import ModelHolder
 
@@ -197,8 +198,26 @@ class JobStore:
         return self.root / job_id
 
     def result_path(self, job_id: str) -> Path:
-        """Where a succeeded job's result (Parquet) is."""
-        return self.job_dir(job_id) / "result.parquet"
+        """Where a succeeded job's result is: a pandas pickle the server wrote itself (exact
+        dtypes, no pyarrow needed); `result_file` turns it into what a client downloads."""
+        return self.job_dir(job_id) / "result.pkl"
+
+    def result_file(self, job_id: str, fmt: str) -> Path:
+        """A succeeded job's result as a `fmt` ("parquet" or "csv") file, made once and kept
+        beside the result. Parquet needs pyarrow (the `parquet` extra)."""
+        path = self.job_dir(job_id) / f"result.{fmt}"
+        if path.exists():  # made before, or a result written by an older server (Parquet)
+            return path
+        own = self.result_path(job_id)
+        frame = (pd.read_pickle(own) if own.exists()
+                 else pd.read_parquet(self.job_dir(job_id) / "result.parquet"))
+        tmp = path.with_name(path.name + ".tmp")
+        if fmt == "csv":
+            write_csv(frame, tmp)  # formula-like text escaped for spreadsheets
+        else:
+            frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        return path
 
     def _row(self, r: sqlite3.Row) -> Job:
         return Job(id=r["id"], state=r["state"], total_rows=r["total_rows"],
@@ -376,6 +395,8 @@ def create_job(store: JobStore, predictor: Predictor, *, table_file: Path, table
     suffix = Path(table_name).suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
         raise JobInputError(f"table must be a .csv or .parquet file, got {table_name!r}")
+    if suffix != ".csv" and not parquet_available():
+        raise JobInputError(f"cannot take {table_name!r}: {NO_PARQUET}")
     rhash = request_hash(file_digest(table_file),
                          file_digest(images_zip) if images_zip else str(images_dir))
     if idempotency_key is not None:
@@ -417,8 +438,9 @@ def create_job(store: JobStore, predictor: Predictor, *, table_file: Path, table
 
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    # A pickle: written and read only by this server, exact dtypes, no pyarrow needed.
     tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
+    frame.to_pickle(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -447,12 +469,12 @@ def run_job(store: JobStore, predictor: Predictor, job: Job, owner: str, lease_s
         scored = score_frame(predictor, chunk.rows, images_dir, from_text=table.suffix == ".csv",
                              with_ids=True)
         scored.insert(0, "row", np.arange(start, start + len(chunk.rows)))
-        _write_atomic(scored, parts / f"{idx:06d}.parquet")
+        _write_atomic(scored, parts / f"{idx:06d}.pkl")
         n_err = int(scored["error"].notna().sum())
         if not store.record_chunk(job.id, idx, len(chunk.rows), n_err, owner, lease_s):
             log.warning("job lease lost", extra={"job_id": job.id})
             return "running"
-    result = pd.concat([pd.read_parquet(parts / f"{i:06d}.parquet") for i in range(n_chunks)],
+    result = pd.concat([pd.read_pickle(parts / f"{i:06d}.pkl") for i in range(n_chunks)],
                        ignore_index=True)
     if len(result) != job.total_rows or not np.array_equal(result["row"].to_numpy(),
                                                           np.arange(job.total_rows)):

@@ -12,13 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import pandas as pd
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from modalfuse.config import Settings
-from modalfuse.inference.safe_csv import write_csv
+from modalfuse.inference.batch import NO_PARQUET, parquet_available
 from modalfuse.inference.uploads import UploadError, UploadLimits
 from modalfuse.serve.deps import ChampionDep, SettingsDep
 from modalfuse.serve.jobs import (
@@ -185,21 +184,23 @@ def get_job(job_id: str, request: Request, _: AuthDep) -> dict[str, Any]:
 @router.get("/{job_id}/result", summary="The scored rows: one per input row, in input order",
             responses={200: {"content": {"application/vnd.apache.parquet": {},
                                          "text/csv": {}}},
+                       406: {"description": "Parquet asked of a server without pyarrow"},
                        409: {"description": "the job has not succeeded (yet)"}})
 def get_result(job_id: str, request: Request, _: AuthDep,
-               format: Annotated[Literal["parquet", "csv"], Query()] = "parquet") -> Response:
+               format: Annotated[Literal["parquet", "csv"] | None, Query(
+                   description="parquet or csv; default parquet where the server has pyarrow "
+                               "(the `parquet` extra), else csv")] = None) -> Response:
     job = _get(request, job_id)
     if job.state != "succeeded":
         raise HTTPException(409, detail=f"job {job_id} is {job.state} "
                                         f"({job.done_rows}/{job.total_rows} rows); the result "
                                         "exists once it has succeeded")
-    path = _store(request).result_path(job_id)
-    if format == "csv":
-        csv_path = path.with_suffix(".csv")
-        if not csv_path.exists():
-            tmp = csv_path.with_suffix(".csv.tmp")
-            write_csv(pd.read_parquet(path), tmp)  # formula-like text escaped
-            tmp.replace(csv_path)
-        return FileResponse(csv_path, media_type="text/csv", filename=f"{job_id}.csv")
+    fmt = format or ("parquet" if parquet_available() else "csv")
+    if fmt == "parquet" and not parquet_available():
+        raise HTTPException(406, detail=f"this server cannot write Parquet: {NO_PARQUET}; ask "
+                                        "?format=csv")
+    path = _store(request).result_file(job_id, fmt)
+    if fmt == "csv":
+        return FileResponse(path, media_type="text/csv", filename=f"{job_id}.csv")
     return FileResponse(path, media_type="application/vnd.apache.parquet",
                         filename=f"{job_id}.parquet")
