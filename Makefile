@@ -13,7 +13,7 @@ SMOKE_DIR := $(CURDIR)/.cache/smoke
 NODE_DIR := .cache/node
 MMDC := $(NODE_DIR)/node_modules/.bin/mmdc
 
-.PHONY: run install data train serve mlflow-ui pipeline test unit smoke lint clean help browser-deps container-test report-img report-pdf
+.PHONY: run install data train serve mlflow-ui pipeline test unit smoke lint clean help browser-deps container-test compose-test report-img report-pdf
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -61,10 +61,21 @@ test: lint unit smoke ## lint, unit/data/model tests, then the real-data smoke
 container-test: install ## hadolint, debootstrap base, build + run the serve image with podman, call it
 	docker/container-test.sh $(SMOKE_DIR)/models/pokemon/latest
 
-lint: install ## ruff, mypy and the import contract (layers, no cycles: pyproject.toml)
+compose-test: install ## compose.yaml up with podman: train + register into its MLflow, serve @champion, check Prometheus
+	SMOKE_DIR=$(SMOKE_DIR) docker/compose-test.sh
+
+# checkov in a venv of its own (its pins clash with the project's), from a fully pinned list.
+CHECKOV := .cache/checkov/bin/checkov
+$(CHECKOV): deploy/aws/checkov-requirements.txt
+	$(PYTHON) -m venv --clear .cache/checkov
+	.cache/checkov/bin/python -m pip install --quiet -r deploy/aws/checkov-requirements.txt
+	touch $(CHECKOV)
+
+lint: install $(CHECKOV) ## ruff, mypy, the import contract (pyproject.toml) and checkov on deploy/aws (offline)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/mypy src/modalfuse
 	$(BIN)/lint-imports
+	CKV_SKIP_PACKAGE_UPDATE_CHECK=true $(CHECKOV) -d deploy/aws --framework terraform --skip-download --quiet --compact
 
 $(MMDC): docs/tools/package.json docs/tools/package-lock.json
 	mkdir -p $(NODE_DIR)

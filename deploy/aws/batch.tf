@@ -17,11 +17,13 @@ resource "aws_ecs_task_definition" "batch" {
     image      = local.train_image
     essential  = true
     entryPoint = ["sh", "-c"]
-    # INPUT_PREFIX / OUTPUT_KEY are set per run with container overrides.
+    # INPUT_PREFIX / OUTPUT_KEY are set per run with container overrides. The pyfunc model
+    # keeps the bundle folder under its own name in artifacts/ (what fetch_bundle looks for).
+    # tests/deploy/test_s3_moto.py runs these steps as written here, against a local S3.
     command = [join(" && ", [
       "mlflow artifacts download --artifact-uri \"$MODALFUSE_MODEL_URI\" --dst-path /data/model",
       "python -m modalfuse.scale.aws_batch download s3://${aws_s3_bucket.artifacts.bucket}/$INPUT_PREFIX /data/in",
-      "modalfuse predict --bundle /data/model/artifacts/bundle -i /data/in/rows.parquet --images /data/in/images -o /data/out.parquet",
+      "modalfuse predict --bundle \"$(dirname /data/model/artifacts/*/bundle.json)\" -i /data/in/rows.parquet --images /data/in/images -o /data/out.parquet",
       "python -m modalfuse.scale.aws_batch upload /data/out.parquet s3://${aws_s3_bucket.artifacts.bucket}/$OUTPUT_KEY",
     ])]
     environment = [

@@ -9,6 +9,8 @@ resource "aws_ecs_cluster" "main" {
 }
 
 resource "aws_cloudwatch_log_group" "ecs" {
+  #checkov:skip=CKV_AWS_158:encrypted at rest by CloudWatch Logs' own key; the lines hold request ids, statuses and timings, no secrets or inputs, and IAM on the group decides who reads them
+  #checkov:skip=CKV_AWS_338:operational logs, kept 30 days; what must last longer (prediction log, model versions, retrain reports) is kept in S3 and MLflow
   name              = "/ecs/${var.name}"
   retention_in_days = 30
 }
@@ -121,10 +123,14 @@ resource "aws_ecs_task_definition" "api" {
 }
 
 resource "aws_lb" "api" {
-  name               = "${var.name}-api"
-  load_balancer_type = "application"
-  subnets            = aws_subnet.public[*].id
-  security_groups    = [aws_security_group.alb.id]
+  #checkov:skip=CKV_AWS_91:every request is logged by the API itself (JSON lines with request id, status and latency, in CloudWatch); ALB access logs would need a second, SSE-S3 bucket to say the same
+  #checkov:skip=CKV2_AWS_28:no WAF by default (from 6 USD a month plus per request): the API needs its key and limits body size and rate itself, and allowed_cidrs narrows who reaches it; add AWS managed rules before opening it to the whole internet at volume
+  name                       = "${var.name}-api"
+  load_balancer_type         = "application"
+  subnets                    = aws_subnet.public[*].id
+  security_groups            = [aws_security_group.alb.id]
+  drop_invalid_header_fields = true
+  enable_deletion_protection = true # its DNS name is the API's address; set false to destroy
 }
 
 resource "aws_lb_target_group" "api" {
@@ -141,8 +147,9 @@ resource "aws_lb_target_group" "api" {
 }
 
 resource "aws_lb_listener" "api" {
+  #checkov:skip=CKV_AWS_103:with certificate_arn set the listener is HTTPS with ELBSecurityPolicy-TLS13-1-2-2021-06 (TLS 1.2 and 1.3 only); without one it is plain HTTP, documented as for a first test only
   load_balancer_arn = aws_lb.api.arn
-  port              = var.certificate_arn == "" ? 80 : 443
+  port              = local.listener_port
   protocol          = var.certificate_arn == "" ? "HTTP" : "HTTPS"
   certificate_arn   = var.certificate_arn == "" ? null : var.certificate_arn
   ssl_policy        = var.certificate_arn == "" ? null : "ELBSecurityPolicy-TLS13-1-2-2021-06"

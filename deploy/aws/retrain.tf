@@ -28,7 +28,7 @@ variable "retrain_dataset" {
 }
 
 variable "retrain_shadow_url" {
-  description = "a server to start the refused challenger on as a shadow (POST /admin/shadow); empty: none. Behind the load balancer this reaches one API task only"
+  description = "a server to start the refused challenger on as a shadow (POST /admin/shadow); empty: none. Behind the load balancer this reaches one API task only. The tasks may connect out on HTTPS only: give an https:// address (the load balancer with certificate_arn set)"
   type        = string
   default     = ""
 }

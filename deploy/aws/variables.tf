@@ -3,6 +3,16 @@ variable "region" {
   default = "eu-west-1"
 }
 
+variable "availability_zones" {
+  description = "the two zones of var.region for the subnets; change them with the region"
+  type        = list(string)
+  default     = ["eu-west-1a", "eu-west-1b"]
+  validation {
+    condition     = length(var.availability_zones) == 2
+    error_message = "availability_zones must name exactly two zones."
+  }
+}
+
 variable "environment" {
   type    = string
   default = "prod"
