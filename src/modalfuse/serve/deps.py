@@ -1,5 +1,8 @@
 """Dependencies injected into routes: the served model, its holder, the releases and settings.
 
+They are `async def`: FastAPI would run a plain function in its thread pool, a thread hop
+per dependency per request for what is an attribute read.
+
 `ServedModelDep` is read once per request (FastAPI caches a dependency within a request),
 so a route uses one model from start to end even when a reload swaps it meanwhile. It is the
 model that answers this client: the canary's for the clients a canary release holds (sticky
@@ -19,36 +22,36 @@ from modalfuse.serve.shadow import ShadowRelease
 from modalfuse.serve.state import ModelHolder, ServedModel
 
 
-def get_model_holder(request: Request) -> ModelHolder:
+async def get_model_holder(request: Request) -> ModelHolder:
     """The app's model holder (what `/admin/reload` swaps)."""
     return request.app.state.model_holder
 
 
-def get_canary(request: Request) -> CanaryRelease:
+async def get_canary(request: Request) -> CanaryRelease:
     """The app's canary release (running or not)."""
     return request.app.state.canary
 
 
-def get_shadow(request: Request) -> ShadowRelease:
+async def get_shadow(request: Request) -> ShadowRelease:
     """The app's shadow release (running or not)."""
     return request.app.state.shadow
 
 
-def get_served_model(request: Request) -> ServedModel:
+async def get_served_model(request: Request) -> ServedModel:
     """The model that answers this request, taken once for the whole request: the canary's
     for a client the canary holds, else the champion."""
     canary: CanaryRelease | None = getattr(request.app.state, "canary", None)
     if canary is None or canary.current is None:
-        return get_model_holder(request).current
+        return request.app.state.model_holder.current
     return canary.model_for(client_key(request))
 
 
-def get_champion(request: Request) -> ServedModel:
+async def get_champion(request: Request) -> ServedModel:
     """The champion served now, whoever asks (a canary never answers for it)."""
-    return get_model_holder(request).current
+    return request.app.state.model_holder.current
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     return request.app.state.settings
 

@@ -23,8 +23,8 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 KEY_QUERY_NAMES = frozenset({"api_key", "apikey", "api-key", "x-api-key", "x_api_key"})
 
 
-def require_api_key(request: Request, settings: SettingsDep,
-                    key: Annotated[str | None, Security(api_key_header)] = None) -> None:
+async def require_api_key(request: Request, settings: SettingsDep,
+                          key: Annotated[str | None, Security(api_key_header)] = None) -> None:
     """Let the request through only with the server's key in the `X-API-Key` header."""
     in_url = sorted({n for n in request.query_params if n.lower() in KEY_QUERY_NAMES})
     if in_url:

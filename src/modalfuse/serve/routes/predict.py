@@ -9,7 +9,7 @@ import json
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Body, File, Form, HTTPException, Query, Response, UploadFile
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from modalfuse.config import Settings
@@ -27,6 +27,12 @@ def decode_base64(data: str, loc: str) -> bytes:
     except ImageError:
         raise HTTPException(422, detail=[{"loc": ["body", loc], "type": "value_error",
                                           "msg": "image_base64 is not valid base64"}]) from None
+
+
+def json_response(answer: BaseModel) -> Response:
+    """The answer as JSON, serialised once by pydantic: a route that returns the model itself
+    has FastAPI validate it again against `response_model` first."""
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 def unprocessable(errors: dict[str, str], prefix: list[Any]) -> HTTPException:
@@ -112,15 +118,18 @@ def build_router(record_model: type[BaseModel], example: dict | None,
                  description="Send `fields`, `image_base64`, or both. A request missing one is "
                              "scored by the model trained for that case; the answer's "
                              "`modalities` says what was used.")
-    def predict(body: Annotated[request_model,  # type: ignore[valid-type]
-                                Body(openapi_examples=predict_examples)],
-                served: ServedModelDep, settings: SettingsDep,
-                coverage: CoverageQuery = None) -> PredictResponse:
+    async def predict(body: Annotated[request_model,  # type: ignore[valid-type]
+                                      Body(openapi_examples=predict_examples)],
+                      served: ServedModelDep, settings: SettingsDep,
+                      coverage: CoverageQuery = None) -> Response:
+        # Scored on the event loop: one record is about a millisecond of work, less than the
+        # hop to a worker thread and back costs (docs/serving.md, "Where a request's time
+        # goes"); a record's image is bounded by MODALFUSE_MAX_IMAGE_PIXELS.
         raw = body.image_base64  # type: ignore[attr-defined]
         image = None if raw is None else decode_base64(raw, "image_base64")
         record = body.fields  # type: ignore[attr-defined]
         fields = {} if record is None else record.model_dump(exclude_none=True)
-        return score_one(served, settings, fields, image, coverage)
+        return json_response(score_one(served, settings, fields, image, coverage))
 
     @router.post("/predict/upload", response_model=PredictResponse,
                  summary="Predict one record from an uploaded image file and JSON fields",
