@@ -149,7 +149,8 @@ class PredictionLog:
         self.feature_names = list(feature_names or [])
         self.max_queue, self.flush_every_s = max_queue, flush_every_s
         self.on_drop = on_drop
-        self._queue: deque[tuple | threading.Event | None] = deque()
+        self._queue: deque[tuple[PredictionEvent, str | None, float] | threading.Event | None] = (
+            deque())
         self._wake = threading.Event()  # write now: a marker or the stop is queued
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -201,31 +202,36 @@ class PredictionLog:
         thread = self._thread
         if thread is None or not thread.is_alive():  # not started yet, or it died: (re)start
             self.start()
-        batch = event.prepared.batch
-        if batch is None:
+        if event.prepared.batch is None:
             return
-        feats = np.hstack([batch.tabular, batch.image_stats]).astype(np.float32)
-        rid = request_id_var.get()
-        ts = time.time()
-        per_row_ms = event.latency_s * 1000 / max(1, len(event.prepared.valid))
-        ids = event.prediction_ids
+        # The rows are made by the writer thread (`_rows`): the request only appends.
+        if len(self._queue) >= self.max_queue:
+            if self.on_drop is not None:
+                for _ in event.prepared.valid:
+                    self.on_drop()
+            return
+        self._queue.append((event, request_id_var.get(), time.time()))
+
+    @staticmethod
+    def _rows(event: PredictionEvent, rid: str | None, ts: float) -> Iterator[tuple]:
+        """The log's rows of one observed call (one per scored row)."""
         prep = event.prepared
+        batch = prep.batch
+        assert batch is not None
+        feats = np.hstack([batch.tabular, batch.image_stats]).astype(np.float32)
+        per_row_ms = event.latency_s * 1000 / max(1, len(prep.valid))
+        ids = event.prediction_ids
         image_flags, field_flags = prep.image_flags(), prep.field_flagged()
-        for k, row in enumerate(event.prepared.valid):
+        for k, row in enumerate(prep.valid):
             p = event.proba[k]
             j = int(np.argmax(p))
-            item = (ts, rid, event.model_version, per_row_ms, event.labels[j], float(p[j]),
-                    json.dumps(event.records[row], default=str),
-                    p.astype(np.float32).tobytes(), feats[k].tobytes(),
-                    ids[row] if ids is not None else None,
-                    json.dumps({"modalities": prep.modes[k] if prep.modes else "both",
-                                "ood_image": image_flags[k], "ood_fields": field_flags[k]}),
-                    event.labels)
-            if len(self._queue) >= self.max_queue:
-                if self.on_drop is not None:
-                    self.on_drop()
-                continue
-            self._queue.append(item)
+            yield (ts, rid, event.model_version, per_row_ms, event.labels[j], float(p[j]),
+                   json.dumps(event.records[row], default=str),
+                   p.astype(np.float32).tobytes(), feats[k].tobytes(),
+                   ids[row] if ids is not None else None,
+                   json.dumps({"modalities": prep.modes[k] if prep.modes else "both",
+                               "ood_image": image_flags[k], "ood_fields": field_flags[k]}),
+                   event.labels)
 
     def wait_written(self, timeout: float = 2.0) -> bool:
         """Wait until every row queued before this call is in the file (at most `timeout`
@@ -263,7 +269,10 @@ class PredictionLog:
                     items = []
                     nxt.set()
                     continue
-                items.append(nxt)
+                try:
+                    items.extend(self._rows(*nxt))
+                except Exception:  # a malformed event loses its rows, never the writer
+                    log.exception("cannot make prediction-log rows of an event")
                 if len(items) >= 1000:
                     self._write_logged(db, items)
                     items = []

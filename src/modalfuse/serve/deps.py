@@ -37,13 +37,19 @@ async def get_shadow(request: Request) -> ShadowRelease:
     return request.app.state.shadow
 
 
-async def get_served_model(request: Request) -> ServedModel:
-    """The model that answers this request, taken once for the whole request: the canary's
-    for a client the canary holds, else the champion."""
+def served_model_for(request: Request) -> ServedModel:
+    """The model that answers this request: the canary's for a client the canary holds, else
+    the champion (a plain function, for the hot route that reads it without injection)."""
     canary: CanaryRelease | None = getattr(request.app.state, "canary", None)
     if canary is None or canary.current is None:
         return request.app.state.model_holder.current
     return canary.model_for(client_key(request))
+
+
+async def get_served_model(request: Request) -> ServedModel:
+    """The model that answers this request (`served_model_for`), taken once for the whole
+    request."""
+    return served_model_for(request)
 
 
 async def get_champion(request: Request) -> ServedModel:

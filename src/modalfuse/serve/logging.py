@@ -104,3 +104,7 @@ def configure_logging(level: str = "INFO") -> None:
     logging.config.dictConfig(log_config(level))
     # Our access log has the request id and route; uvicorn's would duplicate it without them.
     logging.getLogger("uvicorn.access").disabled = True
+    # What the JSON lines never show is not gathered per record (the Logging HOWTO's
+    # "Optimization"): the caller's file and line (a stack walk), thread and process names.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

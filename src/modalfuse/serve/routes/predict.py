@@ -9,13 +9,13 @@ import json
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, Form, HTTPException, Query, Response, UploadFile
+from fastapi import APIRouter, Body, File, Form, HTTPException, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from modalfuse.config import Settings
 from modalfuse.features.image import ImageError, decode_base64_image
 from modalfuse.inference.conformal import DEFAULT_COVERAGE, MAX_COVERAGE, MIN_COVERAGE
-from modalfuse.serve.deps import ServedModelDep, SettingsDep
+from modalfuse.serve.deps import ServedModelDep, SettingsDep, served_model_for
 from modalfuse.serve.schemas import BatchItem, BatchResponse, BatchRow, PredictResponse
 from modalfuse.serve.state import ServedModel
 
@@ -120,11 +120,12 @@ def build_router(record_model: type[BaseModel], example: dict | None,
                              "`modalities` says what was used.")
     async def predict(body: Annotated[request_model,  # type: ignore[valid-type]
                                       Body(openapi_examples=predict_examples)],
-                      served: ServedModelDep, settings: SettingsDep,
-                      coverage: CoverageQuery = None) -> Response:
+                      request: Request, coverage: CoverageQuery = None) -> Response:
         # Scored on the event loop: one record is about a millisecond of work, less than the
         # hop to a worker thread and back costs (docs/serving.md, "Where a request's time
-        # goes"); a record's image is bounded by MODALFUSE_MAX_IMAGE_PIXELS.
+        # goes"); a record's image is bounded by MODALFUSE_MAX_IMAGE_PIXELS. The model and
+        # settings are read here, not injected: each dependency is a step of FastAPI's own.
+        served, settings = served_model_for(request), request.app.state.settings
         raw = body.image_base64  # type: ignore[attr-defined]
         image = None if raw is None else decode_base64(raw, "image_base64")
         record = body.fields  # type: ignore[attr-defined]
