@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # it whole with this model, or leave it for a worker serving its own. Never a mix.
     job_model_policy: Literal["rescore", "wait"] = "rescore"
     log_predictions: bool = True
+    # Worker processes behind the port (`modalfuse serve --workers N` sets it for its workers):
+    # above 1, admin actions reach every worker through serving/control.db (serve/workers.py).
+    workers: int = Field(default=1, ge=1, le=64)
     # Retention (serve/retention.py, monitor/predlog.py): finished jobs' rows and folders are
     # deleted job_ttl after they finished; the prediction log drops rows older than
     # prediction_log_max_age, then the oldest rows until its file is under the size limit.

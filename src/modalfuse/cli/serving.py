@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -25,6 +25,10 @@ from modalfuse.cli.common import (
     settings,
 )
 
+if TYPE_CHECKING:
+    from modalfuse.config import Settings
+    from modalfuse.tracking.source import ModelChoice
+
 
 @app.command(rich_help_panel=SERVING)
 def serve(
@@ -35,6 +39,9 @@ def serve(
     model_uri: Annotated[str | None, typer.Option(help="serve a registered model, e.g. "
                                                   "models:/pokemon@champion (wins over --bundle)")]
         = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, envvar="MODALFUSE_WORKERS",
+                                         help="worker processes behind the port (each loads "
+                                              "the model; see docs/serving.md, Workers)")] = 1,
 ) -> None:
     """Start the HTTP API (and its docs at /docs)."""
     import uvicorn
@@ -52,6 +59,9 @@ def serve(
     # The champion alias decides what answers, never "the last thing trained"; pinning the
     # choice in the settings makes /admin/reload re-resolve the same alias.
     choice = choose_model(s, dataset, model_uri, bundle)
+    if workers > 1:
+        serve_workers(s, choice, host, port, workers)
+        return
     predictor, source = load_choice(s, choice)
     application = create_app(pinned_settings(s, choice), predictor, source)
     served = application.state.model_holder.current
@@ -60,6 +70,41 @@ def serve(
     # The container's logging (serve/logging.py): JSON lines on stderr with request ids; the
     # API's own access line replaces uvicorn's, which would print query strings (secrets).
     uvicorn.run(application, host=host, port=port, log_config=log_config(), access_log=False)
+
+
+def serve_workers(s: Settings, choice: ModelChoice, host: str, port: int, workers: int) -> None:
+    """uvicorn's supervisor with `workers` processes, each building the app from the settings
+    pinned here (serve/workers.py says what they share)."""
+    import os
+    import shutil
+
+    import uvicorn
+
+    from modalfuse.serve.logging import log_config
+    from modalfuse.serve.workers import CONTROL_FILE, ControlLog
+
+    # What the workers read at start: the chosen model, how many they are, where their
+    # metrics and their control log go (both emptied: a new server starts from nothing).
+    if not choice.fallback:
+        if choice.uri:
+            os.environ["MODALFUSE_MODEL_URI"] = choice.uri
+            os.environ.pop("MODALFUSE_BUNDLE", None)
+        else:
+            os.environ["MODALFUSE_BUNDLE"] = str(choice.bundle)
+            os.environ.pop("MODALFUSE_MODEL_URI", None)
+    elif choice.bundle is not None:  # no champion yet: every worker starts on the latest bundle
+        os.environ["MODALFUSE_BUNDLE"] = str(choice.bundle)
+    os.environ["MODALFUSE_WORKERS"] = str(workers)
+    serving = s.data_dir / "serving"
+    metrics_dir = serving / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    ControlLog(serving / CONTROL_FILE).reset()
+    console.print(f"serving {choice.describe()} with {workers} worker processes", highlight=False)
+    console.print(f"modalfuse API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    uvicorn.run("modalfuse.serve.asgi:app", factory=True, host=host, port=port, workers=workers,
+                log_config=log_config(), access_log=False)
 
 
 @bench_app.command("serve")

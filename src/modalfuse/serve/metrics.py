@@ -1,13 +1,17 @@
 """Prometheus metrics and the per-request observability layer (request id, timing, access log).
 
 Each app gets its own CollectorRegistry, so several apps in one process (tests, a reload)
-never share or double-register series. The middleware is plain ASGI: it adds a few
+never share or double-register series. Under several worker processes (PROMETHEUS_MULTIPROC_DIR
+set, `modalfuse serve --workers N`) prometheus_client keeps every series in that folder and
+`/metrics` sums all workers' (serve/workers.py): gauges say how (`livesum` for requests in
+flight, the most recent value for the others). The middleware is plain ASGI: it adds a few
 microseconds per request, where Starlette's BaseHTTPMiddleware would add far more.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -20,6 +24,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,6 +40,13 @@ from modalfuse.serve.logging import request_id_from
 
 access_log = logging.getLogger("modalfuse.access")
 
+def multiprocess_dir() -> str | None:
+    """The folder of prometheus_client's multiprocess mode, when this process is a worker."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+# Across worker processes a gauge shows the value set last (each worker sets the same one).
+RECENT: dict[str, Any] = {"multiprocess_mode": "mostrecent"}
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -54,7 +66,7 @@ class ServiceMetrics:
                               "responses with a 4xx or 5xx status", ["route", "status_class"],
                               registry=r)
         self.in_flight = Gauge("modalfuse_http_requests_in_flight", "requests being served",
-                               registry=r)
+                               registry=r, multiprocess_mode="livesum")
         self.predictions = Counter("modalfuse_predictions_total", "rows scored, by predicted class",
                                    ["label", "model_version"], registry=r)
         self.prediction_latency = Histogram("modalfuse_predictor_seconds",
@@ -69,23 +81,23 @@ class ServiceMetrics:
         self.log_dropped = Counter("modalfuse_prediction_log_dropped_total",
                                    "predictions not logged because the log queue was full",
                                    registry=r)
-        self.jobs = Gauge("modalfuse_jobs", "batch jobs by state", ["state"], registry=r)
+        self.jobs = Gauge("modalfuse_jobs", "batch jobs by state", ["state"], registry=r, **RECENT)
         # Live performance on labelled traffic (monitor/performance.py): the latest window
         # with feedback of each model version, refreshed on feedback and on reads.
         by_model = ["model_version"]
         self.live_accuracy = Gauge("modalfuse_live_accuracy", "accuracy on the labelled rows of "
-                                   "the latest window with feedback", by_model, registry=r)
+                                   "the latest window with feedback", by_model, registry=r, **RECENT)
         self.live_macro_f1 = Gauge("modalfuse_live_macro_f1", "macro-F1 on the labelled rows of "
-                                   "the latest window with feedback", by_model, registry=r)
+                                   "the latest window with feedback", by_model, registry=r, **RECENT)
         self.live_ece = Gauge("modalfuse_live_ece", "expected calibration error on the labelled "
-                              "rows of the latest window with feedback", by_model, registry=r)
+                              "rows of the latest window with feedback", by_model, registry=r, **RECENT)
         self.live_labels = Gauge("modalfuse_live_labels", "labelled rows in the latest window "
-                                 "with feedback", by_model, registry=r)
+                                 "with feedback", by_model, registry=r, **RECENT)
         self.labelled_share = Gauge("modalfuse_labelled_share", "share of the latest window's "
-                                    "predictions that have feedback", by_model, registry=r)
+                                    "predictions that have feedback", by_model, registry=r, **RECENT)
         self.performance_alert = Gauge("modalfuse_performance_alert", "1 when the latest window "
                                        "with feedback is flagged (MODALFUSE_ALERT_*)", by_model,
-                                       registry=r)
+                                       registry=r, **RECENT)
         self.feedback = Counter("modalfuse_feedback_total", "feedback rows received, by outcome "
                                 "(stored, unchanged, replaced, unknown)",
                                 ["model_version", "outcome"], registry=r)
@@ -132,8 +144,19 @@ class ServiceMetrics:
                 self.observe_performance(performance_summary(plog, thresholds, version, since))
 
     def render(self) -> bytes:
-        """The metrics in the Prometheus text format, for the `/metrics` endpoint."""
-        return generate_latest(self.registry)
+        """The metrics in the Prometheus text format, for the `/metrics` endpoint: this app's,
+        or every worker's summed in multiprocess mode."""
+        if multiprocess_dir() is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+
+    @staticmethod
+    def process_exited() -> None:
+        """At a worker's exit: drop its live gauges (requests in flight) from the sums."""
+        if multiprocess_dir() is not None:
+            multiprocess.mark_process_dead(os.getpid())
 
     content_type = CONTENT_TYPE_LATEST
 

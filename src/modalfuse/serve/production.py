@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,6 +29,7 @@ from modalfuse.serve.routes import feedback as feedback_routes
 from modalfuse.serve.routes import jobs as jobs_routes
 from modalfuse.serve.routes import monitoring as monitoring_routes
 from modalfuse.serve.state import ModelHolder
+from modalfuse.serve.workers import CONTROL_FILE, Action, ControlLog, WorkerSync
 
 
 def _json_safe(v: Any) -> Any:
@@ -78,6 +80,8 @@ def install(app: FastAPI, settings: Settings, holder: ModelHolder) -> None:
     app.include_router(monitoring_routes.router)
     app.include_router(feedback_routes.router)  # ground truth for the prediction log
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    sync = worker_sync(app, settings, holder) if settings.workers > 1 else None
+    app.state.worker_sync = sync
 
     previous = app.router.lifespan_context
 
@@ -89,13 +93,42 @@ def install(app: FastAPI, settings: Settings, holder: ModelHolder) -> None:
         sweeper.start()
         if plog is not None:
             plog.start()
+        if sync is not None:
+            sync.start()
         try:
             async with previous(a) as state:
                 yield state
         finally:
+            if sync is not None:
+                sync.stop()
             sweeper.stop()
             worker.stop()
             if plog is not None:
                 plog.stop()
+            metrics.process_exited()
 
     app.router.lifespan_context = lifespan
+
+
+def worker_sync(app: FastAPI, settings: Settings, holder: ModelHolder) -> WorkerSync:
+    """This worker's follower of the server's control log: the admin actions another worker
+    got are applied here by the same calls the admin routes make."""
+    def apply(action: Action) -> str:
+        a = action.args
+        bundle = Path(a["bundle"]) if a.get("bundle") else None
+        if action.name == "reload":
+            holder.reload(a.get("model_uri"), bundle)
+        elif action.name == "shadow_start":
+            app.state.shadow.start(a.get("model_uri"), bundle)
+        elif action.name == "shadow_stop":
+            app.state.shadow.stop()
+        elif action.name == "canary_start":
+            app.state.canary.start(a["share"], a.get("model_uri"), bundle)
+        elif action.name == "canary_stop":
+            app.state.canary.stop()
+        else:
+            raise ValueError(f"unknown admin action {action.name!r}")
+        return holder.current.version
+
+    control = ControlLog(settings.data_dir / "serving" / CONTROL_FILE)
+    return WorkerSync(control, settings.workers, apply, lambda: holder.current.version)

@@ -51,7 +51,8 @@ class ShadowMetrics:
                                registry=registry)
         self.agreement = Gauge("modalfuse_shadow_agreement",
                                "share of the running shadow's rows where the challenger's label "
-                               "is the champion's", registry=registry)
+                               "is the champion's", registry=registry,
+                               multiprocess_mode="mostrecent")
 
 
 class Shadow:

@@ -10,14 +10,19 @@ the champion ends that release.
 `/admin/shadow` starts (POST) and ends (DELETE) a shadow release (`serve/shadow.py`);
 `/admin/canary` does the same for a canary (`serve/canary.py`); `/admin/releases` says what
 runs. A challenger must take the champion's inputs: one that does not is refused with 409.
+
+With several worker processes (`modalfuse serve --workers N`) each of these actions is
+applied by the worker that got the request, then by every other (serve/workers.py); the
+answer's `workers` lists each live worker's model and any error, once all have applied it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from modalfuse.errors import InvalidInput
@@ -26,6 +31,7 @@ from modalfuse.serve.security import AuthDep
 from modalfuse.serve.state import RegistryUnavailable, ReloadError
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+T = TypeVar("T")
 
 
 # The request and response models have no docstrings: those would change the OpenAPI schema.
@@ -38,30 +44,47 @@ class ReloadRequest(BaseModel):
     bundle: str | None = Field(default=None, description="a bundle folder on the server")
 
 
+WORKERS_FIELD = Field(default=None, description="with several worker processes: each live "
+                      "worker's pid, the last action it applied, the model it serves and its "
+                      "error if it could not apply this one; null with one process")
+
+
 class ReloadResponse(BaseModel):
     # The model served before the reload and the one served now, with its source.
     previous_model_version: str
     model_version: str
     changed: bool
     source: dict[str, Any]
+    workers: list[dict[str, Any]] | None = WORKERS_FIELD
+
+
+def everywhere(request: Request, name: str, args: dict[str, Any], local: Callable[[], T]
+               ) -> tuple[T, list[dict[str, Any]] | None]:
+    """Run an admin action on this worker and, with several workers, on every other one."""
+    sync = getattr(request.app.state, "worker_sync", None)
+    if sync is None:
+        return local(), None
+    return sync.perform(name, args, local)
 
 
 @router.post("/reload", response_model=ReloadResponse,
              summary="Reload the model (re-resolving its registry alias) and swap it in")
-def reload(_: AuthDep, holder: ModelHolderDep,
+def reload(_: AuthDep, holder: ModelHolderDep, request: Request,
            body: ReloadRequest | None = None) -> ReloadResponse:
     # 409 (503 for an unreachable registry) keeps the old model. No docstring: it would
     # become the route's OpenAPI description.
     body = body or ReloadRequest()
     try:
-        done = holder.reload(body.model_uri, Path(body.bundle) if body.bundle else None)
+        done, workers = everywhere(
+            request, "reload", body.model_dump(),
+            lambda: holder.reload(body.model_uri, Path(body.bundle) if body.bundle else None))
     except RegistryUnavailable as e:
         raise HTTPException(503, detail=str(e)) from None
     except ReloadError as e:
         raise HTTPException(409, detail=str(e)) from None
     return ReloadResponse(previous_model_version=done.previous.version,
                           model_version=done.current.version, changed=done.changed,
-                          source=done.current.source)
+                          source=done.current.source, workers=workers)
 
 
 def release_error(e: Exception) -> HTTPException:
@@ -107,10 +130,11 @@ class ReleasesResponse(BaseModel):
     shadow: dict[str, Any] | None
     canary: dict[str, Any] | None
     ended: dict[str, Any] = Field(description="the last shadow and canary that ended, and why")
+    workers: list[dict[str, Any]] | None = WORKERS_FIELD
 
 
-def releases_state(holder: ModelHolderDep, shadow: ShadowDep,
-                   canary: CanaryDep) -> ReleasesResponse:
+def releases_state(holder: ModelHolderDep, shadow: ShadowDep, canary: CanaryDep,
+                   workers: list[dict[str, Any]] | None = None) -> ReleasesResponse:
     """The champion, the running shadow and canary, and the last of each that ended."""
     champion = holder.current
     running_shadow, running_canary = shadow.current, canary.current
@@ -119,7 +143,7 @@ def releases_state(holder: ModelHolderDep, shadow: ShadowDep,
                   "loaded_at": champion.loaded_at.isoformat()},
         shadow=running_shadow.describe() if running_shadow else None,
         canary=running_canary.describe() if running_canary else None,
-        ended={"shadow": shadow.ended, "canary": canary.ended})
+        ended={"shadow": shadow.ended, "canary": canary.ended}, workers=workers)
 
 
 @router.get("/releases", response_model=ReleasesResponse,
@@ -132,39 +156,45 @@ def releases(_: AuthDep, holder: ModelHolderDep, shadow: ShadowDep,
 @router.post("/shadow", response_model=ReleasesResponse,
              summary="Shadow every champion request with a challenger (off the response path)")
 def start_shadow(_: AuthDep, holder: ModelHolderDep, shadow: ShadowDep, canary: CanaryDep,
+                 request: Request,
                  body: Annotated[ShadowRequest, Body(openapi_examples=SHADOW_EXAMPLES)]
                  ) -> ReleasesResponse:
     try:
-        shadow.start(body.model_uri, Path(body.bundle) if body.bundle else None)
+        _started, workers = everywhere(request, "shadow_start", body.model_dump(), lambda: shadow.start(
+            body.model_uri, Path(body.bundle) if body.bundle else None))
     except (ReloadError, InvalidInput) as e:
         raise release_error(e) from None
-    return releases_state(holder, shadow, canary)
+    return releases_state(holder, shadow, canary, workers)
 
 
 @router.delete("/shadow", response_model=ReleasesResponse, summary="End the shadow release")
 def stop_shadow(_: AuthDep, holder: ModelHolderDep, shadow: ShadowDep,
-                canary: CanaryDep) -> ReleasesResponse:
-    if shadow.stop() is None:
+                canary: CanaryDep, request: Request) -> ReleasesResponse:
+    if shadow.current is None:
         raise HTTPException(404, detail="no shadow release is running")
-    return releases_state(holder, shadow, canary)
+    _ended, workers = everywhere(request, "shadow_stop", {}, lambda: shadow.stop())
+    return releases_state(holder, shadow, canary, workers)
 
 
 @router.post("/canary", response_model=ReleasesResponse,
              summary="Answer a share of clients (sticky) with a challenger, or change the share")
 def start_canary(_: AuthDep, holder: ModelHolderDep, shadow: ShadowDep, canary: CanaryDep,
+                 request: Request,
                  body: Annotated[CanaryRequest, Body(openapi_examples=CANARY_EXAMPLES)]
                  ) -> ReleasesResponse:
     try:
-        canary.start(body.share, body.model_uri, Path(body.bundle) if body.bundle else None)
+        _started, workers = everywhere(request, "canary_start", body.model_dump(), lambda: canary.start(
+            body.share, body.model_uri, Path(body.bundle) if body.bundle else None))
     except (ReloadError, InvalidInput) as e:
         raise release_error(e) from None
-    return releases_state(holder, shadow, canary)
+    return releases_state(holder, shadow, canary, workers)
 
 
 @router.delete("/canary", response_model=ReleasesResponse,
                summary="End the canary release (a rollback: its clients go back to the champion)")
 def stop_canary(_: AuthDep, holder: ModelHolderDep, shadow: ShadowDep,
-                canary: CanaryDep) -> ReleasesResponse:
-    if canary.stop() is None:
+                canary: CanaryDep, request: Request) -> ReleasesResponse:
+    if canary.current is None:
         raise HTTPException(404, detail="no canary release is running")
-    return releases_state(holder, shadow, canary)
+    _ended, workers = everywhere(request, "canary_stop", {}, lambda: canary.stop())
+    return releases_state(holder, shadow, canary, workers)
