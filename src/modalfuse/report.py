@@ -83,6 +83,7 @@ SPANISH: dict[str, str] = {
     "model": "modelo", "1-min load average": "carga media de 1 min",
     # serve
     "target": "objetivo", "concurrency": "concurrencia", "errors": "errores",
+    "workers": "procesos", "serve image": "imagen de servicio",
     "in-process Predictor": "Predictor en proceso",
     # soak (check_rows labels carry numbers, so they are translated piece by piece)
     "measured": "medido", "statuses": "estados",
@@ -241,11 +242,15 @@ def _batch(src: Sources, t: Phrases) -> str:
 @table("serve_bench", "modalfuse bench serve")
 def _serve(src: Sources, t: Phrases) -> str:
     b = src.json(src.docs / "benchmarks" / "serve.json")
-    rows = [[t(r["target"]), r["concurrency"], r["errors"], r["p50_ms"], r["p99_ms"],
-             r["throughput_rps"]] for r in b["results"]]
-    return (f"{t('model')} `{b['model_version']}`\n\n"
-            + md_table([t("target"), t("concurrency"), t("errors"), "p50 ms", "p99 ms", "req/s"],
-                       rows))
+    rows = [[f"`{r.get('model', b['model_version'])}`", t(r["target"]), r.get("workers", 1),
+             r["concurrency"], r["errors"], r["p50_ms"], r["p99_ms"], r["throughput_rps"]]
+            for r in b["results"]]
+    image = b.get("image")
+    size = (f"; {t('serve image')} {image['size_mb']} MB (`make container-test`)"
+            if image else "")
+    return (f"`{b['command']}`, {b['created_at']}{size}\n\n"
+            + md_table([t("model"), t("target"), t("workers"), t("concurrency"), t("errors"),
+                        "p50 ms", "p99 ms", "req/s"], rows))
 
 
 @table("soak", "modalfuse bench soak --minutes 10 --clients 4")

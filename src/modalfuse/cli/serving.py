@@ -110,7 +110,12 @@ def serve_workers(s: Settings, choice: ModelChoice, host: str, port: int, worker
 @bench_app.command("serve")
 def bench_serve(
     dataset: DatasetOpt = "pokemon",
-    bundle: BundleBriefOpt = None,
+    bundle: Annotated[list[Path] | None, typer.Option(
+        "--bundle", "-b", help="model bundle folder, repeatable (default: the champion, else "
+                               "the latest)")] = None,
+    workers: Annotated[list[int] | None, typer.Option(
+        "--workers", min=1, max=64, help="worker processes of each server, repeatable "
+                                         "(default: 1 and 2)")] = None,
     requests_c1: Annotated[int, typer.Option(help="requests at concurrency 1", min=10)] = 300,
     requests_c16: Annotated[int, typer.Option(help="requests at concurrency 16", min=16)] = 800,
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="also load-test the "
@@ -118,27 +123,32 @@ def bench_serve(
     out: Annotated[Path, typer.Option(help="folder for serve.json and serve.md")]
     = Path("docs/benchmarks"),
 ) -> None:
-    """Load-test the HTTP API at concurrency 1 and 16 next to MLflow serving and the Predictor."""
-    from modalfuse.serve.loadbench import run_serve_bench, to_markdown
+    """Load-test the HTTP API at concurrency 1 and 16 next to MLflow serving and the Predictor,
+    for each bundle and number of workers."""
+    from modalfuse.serve.loadbench import CHECK_NAMES, run_serve_bench, to_markdown
 
-    path = bundle_path(bundle, dataset, announce=False)
+    paths = [bundle_path(b, dataset, announce=False) for b in bundle] if bundle else [
+        bundle_path(None, dataset, announce=False)]
     with console.status("benchmarking") as status:
-        res = run_serve_bench(path, requests_c1=requests_c1, requests_c16=requests_c16,
-                              include_mlflow=mlflow,
+        res = run_serve_bench(paths, workers=workers or [1, 2], requests_c1=requests_c1,
+                              requests_c16=requests_c16, include_mlflow=mlflow,
                               progress=lambda msg: status.update(f"benchmarking: {msg}"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve.json").write_text(json.dumps(res, indent=2))
     (out / "serve.md").write_text(to_markdown(res))
-    t = Table(title=f"bench serve, model {res['model_version']}")
-    for col in ("target", "c", "p50 ms", "p99 ms", "req/s", "errors"):
+    t = Table(title="bench serve")
+    for col in ("model", "target", "workers", "c", "p50 ms", "p99 ms", "req/s", "errors"):
         t.add_column(col)
     for r in res["results"]:
-        t.add_row(r["target"], str(r["concurrency"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                  f"{r['throughput_rps']:.0f}", str(r["errors"]))
+        t.add_row(r["model"], r["target"], str(r["workers"]), str(r["concurrency"]),
+                  f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_rps']:.0f}",
+                  str(r["errors"]))
     console.print(t)
-    for key, chk in res["checks"].items():
+    for chk in res["checks"]:
         mark = "[green]pass[/]" if chk["pass"] else "[red]miss[/]"
-        console.print(f"{mark} {key}: {chk['value']:.2f} (target {res['targets'][key]})")
+        where = f"{chk['model']}" + (f", {chk['workers']} workers" if chk["workers"] else "")
+        console.print(f"{mark} {CHECK_NAMES[chk['check']][0]} ({where}): {chk['value']:.2f} "
+                      f"(target {chk['target']})", highlight=False)
     console.print(f"wrote {out / 'serve.json'} and {out / 'serve.md'}")
 
 

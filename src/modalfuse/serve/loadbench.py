@@ -1,10 +1,12 @@
 """`modalfuse bench serve`: latency and throughput of the HTTP API against its peers, one run.
 
 Three targets score the same request (the bundle's example record and image, so image
-decode is included): the in-process Predictor (the limit), this API under uvicorn, and
-`mlflow models serve` of the same bundle as a pyfunc (what a user would pick instead).
-Servers run as subprocesses on loopback; the load comes from this process, at each
-concurrency level, over keep-alive connections, for a fixed number of requests.
+decode is included): the in-process Predictor (the limit), this API (`modalfuse serve
+--workers N`), and `mlflow models serve -w N` of the same bundle as a pyfunc (what a user
+would pick instead), for each bundle given and each number of workers. Servers run as
+subprocesses on loopback; the load comes from this process, at each concurrency level, over
+keep-alive connections, for a fixed number of requests. The serve image's size is the one
+`make container-test` measured last (`.cache/container/serve-image.json`), when there is one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,11 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from modalfuse.inference.bundle import version_tag
 from modalfuse.inference.predictor import Predictor
 
 # Targets of the issue this benchmark answers; the table says pass/fail against each.
-TARGETS = {"p50_ms_c1": 3.0, "p99_ms_c1": 10.0, "throughput_vs_mlflow_c16": 3.0,
-           "http_p50_vs_inprocess": 1.5}
+TARGETS = {"p50_ms_c1": 5.0, "p99_ms_c1": 10.0, "throughput_vs_mlflow_c16": 3.0,
+           "http_p50_vs_inprocess": 1.5, "image_mb": 300.0}
+IMAGE_FILE = Path(".cache/container/serve-image.json")
 
 
 @dataclass
@@ -47,6 +51,8 @@ class LevelResult:
     p99_ms: float
     mean_ms: float
     throughput_rps: float
+    model: str = ""  # the bundle's model version
+    workers: int = 1  # server processes (1 for the in-process Predictor)
 
 
 def free_port() -> int:
@@ -181,22 +187,42 @@ def save_mlflow_model(bundle: Path, out: Path) -> Path:
     return path
 
 
-def run_serve_bench(bundle: Path, requests_c1: int = 300, requests_c16: int = 800,
-                    warmup: int = 20, include_mlflow: bool = True,
+def run_serve_bench(bundles: Sequence[Path], workers: Sequence[int] = (1, 2),
+                    requests_c1: int = 300, requests_c16: int = 800, warmup: int = 20,
+                    include_mlflow: bool = True,
                     progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Benchmark in-process Predictor, the modalfuse API and (optionally) MLflow serving on one bundle."""
-    predictor = Predictor.from_path(bundle)
-    example = predictor.bundle.meta.get("example")
-    if not example:
-        raise ValueError(f"bundle {bundle} has no example request (bundle.json 'example'); "
-                         "retrain it with this modalfuse")
+    """Benchmark the in-process Predictor, the modalfuse API and (optionally) MLflow serving,
+    for each bundle and each number of worker processes."""
+    results: list[LevelResult] = []
+    models: list[dict[str, str]] = []
+    for bundle in bundles:
+        predictor = Predictor.from_path(bundle)
+        version = predictor.model_version
+        meta = predictor.bundle.meta
+        models.append({"model_version": version,
+                       "recipe": version_tag(meta["model"], meta.get("training")),
+                       "bundle": Path(bundle).name})
+        example = predictor.bundle.meta.get("example")
+        if not example:
+            raise ValueError(f"bundle {bundle} has no example request (bundle.json 'example'); "
+                             "retrain it with this modalfuse")
+        results += _bench_bundle(Path(bundle), predictor, example, workers, requests_c1,
+                                 requests_c16, warmup, include_mlflow, progress)
+    return report(results, models)
+
+
+def _bench_bundle(bundle: Path, predictor: Predictor, example: dict, workers: Sequence[int],
+                  requests_c1: int, requests_c16: int, warmup: int, include_mlflow: bool,
+                  progress: Callable[[str], None]) -> list[LevelResult]:
+    version = predictor.model_version
     api_body = json.dumps(example).encode()
     mlflow_body = json.dumps({"dataframe_records": [
         {**example["fields"], "image_base64": example["image_base64"]}
     ]}).encode()
-    results: list[LevelResult] = []
-    progress("in-process Predictor")
-    results.append(in_process(predictor, example, requests_c1, warmup))
+    progress(f"{version}: in-process Predictor")
+    inproc = in_process(predictor, example, requests_c1, warmup)
+    inproc.model = version
+    results = [inproc]
 
     def api_ok(status: int, data: bytes) -> bool:
         return status == 200
@@ -207,89 +233,136 @@ def run_serve_bench(bundle: Path, requests_c1: int = 300, requests_c16: int = 80
         rows = json.loads(data)["predictions"]
         return not rows[0].get("error")
 
+    def level(port: int, path: str, body: bytes, c: int, n: int, name: str, n_workers: int,
+              ok: Callable[[int, bytes], bool]) -> LevelResult:
+        r = drive(port, path, body, c, n, warmup, name, ok)
+        r.model, r.workers = version, n_workers
+        return r
+
     with tempfile.TemporaryDirectory(prefix="modalfuse-bench-") as tmp:
         tmpdir = Path(tmp)
         # MLflow starts `uvicorn` by name: this interpreter's scripts must be on PATH.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        env = {**os.environ, "PATH": path, "MODALFUSE_BUNDLE": str(bundle),
-               "MODALFUSE_DATA_DIR": str(tmpdir / "data"), "MODALFUSE_LOG_LEVEL": "WARNING"}
-        port = free_port()
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "modalfuse.serve.asgi:app",
-               "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-               "--log-level", "warning"]
-        progress("modalfuse API (uvicorn, 1 process)")
-        with running(cmd, env, port, "/health", tmpdir / "api.log"):
-            for c, n in ((1, requests_c1), (16, requests_c16)):
-                results.append(drive(port, "/v1/predict", api_body, c, n, warmup,
-                                     "modalfuse API", api_ok))
-        if include_mlflow:
-            progress("mlflow models serve (same bundle as a pyfunc)")
-            model = save_mlflow_model(bundle, tmpdir)
+        env = {**os.environ, "PATH": path, "MODALFUSE_LOG_LEVEL": "WARNING"}
+        for k in ("MODALFUSE_MODEL_URI", "PROMETHEUS_MULTIPROC_DIR", "MODALFUSE_WORKERS"):
+            env.pop(k, None)
+        model = save_mlflow_model(bundle, tmpdir) if include_mlflow else None
+        for n_workers in workers:
+            progress(f"{version}: modalfuse API ({n_workers} worker process"
+                     f"{'es' if n_workers > 1 else ''})")
             port = free_port()
-            cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model),
-                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-            with running(cmd, env, port, "/ping", tmpdir / "mlflow.log"):
+            cmd = [sys.executable, "-c", "from modalfuse.cli import main; main()", "serve",
+                   "--bundle", str(bundle), "--host", "127.0.0.1", "--port", str(port),
+                   "--workers", str(n_workers)]
+            api_env = {**env, "MODALFUSE_DATA_DIR": str(tmpdir / f"data-{n_workers}")}
+            with running(cmd, api_env, port, "/health", tmpdir / f"api-{n_workers}.log"):
                 for c, n in ((1, requests_c1), (16, requests_c16)):
-                    results.append(drive(port, "/invocations", mlflow_body, c, n, warmup,
-                                         "mlflow models serve", mlflow_ok))
-    return report(results, predictor, bundle)
+                    results.append(level(port, "/v1/predict", api_body, c, n, "modalfuse API",
+                                         n_workers, api_ok))
+            if model is not None:
+                progress(f"{version}: mlflow models serve -w {n_workers}")
+                port = free_port()
+                cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model),
+                       "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+                       "-w", str(n_workers)]
+                with running(cmd, {**env, "MODALFUSE_DATA_DIR": str(tmpdir / "data-mlflow")},
+                             port, "/ping", tmpdir / f"mlflow-{n_workers}.log"):
+                    for c, n in ((1, requests_c1), (16, requests_c16)):
+                        results.append(level(port, "/invocations", mlflow_body, c, n,
+                                             "mlflow models serve", n_workers, mlflow_ok))
+    return results
 
 
-def report(results: list[LevelResult], predictor: Predictor, bundle: Path) -> dict[str, Any]:
+def serve_image() -> dict[str, Any] | None:
+    """The serve image as `make container-test` last measured it, if it has."""
+    try:
+        return json.loads(IMAGE_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def report(results: list[LevelResult], models: list[dict[str, str]]) -> dict[str, Any]:
     """The benchmark result: every level, the ratios and each target check, with machine facts."""
-    def get(target: str, c: int) -> LevelResult | None:
-        return next((r for r in results if r.target == target and r.concurrency == c), None)
+    def get(target: str, model: str, c: int, n: int = 1) -> LevelResult | None:
+        return next((r for r in results if r.target == target and r.model == model
+                     and r.concurrency == c and r.workers == n), None)
 
-    inproc, api1, api16 = (get("in-process Predictor", 1), get("modalfuse API", 1),
-                           get("modalfuse API", 16))
-    ml16 = get("mlflow models serve", 16)
-    assert inproc and api1 and api16
-    http_ratio = api1.p50_ms / inproc.p50_ms
-    vs_mlflow = api16.throughput_rps / ml16.throughput_rps if ml16 else None
-    ratios = {"http_p50_vs_inprocess": http_ratio, "throughput_vs_mlflow_c16": vs_mlflow}
-    checks = {
-        "p50_ms_c1": (api1.p50_ms, api1.p50_ms <= TARGETS["p50_ms_c1"]),
-        "p99_ms_c1": (api1.p99_ms, api1.p99_ms <= TARGETS["p99_ms_c1"]),
-        "http_p50_vs_inprocess": (http_ratio, http_ratio <= TARGETS["http_p50_vs_inprocess"]),
-    }
-    v = vs_mlflow
-    if v is not None:
-        checks["throughput_vs_mlflow_c16"] = (v, v >= TARGETS["throughput_vs_mlflow_c16"])
+    checks: list[dict[str, Any]] = []
+
+    def check(key: str, model: str, workers: int | None, value: float, ok: bool) -> None:
+        checks.append({"check": key, "model": model, "workers": workers, "value": value,
+                       "target": TARGETS[key], "pass": ok})
+
+    ratios: dict[str, dict[str, Any]] = {}
+    for m in models:
+        version = m["model_version"]
+        inproc, api1 = get("in-process Predictor", version, 1), get("modalfuse API", version, 1)
+        assert inproc and api1
+        http_ratio = api1.p50_ms / inproc.p50_ms
+        ratios[version] = {"http_p50_vs_inprocess": http_ratio, "throughput_vs_mlflow_c16": {}}
+        check("p50_ms_c1", version, 1, api1.p50_ms, api1.p50_ms <= TARGETS["p50_ms_c1"])
+        check("p99_ms_c1", version, 1, api1.p99_ms, api1.p99_ms <= TARGETS["p99_ms_c1"])
+        check("http_p50_vs_inprocess", version, 1, http_ratio,
+              http_ratio <= TARGETS["http_p50_vs_inprocess"])
+        for n in sorted({r.workers for r in results if r.model == version
+                         and r.target == "modalfuse API"}):
+            api16, ml16 = get("modalfuse API", version, 16, n), get("mlflow models serve",
+                                                                   version, 16, n)
+            if api16 and ml16:
+                v = api16.throughput_rps / ml16.throughput_rps
+                ratios[version]["throughput_vs_mlflow_c16"][str(n)] = v
+                check("throughput_vs_mlflow_c16", version, n, v,
+                      v >= TARGETS["throughput_vs_mlflow_c16"])
+    image = serve_image()
+    if image is not None:
+        check("image_mb", image.get("image", "serve image"), None, float(image["size_mb"]),
+              float(image["size_mb"]) <= TARGETS["image_mb"])
     return {
         "command": "modalfuse bench serve",
-        "model_version": predictor.model_version,
-        "bundle": bundle.name,
+        "model_version": models[0]["model_version"],
+        "models": models,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "platform": platform.platform(terse=True)},
+                    "platform": platform.platform(terse=True),
+                    "load_avg_1m": os.getloadavg()[0]},
         "results": [asdict(r) for r in results],
         "ratios": ratios,
+        "image": image,
         "targets": TARGETS,
-        "checks": {k: {"value": v, "pass": ok} for k, (v, ok) in checks.items()},
+        "checks": checks,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
+CHECK_NAMES = {"p50_ms_c1": ("API p50 at c=1 (ms)", "≤ {}"),
+               "p99_ms_c1": ("API p99 at c=1 (ms)", "≤ {}"),
+               "http_p50_vs_inprocess": ("API p50 / in-process p50 at c=1", "≤ {}×"),
+               "throughput_vs_mlflow_c16": ("API req/s / MLflow req/s at c=16, same workers",
+                                            "≥ {}×"),
+               "image_mb": ("serve image size (MB, `make container-test`)", "≤ {}")}
+
+
 def to_markdown(res: dict[str, Any]) -> str:
     """The serve benchmark as Markdown: the results table and the target checks."""
+    models = ", ".join(f"`{m['model_version']}`" for m in res["models"])
     lines = [
         f"Measured by `{res['command']}` on {res['created_at']} ({res['machine']['cpus']} CPUs, "
-        f"Python {res['machine']['python']}), model `{res['model_version']}`. One request = "
-        "one record + its base64 PNG, so image decode is included.",
+        f"Python {res['machine']['python']}, 1-min load average "
+        f"{res['machine']['load_avg_1m']:.1f}), models {models}. One request = one record + "
+        "its base64 PNG, so image decode is included.",
         "",
-        "| target | concurrency | requests | errors | p50 ms | p99 ms | mean ms | req/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | target | workers | concurrency | requests | errors | p50 ms | p99 ms | "
+        "mean ms | req/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in res["results"]:
-        lines.append(f"| {r['target']} | {r['concurrency']} | {r['requests']} | {r['errors']} | "
-                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_ms']:.2f} | "
-                     f"{r['throughput_rps']:.0f} |")
-    lines += ["", "| check | target | measured | pass |", "| --- | --- | --- | --- |"]
-    names = {"p50_ms_c1": ("API p50 at c=1 (ms)", "≤ {}"),
-             "p99_ms_c1": ("API p99 at c=1 (ms)", "≤ {}"),
-             "http_p50_vs_inprocess": ("API p50 / in-process p50 at c=1", "≤ {}×"),
-             "throughput_vs_mlflow_c16": ("API req/s / MLflow req/s at c=16", "≥ {}×")}
-    for key, chk in res["checks"].items():
-        label, fmt = names[key]
-        lines.append(f"| {label} | {fmt.format(res['targets'][key])} | {chk['value']:.2f} | "
-                     f"{'yes' if chk['pass'] else 'no'} |")
+        lines.append(f"| `{r['model']}` | {r['target']} | {r['workers']} | {r['concurrency']} | "
+                     f"{r['requests']} | {r['errors']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['mean_ms']:.2f} | {r['throughput_rps']:.0f} |")
+    lines += ["", "| check | model | workers | target | measured | pass |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for chk in res["checks"]:
+        label, fmt = CHECK_NAMES[chk["check"]]
+        workers = "" if chk["workers"] is None else str(chk["workers"])
+        lines.append(f"| {label} | `{chk['model']}` | {workers} | {fmt.format(chk['target'])} | "
+                     f"{chk['value']:.2f} | {'yes' if chk['pass'] else 'no'} |")
     return "\n".join(lines) + "\n"
