@@ -16,16 +16,22 @@ TINY = {"image_size": 16, "width": 4, "embed_dim": 8, "epochs": 1, "batch_size":
         "views_per_epoch": 1}
 
 SCRIPT = textwrap.dedent("""
-    import base64, importlib.util, json, sys
-    assert importlib.util.find_spec("torch") is None, "torch is importable in the serve venv"
+    import base64, importlib.util, json, sys, tempfile
+    for lib in ("torch", "lightgbm", "scipy", "sklearn", "gradio", "mlflow", "pyarrow"):
+        assert importlib.util.find_spec(lib) is None, f"{lib} is importable in the serve venv"
+    from modalfuse.config import Settings
     from modalfuse.inference.predictor import Predictor
+    from modalfuse.serve.app import create_app
     req = json.load(open(sys.argv[2]))
     pred = Predictor.from_path(sys.argv[1])
     images = [base64.b64decode(b) for b in req["images"]]
     out = pred.predict(req["records"], images)
     proba = pred.predict_proba(req["records"], images).tolist()
+    # The API builds from the lean install too, without its UI.
+    app = create_app(Settings(data_dir=tempfile.mkdtemp()), predictor=pred)
+    paths = sorted(app.openapi()["paths"]) + [getattr(r, "path", "") for r in app.routes]
     print(json.dumps({"out": out, "proba": proba, "version": pred.model_version,
-                      "torch": "torch" in sys.modules}))
+                      "torch": "torch" in sys.modules, "paths": paths}))
 """)
 
 
@@ -58,6 +64,7 @@ def test_serve_extra_scores_a_fused_bundle_without_torch(fixture_dataset, fixtur
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["torch"] is False
+    assert "/v1/predict" in got["paths"] and not any(p.startswith("/ui") for p in got["paths"])
     assert got["version"] == bundle.model_version
     assert all(o["label"] in bundle.labels for o in got["out"])
     # the slim install gives the same probabilities as the training install
