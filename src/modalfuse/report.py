@@ -18,6 +18,7 @@ from pathlib import Path
 
 from modalfuse.config import Settings
 from modalfuse.errors import InvalidInput, MissingData
+from modalfuse.serve.loadbench import CHECK_NAMES
 from modalfuse.serve.soak import check_rows
 
 TableFn = Callable[["Sources", "Phrases"], str]
@@ -84,6 +85,13 @@ SPANISH: dict[str, str] = {
     # serve
     "target": "objetivo", "concurrency": "concurrencia", "errors": "errores",
     "workers": "procesos", "serve image": "imagen de servicio",
+    "API p50 at c=1 (ms)": "p50 de la API con c=1 (ms)",
+    "API p99 at c=1 (ms)": "p99 de la API con c=1 (ms)",
+    "API p50 / in-process p50 at c=1": "p50 de la API / p50 en proceso con c=1",
+    "API req/s / MLflow req/s at c=16, same workers":
+        "req/s de la API / req/s de MLflow con c=16, mismos procesos",
+    "serve image size (MB, `make container-test`)":
+        "tamaño de la imagen de servicio (MB, `make container-test`)",
     "in-process Predictor": "Predictor en proceso",
     # soak (check_rows labels carry numbers, so they are translated piece by piece)
     "measured": "medido", "statuses": "estados",
@@ -248,9 +256,15 @@ def _serve(src: Sources, t: Phrases) -> str:
     image = b.get("image")
     size = (f"; {t('serve image')} {image['size_mb']} MB (`make container-test`)"
             if image else "")
+    checks = [[t(CHECK_NAMES[c["check"]][0]), f"`{c['model']}`",
+               "" if c["workers"] is None else c["workers"],
+               CHECK_NAMES[c["check"]][1].format(c["target"]), c["value"],
+               t("yes" if c["pass"] else "no")] for c in b.get("checks", [])]
     return (f"`{b['command']}`, {b['created_at']}{size}\n\n"
             + md_table([t("model"), t("target"), t("workers"), t("concurrency"), t("errors"),
-                        "p50 ms", "p99 ms", "req/s"], rows))
+                        "p50 ms", "p99 ms", "req/s"], rows)
+            + "\n\n" + md_table([t("check"), t("model"), t("workers"), t("target"),
+                                  t("measured"), t("pass")], checks))
 
 
 @table("soak", "modalfuse bench soak --minutes 10 --clients 4")

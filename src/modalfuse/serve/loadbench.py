@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from modalfuse.inference.predictor import Predictor
 TARGETS = {"p50_ms_c1": 5.0, "p99_ms_c1": 10.0, "throughput_vs_mlflow_c16": 3.0,
            "http_p50_vs_inprocess": 1.5, "image_mb": 300.0}
 IMAGE_FILE = Path(".cache/container/serve-image.json")
+ROUNDS = 3  # the in-process and HTTP c=1 levels alternate this many times
 
 
 @dataclass
@@ -53,6 +54,17 @@ class LevelResult:
     throughput_rps: float
     model: str = ""  # the bundle's model version
     workers: int = 1  # server processes (1 for the in-process Predictor)
+    samples: list[float] = field(default_factory=list, repr=False)  # seconds, not reported
+
+
+def merge(parts: list[LevelResult]) -> LevelResult:
+    """One level measured in several rounds, as if in one: latencies pooled, time summed."""
+    first = parts[0]
+    samples = [x for p in parts for x in p.samples]
+    wall = sum(p.requests / p.throughput_rps for p in parts)
+    out = _summary(first.target, first.concurrency, samples, sum(p.errors for p in parts), wall)
+    out.model, out.workers = first.model, first.workers
+    return out
 
 
 def free_port() -> int:
@@ -204,7 +216,8 @@ def _summary(name: str, concurrency: int, latencies: list[float], errors: int,
              wall: float) -> LevelResult:
     ms = np.array(latencies) * 1000
     return LevelResult(name, concurrency, len(ms), errors, float(np.percentile(ms, 50)),
-                       float(np.percentile(ms, 99)), float(ms.mean()), len(ms) / wall)
+                       float(np.percentile(ms, 99)), float(ms.mean()), len(ms) / wall,
+                       samples=list(latencies))
 
 
 def in_process(predictor: Predictor, example: dict, n_requests: int, warmup: int) -> LevelResult:
@@ -275,10 +288,7 @@ def _bench_bundle(bundle: Path, predictor: Predictor, example: dict, workers: Se
     mlflow_body = json.dumps({"dataframe_records": [
         {**example["fields"], "image_base64": example["image_base64"]}
     ]}).encode()
-    progress(f"{version}: in-process Predictor")
-    inproc = in_process(predictor, example, requests_c1, warmup)
-    inproc.model = version
-    results = [inproc]
+    results: list[LevelResult] = []
 
     def api_ok(status: int, data: bytes) -> bool:
         return status == 200
@@ -290,8 +300,8 @@ def _bench_bundle(bundle: Path, predictor: Predictor, example: dict, workers: Se
         return not rows[0].get("error")
 
     def level(port: int, path: str, body: bytes, c: int, n: int, name: str, n_workers: int,
-              ok: Callable[[int, bytes], bool]) -> LevelResult:
-        r = drive(port, path, body, c, n, warmup, name, ok)
+              ok: Callable[[int, bytes], bool], warm: int | None = None) -> LevelResult:
+        r = drive(port, path, body, c, n, warmup if warm is None else warm, name, ok)
         r.model, r.workers = version, n_workers
         return r
 
@@ -312,9 +322,24 @@ def _bench_bundle(bundle: Path, predictor: Predictor, example: dict, workers: Se
                    "--workers", str(n_workers)]
             api_env = {**env, "MODALFUSE_DATA_DIR": str(tmpdir / f"data-{n_workers}")}
             with running(cmd, api_env, port, "/health", tmpdir / f"api-{n_workers}.log"):
-                for c, n in ((1, requests_c1), (16, requests_c16)):
-                    results.append(level(port, "/v1/predict", api_body, c, n, "modalfuse API",
-                                         n_workers, api_ok))
+                if n_workers == workers[0]:
+                    # The ratio's two sides in alternating rounds, while the server idles
+                    # between them: a machine whose load drifts shifts both alike.
+                    inproc, api1 = [], []
+                    for r in range(ROUNDS):
+                        w = warmup if r == 0 else 5
+                        inproc.append(in_process(predictor, example, requests_c1 // ROUNDS, w))
+                        api1.append(level(port, "/v1/predict", api_body, 1,
+                                          requests_c1 // ROUNDS, "modalfuse API", n_workers,
+                                          api_ok, w))
+                    results.append(merge(inproc))
+                    results[-1].model = version
+                    results.append(merge(api1))
+                else:
+                    results.append(level(port, "/v1/predict", api_body, 1, requests_c1,
+                                         "modalfuse API", n_workers, api_ok))
+                results.append(level(port, "/v1/predict", api_body, 16, requests_c16,
+                                     "modalfuse API", n_workers, api_ok))
             if model is not None:
                 progress(f"{version}: mlflow models serve -w {n_workers}")
                 port = free_port()
@@ -380,7 +405,7 @@ def report(results: list[LevelResult], models: list[dict[str, str]]) -> dict[str
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "platform": platform.platform(terse=True),
                     "load_avg_1m": os.getloadavg()[0]},
-        "results": [asdict(r) for r in results],
+        "results": [{k: v for k, v in asdict(r).items() if k != "samples"} for r in results],
         "ratios": ratios,
         "image": image,
         "targets": TARGETS,
