@@ -259,7 +259,8 @@ def _serve(src: Sources, t: Phrases) -> str:
     checks = [[t(CHECK_NAMES[c["check"]][0]), f"`{c['model']}`",
                "" if c["workers"] is None else c["workers"],
                CHECK_NAMES[c["check"]][1].format(c["target"]), c["value"],
-               t("yes" if c["pass"] else "no")] for c in b.get("checks", [])]
+               t("yes" if c["pass"] else "no")] for c in b.get("checks", [])
+              if isinstance(c, dict)]  # a file from before per-model checks has none
     return (f"`{b['command']}`, {b['created_at']}{size}\n\n"
             + md_table([t("model"), t("target"), t("workers"), t("concurrency"), t("errors"),
                         "p50 ms", "p99 ms", "req/s"], rows)
