@@ -40,7 +40,7 @@ docker/wheels.sh serve
 step "build serve image"
 VERSION=$(.venv/bin/python -c "import modalfuse; print(modalfuse.__version__)")
 podman build --format docker --target serve --build-arg BASE_IMAGE="$BASE" \
-    --build-arg MODALFUSE_VERSION="$VERSION" \
+    --build-arg MODALFUSE_VERSION="$VERSION" --build-arg WHEELS_DIGEST="$(cat docker/wheels/.digest)" \
     -f docker/Dockerfile -t "$IMAGE" docker
 
 size_mb=$(( $(podman image inspect "$IMAGE" --format '{{.Size}}') / 1000000 ))
@@ -48,6 +48,11 @@ user=$(podman image inspect "$IMAGE" --format '{{.Config.User}}')
 health=$(podman image inspect "$IMAGE" --format '{{json .Config.Healthcheck}}')
 echo "image size ${size_mb} MB (limit ${MAX_MB}), user '${user}', healthcheck ${health}"
 [ "$size_mb" -le "$MAX_MB" ] || { echo "image is ${size_mb} MB, over ${MAX_MB} MB" >&2; exit 1; }
+# What `modalfuse bench serve` reports as the image size.
+mkdir -p .cache/container
+printf '{"image": "modalfuse serve", "size_mb": %s, "measured_at": "%s", "commit": "%s"}\n' \
+    "$size_mb" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    > .cache/container/serve-image.json
 case "$user" in ""|0|0:*|root|root:*) echo "image runs as root ('${user}')" >&2; exit 1 ;; esac
 [ "$health" != "null" ] || { echo "image has no HEALTHCHECK" >&2; exit 1; }
 # Python and the API's libraries import; the training libraries, the UI and MLflow's client
@@ -61,12 +66,14 @@ for lib in torch lightgbm scipy sklearn gradio mlflow pyarrow; do
 done
 
 step "run"
-# No systemd here to time healthchecks: they are run by hand below instead.
+# No systemd here to time healthchecks: they are run by hand below instead. The image's own
+# command (`modalfuse serve`), on another port, with two worker processes.
 podman run -d --name "$NAME" --network host --health-interval disable \
     -e MODALFUSE_API_KEY=container-test-key-0123456789 \
     -e PORT="$PORT" \
     -v "$(realpath "$BUNDLE"):/models/latest:ro" \
-    "$IMAGE" /opt/venv/bin/uvicorn --factory modalfuse.serve.asgi:app --host 127.0.0.1 --port "$PORT" >/dev/null
+    -e MODALFUSE_WORKERS=2 \
+    "$IMAGE" /opt/venv/bin/modalfuse serve --host 127.0.0.1 --port "$PORT" >/dev/null
 for _ in $(seq 1 60); do
     if curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then break; fi
     sleep 1
@@ -89,6 +96,13 @@ with urllib.request.urlopen(req, timeout=30) as r:
 assert pred["label"] and pred["model_version"] == health["model_version"], pred
 print(f"health ok, model {health['model_version']}; predicted {pred['label']} "
       f"({pred['top'][0]['probability']:.2f})")
+# Two worker processes: a reload reaches both before it answers.
+req = urllib.request.Request(base + "/admin/reload", b"{}", {
+    "Content-Type": "application/json", "X-API-Key": "container-test-key-0123456789"})
+with urllib.request.urlopen(req, timeout=60) as r:
+    workers = json.load(r)["workers"]
+assert len(workers) == 2 and all(w["error"] is None for w in workers), workers
+print(f"reload reached {len(workers)} workers: {[w['pid'] for w in workers]}")
 PY
 podman healthcheck run "$NAME"
 echo "HEALTHCHECK passes"

@@ -44,3 +44,5 @@ rm -f "$OUT"/modalfuse-*.whl
     --platform manylinux_2_17_x86_64 --platform linux_x86_64 --implementation cp \
     --find-links "$OUT" "modalfuse[$EXTRAS]"
 echo "wheels for '$TARGET' in $OUT: $(ls "$OUT" | wc -l) files"
+# The images' WHEELS_DIGEST build argument: it changes whenever a wheel does.
+(cd "$OUT" && sha256sum -- *.whl | sha256sum | cut -c1-16) > "$OUT/.digest"
