@@ -164,3 +164,14 @@ class Settings(BaseSettings):
     def default_bundle(self, dataset: str = "pokemon") -> Path:
         """The bundle `modalfuse train` last wrote for `dataset` (served when nothing else is named)."""
         return self.models_dir / dataset / "latest"
+
+
+def installed(module: str) -> bool:
+    """Whether `module` is an installed package or module here (the optional extras: mlflow,
+    gradio, pyarrow). A bare folder of that name on `sys.path` (a data folder called `mlflow`
+    under the working directory) is a namespace package, not an install, and does not count."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    return spec is not None and spec.origin is not None
+

@@ -276,3 +276,21 @@ def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_s
         bad = httpx.post(url + "/admin/reload", headers={"X-API-Key": API_KEY},
                          json={"model_uri": "models:/pokemon@nope"}, timeout=60)
         assert bad.status_code == 409 and f"still serving {first}" in bad.json()["detail"]
+
+
+def test_a_folder_named_mlflow_is_not_mlflow(tmp_path, monkeypatch):
+    """A data folder called `mlflow` under a working directory on sys.path (the serve image's
+    /data/mlflow) is a namespace package, not MLflow's client: the lean install still reads
+    the registry over REST."""
+    import importlib.util
+
+    from modalfuse.config import installed
+
+    (tmp_path / "mlflow" / "serving").mkdir(parents=True)
+    (tmp_path / "pyarrow").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: importlib.machinery.PathFinder
+                        .find_spec(name, [str(tmp_path)]))
+    assert not installed("mlflow") and not installed("pyarrow")
+    monkeypatch.undo()
+    assert installed("mlflow") and installed("json") and not installed("no_such_module_here")

@@ -10,7 +10,6 @@ millions of rows is refused without loading it.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import uuid
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
+from modalfuse.config import installed
 from modalfuse.errors import InvalidInput
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.inference.safe_csv import write_csv
@@ -52,7 +52,7 @@ class RowChunk(NamedTuple):
 def parquet_available() -> bool:
     """Whether Parquet can be read and written here: pyarrow is the `parquet` extra, which
     the lean serve install leaves out (its batch jobs take and give CSV)."""
-    return importlib.util.find_spec("pyarrow") is not None
+    return installed("pyarrow")
 
 
 NO_PARQUET = ("this install reads and writes .csv tables only: .parquet needs pyarrow "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 from fastapi import FastAPI, Request
@@ -10,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modalfuse import __version__
-from modalfuse.config import Settings
+from modalfuse.config import Settings, installed
 from modalfuse.errors import InvalidInput
 from modalfuse.features.image import ImageError
 from modalfuse.inference.predictor import PredictionInputError, Predictor
@@ -108,7 +107,7 @@ def api_description(settings: Settings, spec: DatasetSpec) -> str:
 def mount_ui_if_installed(app: FastAPI) -> bool:
     """Mount the Gradio UI at /ui when gradio is installed (the `ui` extra and image); the
     lean `serve` install answers the API alone and says so once at start."""
-    if importlib.util.find_spec("gradio") is None:
+    if not installed("gradio"):
         log.info("no UI at /ui: gradio is not installed (install modalfuse[ui])")
         return False
     from modalfuse.ui.app import mount_ui  # gradio is heavy: imported when an app is built

@@ -10,7 +10,6 @@ end of the interval clears a stated margin; `rollback` moves it back.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modalfuse.config import Settings
+from modalfuse.config import Settings, installed
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
 from modalfuse.errors import ModelError
@@ -122,7 +121,7 @@ def register_version(client: MlflowClient, name: str, model_uri: str, run_id: st
 def mlflow_installed() -> bool:
     """Whether MLflow's client is importable (the lean serve install has none: it reads the
     registry over REST, `tracking/rest.py`)."""
-    return importlib.util.find_spec("mlflow") is not None
+    return installed("mlflow")
 
 
 def _resolve_version(uri: str, settings: Settings) -> tuple[str, str | None, str, str | None]:
