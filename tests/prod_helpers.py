@@ -1,8 +1,12 @@
-"""Helpers for the production tests: job inputs (table + images zip) made from the fixture dataset."""
+"""Helpers for the production tests: job inputs (table + images zip) made from the fixture dataset,
+and stopping a server started in its own process group."""
 
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
 import time
 import zipfile
 
@@ -38,3 +42,15 @@ def wait_for(client_get, job_id: str, timeout: float = 60.0, until=("succeeded",
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a server started with `start_new_session=True` and everything it spawned: SIGTERM
+    to its process group, SIGKILL if it is still there after `timeout` seconds."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+

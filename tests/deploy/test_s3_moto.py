@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import pandas as pd
 import pytest
 
 from modalfuse.config import Settings
+from prod_helpers import stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -241,12 +241,7 @@ def mlflow_server(s3_env, tmp_path) -> Iterator[tuple[str, str]]:
             time.sleep(0.3)
         yield url, bucket
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(proc)
         log.close()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from prod_helpers import API_KEY, AUTH, job_inputs
+from prod_helpers import API_KEY, AUTH, job_inputs, stop_group
 
 N_REQUESTS = 60
 
@@ -73,12 +72,7 @@ def server(fixture_bundle, fixture_dataset, fixture_splits, tmp_path_factory):
         yield {"url": url, "data": d / "data", "bundle": fixture_bundle, "other": other,
                "proc": proc, "log": d / "server.log"}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(proc, 30)
         log.close()
 
 

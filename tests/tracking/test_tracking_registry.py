@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from modalfuse.config import Settings
+from prod_helpers import stop_group
 
 API_KEY = "k" * 24
 # A deliberately weak model: two uninformative fields, no image, a handful of trees.
@@ -58,12 +58,7 @@ def mlflow_server(tmp_path_factory):
     try:
         yield {"url": url, "proc": proc, "log": d / "server.log"}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(proc)
         log.close()
 
 
