@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 
@@ -53,4 +54,21 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    """Wait until `url`/health answers 200 on a new connection; fail with the server's log if
+    it exits first or does not answer within `timeout` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"server did not answer /health:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
 

@@ -20,19 +20,17 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
 from modalfuse.config import Settings
-from prod_helpers import stop_group
+from prod_helpers import stop_group, wait_healthy
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -229,16 +227,7 @@ def mlflow_server(s3_env, tmp_path) -> Iterator[tuple[str, str]]:
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not become healthy"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_healthy(url, proc, tmp_path / "mlflow-server.log", timeout=60)
         yield url, bucket
     finally:
         stop_group(proc)

@@ -20,7 +20,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from prod_helpers import API_KEY, AUTH, job_inputs, stop_group
+from prod_helpers import API_KEY, AUTH, job_inputs, stop_group, wait_healthy
 
 N_REQUESTS = 60
 
@@ -58,17 +58,7 @@ def server(fixture_bundle, fixture_dataset, fixture_splits, tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (d / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (d / "server.log").read_text()[-3000:]
-            try:
-                with fresh(url) as c:
-                    if c.get("/health").status_code == 200:
-                        break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_healthy(url, proc, d / "server.log", timeout=120)
         yield {"url": url, "data": d / "data", "bundle": fixture_bundle, "other": other,
                "proc": proc, "log": d / "server.log"}
     finally:

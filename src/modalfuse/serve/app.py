@@ -39,14 +39,16 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit():
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and b"transfer-encoding" not in headers:
             if int(length) > self.max_bytes:
                 resp = JSONResponse({"detail": f"request body is {int(length)} bytes; the limit "
                                                f"is {self.max_bytes}"}, status_code=413)
                 await resp(scope, receive, send)
                 return
-            # The server reads no more than Content-Length: nothing to count on the way.
+            # The server reads no more than Content-Length (and no body is chunked as well):
+            # nothing to count on the way.
             await self.app(scope, receive, send)
             return
         received, responded, started = 0, False, False

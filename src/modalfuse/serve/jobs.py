@@ -211,7 +211,8 @@ class JobStore:
         own = self.result_path(job_id)
         frame = (pd.read_pickle(own) if own.exists()
                  else pd.read_parquet(self.job_dir(job_id) / "result.parquet"))
-        tmp = path.with_name(path.name + ".tmp")
+        # Its own temporary name: two downloads at once each write a whole file, one wins.
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
         if fmt == "csv":
             write_csv(frame, tmp)  # formula-like text escaped for spreadsheets
         else:
