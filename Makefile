@@ -3,7 +3,6 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 MLFLOW_PORT ?= 5000
@@ -13,18 +12,29 @@ SMOKE_DIR := $(CURDIR)/.cache/smoke
 NODE_DIR := .cache/node
 MMDC := $(NODE_DIR)/node_modules/.bin/mmdc
 
-.PHONY: run install data train serve mlflow-ui pipeline test unit smoke lint clean help browser-deps container-test compose-test report-img report-pdf
+.PHONY: run install install-dev lock data train serve mlflow-ui pipeline test unit smoke lint clean help browser-deps container-test compose-test report-img report-pdf
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP): pyproject.toml
+# Installs come from the lock (requirements/*.txt, made by `make lock` from pyproject.toml's
+# ranges): every package pinned with its hash, nothing resolved at install time. `run` is what
+# training, serving, the UI, the registry and monitoring need; `dev` adds the test and lint
+# tools (and Ray) on top. The project itself goes in last, editable, built offline by the
+# locked setuptools.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --require-hashes --no-deps
+$(VENV)/.installed-%: requirements/%.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	$(PIP_INSTALL) -r requirements/$*.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
 
-install: $(STAMP) ## create .venv and install modalfuse with its dev extras
+install: $(VENV)/.installed-run ## create .venv with what running needs (requirements/run.txt)
+
+install-dev: install $(VENV)/.installed-dev ## add the test, lint and report tools (requirements/dev.txt)
+
+lock: install-dev ## re-resolve requirements/*.txt from pyproject.toml (keeps pins; UPGRADE=1 takes newer ones)
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
 
 data: install ## fetch the pinned sources, build and split the Pokémon dataset
 	$(BIN)/modalfuse data build
@@ -47,10 +57,10 @@ pipeline: install ## the DVC pipeline (dvc.yaml): reruns only the stages whose i
 browser-deps: ## Debian's Chromium for the UI browser test (no-op when present)
 	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-unit: install browser-deps ## the pytest suite (no network)
+unit: install-dev browser-deps ## the pytest suite (no network)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests; rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
 
-smoke: install ## end-to-end on the real pinned sources with quick settings
+smoke: install-dev ## end-to-end on the real pinned sources with quick settings
 	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse data build
 	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse data split
 	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse train --rounds 60
@@ -58,20 +68,20 @@ smoke: install ## end-to-end on the real pinned sources with quick settings
 
 test: lint unit smoke ## lint, unit/data/model tests, then the real-data smoke
 
-container-test: install ## hadolint, debootstrap base, build + run the serve image with podman, call it
+container-test: install-dev ## hadolint, debootstrap base, build + run the serve image with podman, call it
 	docker/container-test.sh $(SMOKE_DIR)/models/pokemon/latest
 
-compose-test: install ## compose.yaml up with podman: train + register into its MLflow, serve @champion, check Prometheus
+compose-test: install-dev ## compose.yaml up with podman: train + register into its MLflow, serve @champion, check Prometheus
 	SMOKE_DIR=$(SMOKE_DIR) docker/compose-test.sh
 
-# checkov in a venv of its own (its pins clash with the project's), from a fully pinned list.
+# checkov in a venv of its own (its pins clash with the project's), from its own lock.
 CHECKOV := .cache/checkov/bin/checkov
-$(CHECKOV): deploy/aws/checkov-requirements.txt
+$(CHECKOV): requirements/checkov.txt
 	$(PYTHON) -m venv --clear .cache/checkov
-	.cache/checkov/bin/python -m pip install --quiet -r deploy/aws/checkov-requirements.txt
+	.cache/checkov/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements/checkov.txt
 	touch $(CHECKOV)
 
-lint: install $(CHECKOV) ## ruff, mypy, the import contract (pyproject.toml) and checkov on deploy/aws (offline)
+lint: install-dev $(CHECKOV) ## ruff, mypy, the import contract (pyproject.toml) and checkov on deploy/aws (offline)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/mypy src/modalfuse
 	$(BIN)/lint-imports
@@ -83,7 +93,7 @@ $(MMDC): docs/tools/package.json docs/tools/package-lock.json
 	cd $(NODE_DIR) && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund
 	touch $(MMDC)
 
-report-img: install browser-deps $(MMDC) ## Mermaid diagrams of the docs -> docs/img/*.svg|png, plus their image lines
+report-img: install-dev browser-deps $(MMDC) ## Mermaid diagrams of the docs -> docs/img/*.svg|png, plus their image lines
 	@TIMEFORMAT='report-img took %R s'; time $(BIN)/python scripts/render_diagrams.py
 
 report-pdf: report-img ## docs/report.pdf and docs/informe.pdf (offline HTML printed by Chromium)

@@ -84,12 +84,6 @@ docker/wheels.sh ui
 docker/wheels.sh stack
 
 step "build images (compose.yaml's build sections)"
-# stack.Dockerfile's MLflow pins are the train extra's (docker/wheels.sh stack fetched those).
-for pin in $(grep -hoE '"(mlflow|psycopg2-binary)==[^"]+"' pyproject.toml | tr -d '"'); do
-    arg=$(case "${pin%%==*}" in mlflow) echo MLFLOW_VERSION ;; *) echo PSYCOPG2_VERSION ;; esac)
-    grep -qx "ARG $arg=${pin#*==}" docker/stack.Dockerfile \
-        || { echo "docker/stack.Dockerfile: set ARG $arg=${pin#*==} (pyproject pins $pin)" >&2; exit 1; }
-done
 "${COMPOSE[@]}" down -v >/dev/null 2>&1 || true  # a run killed before its teardown
 # Fresh builds, without podman's layer cache: that cache does not see the bind-mounted
 # wheels (a cached install would serve old code), and on vfs storage, where every layer is

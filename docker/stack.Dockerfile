@@ -6,8 +6,9 @@
 #   prometheus  Debian's Prometheus, with the official image's conventions: config at
 #               /etc/prometheus/prometheus.yml, data in /prometheus, port 9090, user nobody (65534).
 #   mlflow      the MLflow tracking server with PostgreSQL's driver and nothing else (no torch):
-#               mlflow and psycopg2-binary from ./wheels/stack (docker/wheels.sh stack), at
-#               the train extra's pins (docker/compose-test.sh checks the ARGs below).
+#               requirements/mlflow-server.txt (the lock of pyproject's `mlflow-server` extra,
+#               at dev's pins, so the same MLflow as training) from ./wheels/stack
+#               (docker/wheels.sh stack), installed with --require-hashes.
 # Debian packages come from the base image's own apt sources (docker/build-base.sh writes the
 # mirror this machine's apt uses); versions are pinned to their upstream release, the Debian
 # revision follows the release's updates.
@@ -67,8 +68,6 @@ ENTRYPOINT ["/usr/bin/prometheus"]
 CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
 
 FROM ${BASE_IMAGE} AS mlflow
-ARG MLFLOW_VERSION=3.17.2
-ARG PSYCOPG2_VERSION=2.9.13
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -80,8 +79,8 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Wheels only for this install; the bind mount keeps them out of the image's layers.
 RUN --mount=type=bind,source=wheels/stack,target=/wheels \
     python3 -m venv /opt/venv \
-    && pip install --no-index --find-links /wheels \
-         "mlflow==${MLFLOW_VERSION}" "psycopg2-binary==${PSYCOPG2_VERSION}" \
+    && pip install --no-index --find-links /wheels --require-hashes --no-deps \
+         -r /wheels/requirements/mlflow-server.txt \
     && find /opt/venv -depth \( -name tests -o -name __pycache__ \) -type d -exec rm -rf {} + \
     && groupadd --system --gid 10001 mlflow \
     && useradd --system --uid 10001 --gid mlflow --home-dir /mlartifacts --shell /usr/sbin/nologin mlflow \

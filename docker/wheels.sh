@@ -1,48 +1,34 @@
 #!/usr/bin/env bash
-# Fill docker/wheels/ with the wheels an image target installs: modalfuse itself and its
-# pinned dependencies, fetched by this machine's pip (its index and certificates).
+# Fill docker/wheels/ with the wheels an image target installs: modalfuse itself and exactly the
+# packages of its lock (requirements/<set>.txt, made by `make lock`), each checked against the
+# lock's hashes, fetched by this machine's pip (its index and certificates). The lock goes
+# along (docker/wheels/requirements/) so the image installs from it with --require-hashes.
 # Usage: docker/wheels.sh serve|ui|train|stack
-#   stack: only the compose stack's MLflow server (mlflow and psycopg2-binary at the train
-#   extra's pins), into docker/wheels/stack/ so the serve and train images never see them.
+#   stack: only the compose stack's MLflow server (requirements/mlflow-server.txt), into
+#   docker/wheels/stack/ so the serve and train images never see them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${1:-serve}
 PY=${PYTHON:-.venv/bin/python}
 OUT=docker/wheels
 case "$TARGET" in
-    serve) EXTRAS=serve ;;
-    ui) EXTRAS=serve,ui ;;
-    train) EXTRAS=serve,train,monitor ;;
-    stack) ;;
-    *) echo "target must be serve, train or stack, got '$TARGET'" >&2; exit 2 ;;
+    serve|ui|train) LOCK=requirements/$TARGET.txt; DEST=$OUT ;;
+    stack) LOCK=requirements/mlflow-server.txt; DEST=$OUT/stack ;;
+    *) echo "target must be serve, ui, train or stack, got '$TARGET'" >&2; exit 2 ;;
 esac
-if [ "$TARGET" = stack ]; then
-    mapfile -t PINS < <("$PY" - <<'PY'
-import tomllib
-
-train = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["train"]
-for req in train:
-    if req.split("==")[0] in ("mlflow", "psycopg2-binary"):
-        print(req)
-PY
-)
-    [ ${#PINS[@]} -eq 2 ] || { echo "mlflow and psycopg2-binary pins not found in the train extra" >&2; exit 1; }
-    mkdir -p "$OUT/stack"
-    # Same platform as below: bookworm's Python 3.11 on x86_64 glibc.
-    "$PY" -m pip download --quiet --dest "$OUT/stack" --only-binary=:all: \
-        --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-        --platform manylinux_2_17_x86_64 --platform linux_x86_64 --implementation cp "${PINS[@]}"
-    echo "wheels for 'stack' (${PINS[*]}) in $OUT/stack: $(ls "$OUT/stack" | wc -l) files"
-    exit 0
-fi
-mkdir -p "$OUT"
-rm -f "$OUT"/modalfuse-*.whl
-"$PY" -m pip wheel --quiet --no-deps --wheel-dir "$OUT" .
-# The image's Python is bookworm's 3.11 on x86_64 glibc: fetch wheels for exactly that.
-"$PY" -m pip download --quiet --dest "$OUT" --only-binary=:all: \
+[ -f "$LOCK" ] || { echo "no lock at $LOCK (run make lock)" >&2; exit 1; }
+mkdir -p "$DEST/requirements"
+cp "$LOCK" "$DEST/requirements/"
+# The image's Python is bookworm's 3.11 on x86_64 glibc: fetch wheels for exactly that, and
+# only the locked files (--require-hashes: a file whose hash is not in the lock is refused).
+"$PY" -m pip download --quiet --dest "$DEST" --only-binary=:all: --no-deps --require-hashes \
     --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform linux_x86_64 --implementation cp \
-    --find-links "$OUT" "modalfuse[$EXTRAS]"
-echo "wheels for '$TARGET' in $OUT: $(ls "$OUT" | wc -l) files"
-# The images' WHEELS_DIGEST build argument: it changes whenever a wheel does.
-(cd "$OUT" && sha256sum -- *.whl | sha256sum | cut -c1-16) > "$OUT/.digest"
+    --platform manylinux_2_17_x86_64 --platform linux_x86_64 --implementation cp -r "$LOCK"
+if [ "$TARGET" != stack ]; then
+    rm -f "$OUT"/modalfuse-*.whl
+    # Built offline by the venv's locked setuptools, as `make install` builds it.
+    "$PY" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$OUT" .
+fi
+echo "wheels for '$TARGET' in $DEST: $(find "$DEST" -maxdepth 1 -name '*.whl' | wc -l) files, lock $LOCK"
+# The images' WHEELS_DIGEST build argument: it changes whenever a wheel or a lock does.
+(cd "$DEST" && sha256sum -- *.whl requirements/*.txt | sha256sum | cut -c1-16) > "$DEST/.digest"
