@@ -32,7 +32,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "bash": (ESSENTIAL, "bash"), "sh": (ESSENTIAL, "dash"), "grep": (ESSENTIAL, "grep"),
     "sed": (ESSENTIAL, "sed"), "awk": (ESSENTIAL, "mawk"), "find": (ESSENTIAL, "findutils"),
     "xargs": (ESSENTIAL, "findutils"), "tar": (ESSENTIAL, "tar"), "gzip": (ESSENTIAL, "gzip"),
-    "ldd": (ESSENTIAL, "libc-bin"), "apt-get": (ESSENTIAL, "apt"), "dpkg": (ESSENTIAL, "dpkg"),
+    "ldd": (ESSENTIAL, "libc-bin"), "setsid": (ESSENTIAL, "util-linux"),
+    "apt-get": (ESSENTIAL, "apt"), "dpkg": (ESSENTIAL, "dpkg"),
     "python3": (PREREQUISITE, "python3"), "git": (PREREQUISITE, "git"),
     "make": (PREREQUISITE, "make"), "npm": (PREREQUISITE, "npm"), "node": (PREREQUISITE, "nodejs"),
     "podman": ("docker/podman-setup.sh", "podman"), "buildah": ("docker/podman-setup.sh", "buildah"),
@@ -105,6 +106,7 @@ def makefile_lines(text: str) -> list[str]:
 
 def unquote(line: str) -> str:
     """A shell line with its quoted text dropped, keeping the command substitutions inside."""
+    line = re.sub(r"\$\(\(.*?\)\)", "", line)  # arithmetic
     line = re.sub(r"'[^']*'", "''", line)
     return re.sub(r'"(?:[^"\\]|\\.)*"',
                   lambda m: " ".join(re.findall(r"\$\([^)]*\)", m.group(0))) or '""', line)
@@ -114,7 +116,6 @@ def commands_in(lines: list[str], functions: set[str]) -> set[str]:
     """The programs a list of shell lines runs (first words of every simple command)."""
     found = set()
     for line in map(unquote, lines):
-        line = re.sub(r"\$\(\(.*?\)\)", "", line)  # arithmetic
         pieces = re.split(r";;|\bcase\b.*?\bin\b", line)
         parts = [p for piece in pieces  # a case pattern ("a|b)") runs nothing
                  for p in SEPARATORS.split(re.sub(r"^\s*[^\s()=]*(\|[^\s()]+)*\)\s", " ", piece))]
