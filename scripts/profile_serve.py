@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from modalfuse.serve.loadbench import drive, free_port, running
+from modalfuse.bench.servers import drive, free_port, running, serve_command
 
 # Parts of the request path, by a frame that marks each (function name, file name).
 PARTS = {
@@ -38,7 +38,7 @@ PARTS = {
                                                        "metrics.py"),
     "sending the answer": ("Response.__call__", "responses.py"),
     "the access log": ("Logger.info", "__init__.py"),
-    "the prediction log's writer thread": ("PredictionLog._run", "predlog.py"),
+    "the prediction log's writer thread": ("PredictionWriter._run", "writer.py"),
     "uvicorn's HTTP parsing": ("HttpToolsProtocol.data_received", "httptools_impl.py"),
 }
 
@@ -63,10 +63,8 @@ def main() -> int:
         port = free_port()
         env = {**os.environ, "MODALFUSE_DATA_DIR": str(tmpdir / "data")}
         env.pop("MODALFUSE_WORKERS", None)
-        cmd = [sys.executable, "-c", "from modalfuse.cli import main; main()", "serve",
-               "--bundle", str(args.bundle), "--host", "127.0.0.1", "--port", str(port)]
         raw = tmpdir / "profile.txt"
-        with running(cmd, env, port, "/health", tmpdir / "api.log") as proc:
+        with running(serve_command(args.bundle, port), env, port, "/health", tmpdir / "api.log") as proc:
             drive(port, "/v1/predict", body, 1, 200, 20, "warm-up", lambda s, d: s == 200)
             done = threading.Event()
 

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     # Worker processes behind the port (`modalfuse serve --workers N` sets it for its workers):
     # above 1, admin actions reach every worker through serving/control.db (serve/workers.py).
     workers: int = Field(default=1, ge=1, le=64)
-    # Retention (serve/retention.py, monitor/predlog.py): finished jobs' rows and folders are
+    # Retention (serve/retention.py, monitor/predlog/retention.py): finished jobs' rows and folders are
     # deleted job_ttl after they finished; the prediction log drops rows older than
     # prediction_log_max_age, then the oldest rows until its file is under the size limit.
     # Durations are seconds or "30m", "12h", "7d".

@@ -25,6 +25,11 @@ class ModelError(ModalfuseError, RuntimeError):
     """A model, a bundle or a registered version cannot be used as asked."""
 
 
+class RegistryError(ModelError):
+    """The registry cannot do what was asked (missing model/alias, unreachable store, a
+    promotion gate setting it refuses)."""
+
+
 class NotFitted(ModalfuseError, RuntimeError):
     """A fitted step (preprocessor, selector, model) was used before `fit`."""
 

@@ -16,10 +16,10 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from modalfuse.bench.load import CHECK_NAMES
+from modalfuse.bench.soak import check_rows
 from modalfuse.config import Settings
 from modalfuse.errors import InvalidInput, MissingData
-from modalfuse.serve.loadbench import CHECK_NAMES
-from modalfuse.serve.soak import check_rows
 
 TableFn = Callable[["Sources", "Phrases"], str]
 TABLES: dict[str, tuple[str, TableFn]] = {}  # name -> (command that makes the source, renderer)
@@ -132,7 +132,7 @@ SPANISH: dict[str, str] = {
     "Produced by": "Generado por", "refreshed by": "actualizado por",
     "Not measured yet: run": "Aún sin medir: ejecute", "looked for": "se buscó en",
 }
-# Pieces of the soak check labels (made by serve.soak.check_rows) that are words, not values.
+# Pieces of the soak check labels (made by bench.soak.check_rows) that are words, not values.
 SOAK_PIECES = ("RSS growth after warm-up", "p99 of /v1/predict, last vs first minute",
                "prediction log peak", "5xx answers", "job files in the last minute", "settled")
 

@@ -127,7 +127,7 @@ def test_pruned_predictions_take_their_feedback_with_them(tmp_path):
     now = time.time()
     plog = _log(tmp_path / "predictions.db", [(now - 40 * 86400, "a" * 32, 0), (now, "b" * 32, 0)])
     plog.add_feedback([("a" * 32, "Fire"), ("b" * 32, "Fire")])
-    plog.max_age_s = 30 * 86400
+    plog.retention.max_age_s = 30 * 86400
     assert plog.prune().deleted_old == 1
     assert plog.read_labelled().frame["prediction_id"].tolist() == ["b" * 32]
     with sqlite3.connect(plog.path) as db:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from modalfuse.bench.servers import free_port
 from modalfuse.config import Settings
 from modalfuse.inference.predictor import Predictor, api_body, table_records
 from modalfuse.monitor.shadowlog import (
@@ -32,7 +33,6 @@ from modalfuse.monitor.shadowlog import (
 )
 from modalfuse.serve.app import create_app
 from modalfuse.serve.canary import client_point
-from modalfuse.serve.loadbench import free_port
 from prod_helpers import API_KEY, AUTH
 
 
@@ -353,22 +353,6 @@ def test_modalfuse_serve_runs_a_canary_and_a_shadow(fixture_bundle, other_bundle
     # Only the champion's answers are shadowed, never the canary's.
     assert 0 < report["overall"]["rows"] < 60 + len(seen)
     assert {p["champion_version"] for p in report["pairs"]} == {fixture_bundle.model_version}
-
-
-def test_bench_shadow_runs_in_process(fixture_bundle, tmp_path, monkeypatch):
-    from modalfuse.cli import main
-
-    monkeypatch.setenv("MODALFUSE_DATA_DIR", str(tmp_path))
-    with pytest.raises(SystemExit) as done:
-        main(["bench", "shadow", "--bundle", str(fixture_bundle.path), "--requests", "10",
-              "--warmup", "1", "--in-process"])
-    assert done.value.code in (0, None)
-    res = json.loads((tmp_path / "reports" / "bench" / "bench_shadow.json").read_text())
-    assert {(r["concurrency"], r["shadow"]) for r in res["results"]} == {
-        (1, False), (1, True), (8, False), (8, True)}
-    assert all(r["errors"] == 0 for r in res["results"])
-    assert set(res["ratios"]) == {"1", "8"} and res["shadow"]["1"]["scored"] > 0
-    assert "met" in (tmp_path / "reports" / "bench" / "bench_shadow.md").read_text()
 
 
 def test_an_app_that_fails_to_build_leaves_no_shadow_process(fixture_bundle, other_bundle, tmp_path):

@@ -46,7 +46,8 @@ def test_torch_and_onnx_runtime_agree(fitter):
     """Every network part, exported with a dynamic batch axis, matches torch within 1e-5."""
     import onnxruntime as ort
 
-    from modalfuse.models.neural import net_feeds, softmax
+    from modalfuse.models.calibration import softmax
+    from modalfuse.models.neural import net_feeds
     from modalfuse.training.nets import export_onnx, torch_outputs
 
     rows = fitter.rows(frozenset())

@@ -14,9 +14,9 @@ from modalfuse.errors import InvalidInput
 from modalfuse.features.tabular import NotFittedError
 from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor, table_records
+from modalfuse.models.calibration import CalibratedModel
 from modalfuse.models.fused import GeometricPoolModel, LinearSoftmaxModel
 from modalfuse.models.gbm import GBMModel
-from modalfuse.models.neural import CalibratedModel
 from modalfuse.models.registry import load_model
 from modalfuse.training.config import TrainConfig
 from modalfuse.training.folds import FoldEngine, training_labels

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from modalfuse.models.calibration import CalibratedModel
 from modalfuse.models.fused import GeometricPoolModel
 from modalfuse.models.gbm import GBMModel
-from modalfuse.models.neural import CalibratedModel, EmbeddingGBMModel, StackingModel
+from modalfuse.models.neural import EmbeddingGBMModel, StackingModel
 from modalfuse.training import recipes
 from modalfuse.training.config import TrainConfig
 from modalfuse.training.folds import FoldEngine, training_labels

@@ -24,7 +24,7 @@ from modalfuse.cli import training  # noqa: F401
 from modalfuse.cli import inference  # noqa: F401
 from modalfuse.cli import tracking  # noqa: F401
 from modalfuse.cli import serving  # noqa: F401
-from modalfuse.cli import ops  # noqa: F401
+from modalfuse.cli import monitor  # noqa: F401
 from modalfuse.cli import retrain  # noqa: F401
 from modalfuse.cli import releases  # noqa: F401
 from modalfuse.cli import optimize  # noqa: F401

@@ -71,7 +71,7 @@ def bench_shadow(
 ) -> None:
     """p50/p99 of /v1/predict at c=1 and c=8 without and with a shadow; target: a shadow adds
     at most 10 % to p50."""
-    from modalfuse.serve.shadowbench import run_shadow_bench, shadow_bench_markdown
+    from modalfuse.bench.shadow import run_shadow_bench, shadow_bench_markdown
 
     path = bundle_path(bundle, dataset, announce=False)
     with console.status("benchmarking the shadow") as status:

@@ -62,7 +62,7 @@ def bench_batch(
                                              "(default: <data dir>/reports/bench)")] = None,
 ) -> None:
     """Rows/s of the local and Ray batch engines as ratios to the in-process Predictor limit."""
-    from modalfuse.scale.bench_batch import LABELS, TARGET_LOCAL_RATIO, run_bench, to_markdown
+    from modalfuse.bench.batch import LABELS, TARGET_LOCAL_RATIO, run_bench, to_markdown
 
     if rows < 1 or chunk_size < 1 or repeats < 1 or actors < 1:
         fail(f"rows ({rows}), chunk-size ({chunk_size}), repeats ({repeats}) and actors "

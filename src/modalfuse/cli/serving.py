@@ -125,7 +125,7 @@ def bench_serve(
 ) -> None:
     """Load-test the HTTP API at concurrency 1 and 16 next to MLflow serving and the Predictor,
     for each bundle and number of workers."""
-    from modalfuse.serve.loadbench import CHECK_NAMES, run_serve_bench, to_markdown
+    from modalfuse.bench.load import CHECK_NAMES, run_serve_bench, to_markdown
 
     paths = [bundle_path(b, dataset, announce=False) for b in bundle] if bundle else [
         bundle_path(None, dataset, announce=False)]
@@ -162,7 +162,7 @@ def bench_soak(
     = Path("docs/benchmarks"),
 ) -> None:
     """Soak the API (predict, batch, jobs; prediction log and retention on) and check for leaks."""
-    from modalfuse.serve.soak import plot, run_soak, to_markdown
+    from modalfuse.bench.soak import plot, run_soak, to_markdown
 
     path = bundle_path(bundle, dataset, announce=False)
     with console.status("soaking") as status:

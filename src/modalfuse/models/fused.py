@@ -16,8 +16,8 @@ import numpy as np
 from modalfuse.errors import InvalidInput
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import NotFittedError
-from modalfuse.models.neural import log_proba, softmax
-from modalfuse.models.registry import Model, load_model, register
+from modalfuse.models.calibration import log_proba, softmax
+from modalfuse.models.registry import Model, load_part, register, save_part
 
 LINEAR_FILE = "linear.npz"
 
@@ -147,15 +147,11 @@ class GeometricPoolModel:
 
     def save(self, directory: Path) -> dict:
         """Write each part into its own sub-folder; return the weights and the parts' meta."""
-        parts = []
-        for name, model in self.parts.items():  # the layout of neural.py's composite kinds
-            sub = directory / name
-            sub.mkdir(parents=True, exist_ok=True)
-            parts.append({"name": name, "dir": name, **model.save(sub)})
+        parts = [save_part(model, directory, name) for name, model in self.parts.items()]
         return {"kind": self.kind, "parts": parts, "weights": self.weights}
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> GeometricPoolModel:
         """The pool `save` wrote, its parts loaded through the kind registry."""
-        parts = {p["name"]: load_model(directory / p["dir"], p) for p in meta["parts"]}
+        parts = {p["name"]: load_part(directory, p) for p in meta["parts"]}
         return cls(parts, meta["weights"])

@@ -1,9 +1,10 @@
-"""Served model kinds for neural and fused models: ONNX networks, stacking, CNN-embedding GBMs, calibration.
+"""Served model kinds for neural and fused models: ONNX networks, stacking, CNN-embedding GBMs.
 
-Nothing here imports torch: networks are trained and exported by `models/cnn.py`, and
+Nothing here imports torch: networks are trained and exported by `training/nets.py`, and
 served from their ONNX files by ONNX Runtime, so the slim serving install can run them.
 A composite kind stores each of its parts in its own sub-folder of the bundle, with the
-part's meta under `parts`, and loads them through the same kind registry.
+part's meta under `parts`, and loads them through the same kind registry (`save_part`,
+`load_part`). Temperature calibration (the `calibrated` kind) is in `models/calibration.py`.
 """
 
 from __future__ import annotations
@@ -17,22 +18,10 @@ from modalfuse.errors import InvalidInput
 from modalfuse.features.image_tensor import image_tensor
 from modalfuse.features.preprocess import FeatureBatch
 from modalfuse.features.tabular import NotFittedError
-from modalfuse.models.registry import Model, load_model, register
+from modalfuse.models.calibration import log_proba, softmax
+from modalfuse.models.registry import Model, load_part, register, save_part
 
 NET_INPUTS = ("image", "tabular")
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits, shifted for numerical stability."""
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def log_proba(p: np.ndarray) -> np.ndarray:
-    """Log-probabilities, clipped so a zero probability stays finite."""
-    # Clip so a part that is certain (p = 0 for a class) cannot veto it with -inf.
-    return np.log(np.clip(p, 1e-7, 1.0))
 
 
 def net_feeds(batch: FeatureBatch, inputs: list[str], image_size: int) -> dict[str, np.ndarray]:
@@ -46,16 +35,6 @@ def net_feeds(batch: FeatureBatch, inputs: list[str], image_size: int) -> dict[s
         else:
             raise InvalidInput(f"unknown network input {name!r}; known: {list(NET_INPUTS)}")
     return feeds
-
-
-def _save_part(model: Model, directory: Path, name: str) -> dict:
-    sub = directory / name
-    sub.mkdir(parents=True, exist_ok=True)
-    return {"name": name, "dir": name, **model.save(sub)}
-
-
-def _load_part(directory: Path, meta: dict) -> Model:
-    return load_model(directory / meta["dir"], meta)
 
 
 @register(libraries=("onnxruntime",))
@@ -183,14 +162,14 @@ class StackingModel:
         """Write each part into its own sub-folder; return the pool's weights and the parts' meta."""
         if self.weights_ is None or self.bias_ is None:
             raise NotFittedError("StackingModel is not fitted; call fit_meta() first")
-        parts = [_save_part(model, directory, name) for name, model in self.parts.items()]
+        parts = [save_part(model, directory, name) for name, model in self.parts.items()]
         return {"kind": self.kind, "parts": parts, "weights": self.weights_.tolist(),
                 "bias": self.bias_.tolist(), "l2": self.l2, "balanced": self.balanced}
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> StackingModel:
         """The stacked model `save` wrote, its parts loaded through the kind registry."""
-        m = cls({p["name"]: _load_part(directory, p) for p in meta["parts"]}, meta["l2"],
+        m = cls({p["name"]: load_part(directory, p) for p in meta["parts"]}, meta["l2"],
                 meta["balanced"])
         m.weights_, m.bias_ = np.array(meta["weights"]), np.array(meta["bias"])
         return m
@@ -219,58 +198,13 @@ class EmbeddingGBMModel:
 
     def save(self, directory: Path) -> dict:
         """Write the embedder and the GBM into their sub-folders; return their meta."""
-        return {"kind": self.kind, "parts": [_save_part(self.embedder, directory, "embedder"),
-                                             _save_part(self.gbm, directory, "gbm")]}
+        return {"kind": self.kind, "parts": [save_part(self.embedder, directory, "embedder"),
+                                             save_part(self.gbm, directory, "gbm")]}
 
     @classmethod
     def load(cls, directory: Path, meta: dict) -> EmbeddingGBMModel:
         """The model `save` wrote, its parts loaded through the kind registry."""
-        parts = {p["name"]: _load_part(directory, p) for p in meta["parts"]}
+        parts = {p["name"]: load_part(directory, p) for p in meta["parts"]}
         embedder = parts["embedder"]
         assert isinstance(embedder, OnnxNetModel)
         return cls(embedder, parts["gbm"])
-
-
-@register()
-class CalibratedModel:
-    """Temperature scaling of any model's probabilities; T is fitted on held-out (out-of-fold) rows."""
-
-    kind: ClassVar[str] = "calibrated"
-
-    def __init__(self, inner: Model, temperature: float = 1.0):
-        self.inner = inner
-        self.temperature = temperature
-
-    def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
-        """The inner model's probabilities, tempered."""
-        return apply_temperature(self.inner.predict_proba(batch), self.temperature)
-
-    def save(self, directory: Path) -> dict:
-        """Write the inner model into its sub-folder; return it with the temperature."""
-        return {"kind": self.kind, "temperature": self.temperature,
-                "parts": [_save_part(self.inner, directory, "inner")]}
-
-    @classmethod
-    def load(cls, directory: Path, meta: dict) -> CalibratedModel:
-        """The calibrated model `save` wrote, its inner model loaded through the kind registry."""
-        return cls(_load_part(directory, meta["parts"][0]), meta["temperature"])
-
-
-def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities rescaled by a temperature (> 1 softens, < 1 sharpens)."""
-    return softmax(log_proba(p) / temperature)
-
-
-def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
-    """The temperature that minimises the log loss of held-out probabilities (a 1-D search)."""
-    from scipy.optimize import minimize_scalar
-
-    logs = log_proba(p)
-    n = len(y)
-
-    def nll(log_t: float) -> float:
-        q = softmax(logs / np.exp(log_t))
-        return float(-np.mean(np.log(np.clip(q[np.arange(n), y], 1e-12, 1))))
-
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))

@@ -7,7 +7,9 @@ saved files mean (the bundle records them and checks them at load). `load_kinds`
 every module of the package once, so nothing else needs editing; the bundle and the
 Predictor never special-case a kind. A kind module imports no torch at module top: the
 serving install has none. A module that needs a library this install lacks is skipped, and
-`load_model` names it when asked for a kind it does not know.
+`load_model` names it when asked for a kind it does not know. A composite kind (a pool, a
+calibrated model) stores each part in its own sub-folder with `save_part` and reads it back
+with `load_part`.
 """
 
 from __future__ import annotations
@@ -100,3 +102,16 @@ def load_model(directory: Path, meta: dict) -> Model:
         missing = "".join(f"; {m} was skipped: {err}" for m, err in UNAVAILABLE_MODULES.items())
         raise InvalidInput(f"unknown model kind {kind!r}; known: {sorted(kinds)}{missing}")
     return kinds[kind].load(directory, meta)
+
+
+def save_part(model: Model, directory: Path, name: str) -> dict:
+    """Save one part of a composite kind into the sub-folder `name` of `directory`; returns
+    its meta with the name and folder, for the composite's `parts`."""
+    sub = directory / name
+    sub.mkdir(parents=True, exist_ok=True)
+    return {"name": name, "dir": name, **model.save(sub)}
+
+
+def load_part(directory: Path, meta: dict) -> Model:
+    """The part `save_part` wrote, loaded through the kind registry."""
+    return load_model(directory / meta["dir"], meta)

@@ -19,8 +19,9 @@ from torch.nn import functional as F
 from modalfuse.errors import InvalidInput
 from modalfuse.features.image_tensor import image_tensor
 from modalfuse.inference.bundle import ModelBundle
+from modalfuse.models.calibration import CalibratedModel, apply_temperature
 from modalfuse.models.netconfig import NetConfig
-from modalfuse.models.neural import CalibratedModel, StackingModel, apply_temperature
+from modalfuse.models.neural import StackingModel
 from modalfuse.optimize.prune import ALL_FOLDS, save_net_bundle
 from modalfuse.training.folds import FoldEngine
 from modalfuse.training.nets import FusionNet, TrainingImages, make_augment, seed_everything

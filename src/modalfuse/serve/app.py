@@ -13,9 +13,9 @@ from modalfuse.config import Settings, installed
 from modalfuse.errors import InvalidInput
 from modalfuse.features.image import ImageError
 from modalfuse.inference.predictor import PredictionInputError, Predictor
-from modalfuse.serve import production, ratelimit
+from modalfuse.serve import ratelimit, wiring
 from modalfuse.serve.docs import install_docs
-from modalfuse.serve.errors import ServerErrors
+from modalfuse.serve.error_middleware import ServerErrors
 from modalfuse.serve.routes import admin as admin_routes
 from modalfuse.serve.routes import card as card_routes
 from modalfuse.serve.routes import explain as explain_routes
@@ -169,5 +169,5 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     ratelimit.install(app, settings)  # per-client 429s, the pixel budget's 413
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # After BodyLimit, so request ids and metrics wrap every answer (413s too).
-    production.install(app, settings, holder)
+    wiring.install(app, settings, holder)
     return app

@@ -6,7 +6,7 @@ asking for it afterwards is a 404 that says so. Folders no job row owns (a serve
 while creating a job or receiving an upload) go too, once older than the TTL (and an
 hour at least).
 `RetentionSweeper` runs the sweep in a thread of the server: at start-up, then periodically.
-The prediction log prunes itself from its own writer thread (`monitor/predlog.py`).
+The prediction log prunes itself from its own writer thread (`monitor/predlog/retention.py`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """MLflow model registry: one registered model per dataset, aliases `champion` and `challenger`.
 
-A new version becomes `champion` if there is none, else `challenger`. `promote` compares
-challenger and champion on their grouped-CV out-of-fold predictions (a paired bootstrap of
-the macro-F1 gain; the test split only reports) and moves `champion` only when the lower
-end of the interval clears a stated margin; `rollback` moves it back.
-`fetch_bundle` turns `models:/NAME@alias` (or `/VERSION`) into a local bundle.
+A new version becomes `champion` if there is none, else `challenger`. `promote` fetches
+both, asks the promotion gate (`tracking/gate.py`: grouped-CV out-of-fold predictions, a
+paired bootstrap of the macro-F1 gain; the test split only reports) and moves `champion`
+only when it says so, recording the decision on the version; `rollback` moves it back.
+`fetch_bundle` turns `models:/NAME@alias` (or `/VERSION`) into a local bundle, and `trace`
+finds the registered versions of a served model version.
 """
 
 from __future__ import annotations
@@ -13,21 +14,16 @@ import hashlib
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from modalfuse.config import Settings, installed
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
-from modalfuse.errors import ModelError
+from modalfuse.errors import RegistryError
 from modalfuse.inference.bundle import BUNDLE_FILE, ModelBundle, load_bundle
-from modalfuse.inference.evaluate import classification_metrics, evaluate, per_class_report
-from modalfuse.inference.oof import OutOfFold, OutOfFoldError, paired_bootstrap_gain
-from modalfuse.inference.predictor import Predictor
+from modalfuse.tracking.gate import GATE_TEXT, Candidate, Gate, PromotionDecision
 from modalfuse.tracking.rest import RestRegistry, RestRegistryError
 from modalfuse.tracking.runs import (
     TrackedRun,
@@ -43,18 +39,10 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "weighted_f1": True,
-                    "log_loss": False, "ece": False}
 TAG_BUNDLE = "modalfuse.bundle_version"
 TAG_PREVIOUS = "modalfuse.previous_champion"
 TAG_GATE = "modalfuse.promotion_on"
-GATE_TEXT = {"cv": "cv: paired bootstrap of out-of-fold macro_f1 (grouped CV)",
-             "test": "test: compared on the frozen test split (--on test)"}
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
-
-
-class RegistryError(ModelError):
-    """The registry cannot do what was asked (missing model/alias, unreachable store)."""
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -190,42 +178,6 @@ def fetch_bundle(uri: str, settings: Settings) -> tuple[Path, dict[str, Any]]:
     return found[0].parent, info
 
 
-@dataclass
-class Candidate:
-    """One registered version as the promotion gate sees it: its bundle, data version and scores."""
-
-    version: str
-    bundle_version: str
-    dataset_version: str | None
-    run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)  # the frozen test split: a report
-    per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # on what decided
-    cv: dict[str, float] = field(default_factory=dict)  # out-of-fold (grouped CV) metrics
-    folds_digest: str | None = None
-
-
-@dataclass
-class PromotionDecision:
-    """What the gate decided for a challenger and why, with the numbers it compared."""
-
-    promoted: bool
-    reason: str
-    metric: str
-    margin: float
-    challenger: Candidate | None = None
-    champion: Candidate | None = None
-    plot: str | None = None  # PNG comparing the two, per class
-    on: str = "cv"  # what chose: "cv" (out-of-fold predictions) or "test" (--on test)
-    interval: dict[str, Any] | None = None  # the paired bootstrap of the gain (on cv)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The decision as JSON-ready data (what `modalfuse promote` prints and logs)."""
-        return asdict(self)
-
-
-GATES = ("cv", "test")
-
-
 def _candidate(uri: str, settings: Settings) -> tuple[Candidate, ModelBundle]:
     path, info = fetch_bundle(uri, settings)
     bundle = load_bundle(path)
@@ -234,67 +186,6 @@ def _candidate(uri: str, settings: Settings) -> tuple[Candidate, ModelBundle]:
                      run_id=info["run_id"],
                      folds_digest=(bundle.meta.get("cv_oof") or {}).get("folds_digest"))
     return cand, bundle
-
-
-def _score_test(cand: Candidate, bundle: ModelBundle, ds: Dataset, splits: Splits) -> None:
-    """The frozen test split through the Predictor (a report, unless `--on test` decides)."""
-    if cand.dataset_version == ds.version:
-        result = evaluate(Predictor(bundle), ds, splits.ids("test"), None, "test")
-        cand.metrics = {k: float(v) for k, v in result["metrics"].items() if k != "n"}
-        if not cand.per_class:
-            cand.per_class = result["per_class"]
-
-
-def _score_cv(cand: Candidate, oof: OutOfFold) -> None:
-    cand.cv = {k: float(v) for k, v in classification_metrics(oof.proba, oof.y, oof.labels).items()
-               if k != "n"}
-    cand.per_class = per_class_report(oof.proba, oof.y, oof.labels)
-
-
-def plot_comparison(name: str, challenger: Candidate, champion: Candidate, metric: str,
-                    path: Path, on: str = "test") -> Path:
-    """Per-class F1 of challenger and champion side by side, the gate's metric in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = sorted(set(challenger.per_class) | set(champion.per_class))
-    x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(labels) + 2), 4.5))
-    for offset, c, who in ((-0.2, champion, "champion"), (0.2, challenger, "challenger")):
-        f1 = [c.per_class.get(lab, {}).get("f1", 0.0) for lab in labels]
-        value = (c.cv if on == "cv" else c.metrics).get(metric, float("nan"))
-        ax.bar(x + offset, f1, width=0.4, label=f"{who} v{c.version} ({metric} {value:.3f})")
-    ax.set_xticks(x, labels, rotation=60, ha="right")
-    where = ("out-of-fold predictions (grouped CV)" if on == "cv"
-             else "the frozen test split")
-    ax.set_ylabel(f"F1 on {where}")
-    ax.set_ylim(0, 1.2)  # room for the legend above the bars
-    ax.set_title(f"{name}: challenger v{challenger.version} vs champion v{champion.version}")
-    ax.legend(loc="upper center", ncol=2, fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _cv_refusal(challenger: Candidate, champion: Candidate, cb: ModelBundle,
-                hb: ModelBundle) -> str | None:
-    """Why the two cannot be compared on out-of-fold predictions, or None when they can."""
-    for who, c, b in (("challenger", challenger, cb), ("champion", champion, hb)):
-        if not b.meta.get("cv_oof"):
-            return (f"{who} (version {c.version}) has no out-of-fold predictions (trained "
-                    "with --no-cv, or by an older modalfuse): retrain it with grouped CV")
-    if challenger.dataset_version != champion.dataset_version:
-        return (f"challenger was cross-validated on dataset version {challenger.dataset_version}, "
-                f"champion on {champion.dataset_version}: not the same rows")
-    if challenger.folds_digest != champion.folds_digest:
-        return (f"challenger and champion were cross-validated on different folds (digest "
-                f"{challenger.folds_digest} vs {champion.folds_digest}): their out-of-fold "
-                "predictions are not paired")
-    return None
 
 
 def promote(settings: Settings, name: str, ds: Dataset, splits: Splits,
@@ -309,103 +200,30 @@ def promote(settings: Settings, name: str, ds: Dataset, splits: Splits,
     is recorded on the registered version: choosing on test, again and again, is selection
     on the data used to judge. The test split is scored either way, as a report.
     """
-    if on not in GATES:
-        raise RegistryError(f"unknown gate {on!r}; choose one of {list(GATES)}")
-    if metric not in HIGHER_IS_BETTER:
-        raise RegistryError(f"unknown metric {metric!r}; choose one of {sorted(HIGHER_IS_BETTER)}")
-    if on == "cv" and metric != "macro_f1":
-        raise RegistryError(f"the out-of-fold gate bootstraps macro_f1, got metric {metric!r}; "
-                            "use --metric macro_f1 (or --on test to compare another metric)")
-    if margin < 0:
-        raise RegistryError(f"margin must be >= 0, got {margin}")
-    if not 0 < confidence < 1:
-        raise RegistryError(f"confidence must be between 0 and 1, got {confidence}")
+    gate = Gate(metric, margin, on, confidence, resamples, seed)  # RegistryError when unsafe
     client = _client(settings)
     chall = alias_version(client, name, CHALLENGER)
     champ = alias_version(client, name, CHAMPION)
     if chall is None:
-        return PromotionDecision(False, f"model {name!r} has no {CHALLENGER!r}: train one with "
-                                        "`modalfuse train` first", metric, margin, on=on)
+        return gate.refuse(f"model {name!r} has no {CHALLENGER!r}: train one with "
+                           "`modalfuse train` first")
     challenger, cb = _candidate(f"models:/{name}/{chall.version}", settings)
     if champ is None:
-        _score_test(challenger, cb, ds, splits)
+        challenger.score_test(cb, ds, splits)
         decision = PromotionDecision(True, "no champion yet: the challenger becomes champion",
                                      metric, margin, challenger, on=on)
         _apply(client, name, decision, None)
         return decision
     if champ.version == chall.version:
-        return PromotionDecision(False, f"challenger and champion are both version "
-                                        f"{chall.version}", metric, margin, challenger, on=on)
+        return gate.refuse(f"challenger and champion are both version {chall.version}",
+                           challenger)
     champion, hb = _candidate(f"models:/{name}/{champ.version}", settings)
-    decide = _decide_on_cv if on == "cv" else _decide_on_test
     plot = settings.reports_dir / f"promotion_{name}_v{challenger.version}_vs_v{champion.version}.png"
-    decision = decide(name, challenger, champion, cb, hb, ds, splits, metric, margin, plot,
-                      confidence, resamples, seed)
+    decision = gate.decide(name, challenger, champion, cb, hb, ds, splits, plot)
     if decision.plot and challenger.run_id:
         client.log_artifact(challenger.run_id, decision.plot, "promotion")
     _apply(client, name, decision, champ.version)
     return decision
-
-
-def _decide_on_cv(name: str, challenger: Candidate, champion: Candidate, cb: ModelBundle,
-                  hb: ModelBundle, ds: Dataset, splits: Splits, metric: str, margin: float,
-                  plot: Path, confidence: float, resamples: int, seed: int) -> PromotionDecision:
-    refusal = _cv_refusal(challenger, champion, cb, hb)
-    oofs = [OutOfFold.load(b.path, b.labels) for b in (cb, hb)]
-    if refusal is None and (oofs[0] is None or oofs[1] is None):
-        refusal = "a bundle names out-of-fold predictions it does not carry"
-    if refusal is None:
-        try:
-            gain = paired_bootstrap_gain(oofs[0], oofs[1], resamples, confidence, seed)  # type: ignore[arg-type]
-        except OutOfFoldError as e:
-            refusal = str(e)
-    if refusal is not None:
-        return PromotionDecision(False, refusal + "; or pass --on test to compare on the test "
-                                 "split (recorded on the version)", metric, margin, challenger,
-                                 champion, on="cv")
-    _score_cv(challenger, oofs[0])  # type: ignore[arg-type]
-    _score_cv(champion, oofs[1])  # type: ignore[arg-type]
-    for c, b in ((challenger, cb), (champion, hb)):
-        _score_test(c, b, ds, splits)  # a report only
-    pct = round(confidence * 100)
-    text = (f"out-of-fold macro_f1 {gain.challenger:.4f} vs {gain.champion:.4f} on "
-            f"{gain.rows} grouped-CV rows of dataset version {challenger.dataset_version}: gain "
-            f"{gain.gain:+.4f}, {pct}% paired-bootstrap interval [{gain.low:+.4f}, "
-            f"{gain.high:+.4f}] ({gain.resamples} resamples)")
-    promoted = gain.low >= margin
-    verdict = (f"its lower end clears the margin {margin}" if promoted else
-               f"its lower end is below the margin {margin}; champion stays version "
-               f"{champion.version}")
-    plot_comparison(name, challenger, champion, metric, plot, on="cv")
-    return PromotionDecision(promoted, f"{text}: {verdict}", metric, margin, challenger, champion,
-                             str(plot), on="cv", interval=gain.to_dict())
-
-
-def _decide_on_test(name: str, challenger: Candidate, champion: Candidate, cb: ModelBundle,
-                    hb: ModelBundle, ds: Dataset, splits: Splits, metric: str, margin: float,
-                    plot: Path, confidence: float, resamples: int, seed: int) -> PromotionDecision:
-    for c, b in ((challenger, cb), (champion, hb)):
-        _score_test(c, b, ds, splits)
-    for who, c in (("challenger", challenger), ("champion", champion)):
-        if c.dataset_version != ds.version:
-            return PromotionDecision(
-                False, f"{who} (version {c.version}) was trained on dataset version "
-                       f"{c.dataset_version}, but the frozen data here is version {ds.version}: "
-                       "the two cannot be compared on the same data; retrain it on this version",
-                metric, margin, challenger, champion, on="test")
-    plot_comparison(name, challenger, champion, metric, plot, on="test")
-    a, h = challenger.metrics[metric], champion.metrics[metric]
-    gain = (a - h) if HIGHER_IS_BETTER[metric] else (h - a)
-    better = "higher" if HIGHER_IS_BETTER[metric] else "lower"
-    text = (f"challenger {metric} {a:.4f} vs champion {h:.4f} on the frozen test split of "
-            f"dataset version {ds.version} (--on test): {gain:+.4f} ({better} is better)")
-    if gain >= margin:
-        reason, promoted = f"{text} meets the margin {margin}", True
-    else:
-        reason, promoted = (f"{text} is below the margin {margin}; champion stays version "
-                            f"{champion.version}"), False
-    return PromotionDecision(promoted, reason, metric, margin, challenger, champion, str(plot),
-                             on="test")
 
 
 def _apply(client: MlflowClient, name: str, d: PromotionDecision, old: str | None) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from modalfuse.inference.companions import BOTH, FIELDS, IMAGE, Companions
 from modalfuse.inference.conformal import Conformal
 from modalfuse.inference.ood import DEFAULT_FALSE_ALARM, FieldOOD, ImageOOD, image_ood_features
-from modalfuse.models.neural import CalibratedModel
+from modalfuse.models.calibration import CalibratedModel
 from modalfuse.training.folds import OOF_KEY, FoldEngine
 
 # The recipe that serves each missing-modality case.

@@ -30,14 +30,9 @@ from modalfuse.features.tabular import parse_record, records_frame
 from modalfuse.inference.evaluate import classification_metrics
 from modalfuse.inference.oof import OutOfFold
 from modalfuse.inference.predictor import table_records
+from modalfuse.models.calibration import apply_temperature, fit_temperature
 from modalfuse.models.gbm import GBMModel
-from modalfuse.models.neural import (
-    EmbeddingGBMModel,
-    OnnxNetModel,
-    apply_temperature,
-    fit_temperature,
-    net_feeds,
-)
+from modalfuse.models.neural import EmbeddingGBMModel, OnnxNetModel, net_feeds
 from modalfuse.models.registry import Model
 from modalfuse.training import recipes
 from modalfuse.training.config import TrainConfig

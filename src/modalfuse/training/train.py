@@ -22,7 +22,7 @@ from modalfuse.inference.bundle import ModelBundle, save_bundle, update_bundle_m
 from modalfuse.inference.evaluate import evaluate
 from modalfuse.inference.oof import OOF_FILE, folds_digest
 from modalfuse.inference.predictor import Predictor, api_body, table_records
-from modalfuse.models.neural import CalibratedModel
+from modalfuse.models.calibration import CalibratedModel
 from modalfuse.training import recipes
 from modalfuse.training.companions import fit_companions
 from modalfuse.training.config import TrainConfig

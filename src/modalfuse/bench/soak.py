@@ -15,7 +15,6 @@ import http.client
 import io
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -26,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from modalfuse.bench.servers import free_port, running, serve_command
 from modalfuse.inference.predictor import Predictor
-from modalfuse.serve.loadbench import free_port, running
 
 TARGETS = {"rss_growth_pct": 10.0, "p99_end_vs_start_pct": 20.0}
 API_KEY = "soak-key-0123456789abcdef"
@@ -141,9 +140,7 @@ def run_soak(bundle: Path, minutes: float = 10.0, clients: int = 4, sample_s: fl
                "MODALFUSE_JOB_TTL": str(job_ttl_s), "MODALFUSE_RETENTION_SWEEP_EVERY": str(sweep_s),
                "MODALFUSE_LOG_LEVEL": "WARNING"}
         port = free_port()
-        cmd = [sys.executable, "-m", "modalfuse.cli", "serve", "--bundle", str(bundle),
-               "--port", str(port)]
-        with running(cmd, env, port, "/health", tmpdir / "server.log") as proc:
+        with running(serve_command(bundle, port), env, port, "/health", tmpdir / "server.log") as proc:
             server = psutil.Process(proc.pid)
             rec, stop = Recorder(), threading.Event()
             threads = [threading.Thread(target=_client, daemon=True,

@@ -1,4 +1,5 @@
-"""The last line of defence: a server bug answers a generic 500 (no internals) and is logged.
+"""The error middleware, the last line of defence: a server bug answers a generic 500 (no
+internals) and is logged.
 
 Every failure caused by the input is a 4xx raised where the input is understood (routes,
 the Predictor, uploads). What reaches this middleware is a bug of the server: the client

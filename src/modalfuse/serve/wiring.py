@@ -1,4 +1,7 @@
-"""Wires the production layer into an app: metrics, request ids, prediction log, async jobs.
+"""Wires the production layer into an app: metrics and request ids, the prediction log,
+async jobs, the shadow and canary releases, the jobs, monitoring and feedback routers, a 422
+handler safe for NaN input, the sync of workers, and the lifespan that starts and stops their
+threads.
 
 `install` is called once by `create_app`; the worker threads start with the app's lifespan
 (and on first use), and stop with it. Metrics and the prediction log observe the model

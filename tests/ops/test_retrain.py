@@ -20,6 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from modalfuse.config import Settings
+from modalfuse.errors import InvalidInput
 
 KEEP = {"height_m", "weight_kg"}  # the weak champion sees two fields, no image
 
@@ -73,6 +74,31 @@ def test_drift_without_logged_predictions_is_nothing_to_do(store):
     summary = json.loads(summaries(store["data"])[-1].read_text())
     assert summary["outcome"] == "nothing_to_do"
     assert summary["decision"] == {**summary["decision"], "trigger": "drift", "retrain": False}
+
+
+def test_run_retrain_is_a_function_that_returns_its_summary(store):
+    from modalfuse.ops.retrain import RetrainOptions, run_retrain
+
+    summary = run_retrain(store["settings"], RetrainOptions(trigger="drift", dvc=False,
+                                                            params=store["params"], dry_run=True))
+    assert summary.outcome == "nothing_to_do" and summary.dry_run
+    assert not summary.decision.retrain and "no logged predictions" in summary.decision.reason
+    with pytest.raises(InvalidInput, match="unknown trigger 'sometimes'"):
+        RetrainOptions(trigger="sometimes")
+
+
+def test_the_cli_triggers_are_the_library_ones():
+    from modalfuse.cli.retrain import Trigger
+    from modalfuse.ops.triggers import TRIGGERS
+
+    assert tuple(t.value for t in Trigger) == TRIGGERS
+
+
+def test_a_dataset_other_than_the_pipelines_is_a_usage_error(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": {"name": "fruit"}}))
+    res = invoke("--if", "always", "--repo", str(tmp_path))
+    assert res.exit_code == 2, res.output
+    assert "builds dataset 'fruit', not 'pokemon'" in " ".join(res.output.split())
 
 
 def test_performance_without_feedback_is_nothing_to_do(store):
@@ -168,7 +194,7 @@ class _ShadowHandler(BaseHTTPRequestHandler):
 
 
 def test_start_shadow_posts_the_uri_with_the_key_and_reports_an_unreachable_server():
-    from modalfuse.training.retrain import RetrainError, start_shadow
+    from modalfuse.ops.retrain import RetrainError, start_shadow
 
     _ShadowHandler.seen = []
     server = HTTPServer(("127.0.0.1", 0), _ShadowHandler)

@@ -15,20 +15,18 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from modalfuse.bench.servers import LevelResult, drive, drive_calls, free_port, running
 from modalfuse.config import Settings
 from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor
 from modalfuse.serve.app import create_app
-from modalfuse.serve.loadbench import drive, free_port, running
 
 # The issue's target: p50 with a shadow over p50 without, at every level.
 MAX_P50_RATIO = 1.10
@@ -48,48 +46,10 @@ class ShadowLevel:
     throughput_rps: float
 
 
-def drive_client(post: Callable[[bytes], int], body: bytes, concurrency: int, n_requests: int,
-                 warmup: int) -> tuple[list[float], int, float]:
-    """n_requests calls of `post` over `concurrency` threads: latencies (s), errors, wall (s)."""
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-    counter = iter(range(n_requests))
-    barrier = threading.Barrier(concurrency + 1)
-
-    def worker() -> None:
-        nonlocal errors
-        for _ in range(warmup):
-            post(body)
-        barrier.wait()
-        local, bad = [], 0
-        while True:
-            with lock:
-                nxt = next(counter, None)
-            if nxt is None:
-                break
-            t0 = time.perf_counter()
-            bad += post(body) != 200
-            local.append(time.perf_counter() - t0)
-        with lock:
-            latencies.extend(local)
-            errors += bad
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    return latencies, errors, time.perf_counter() - t0
-
-
-def _level(c: int, shadow: bool, latencies: list[float], errors: int,
-           wall: float) -> ShadowLevel:
-    ms = np.array(latencies) * 1000
-    return ShadowLevel(c, shadow, len(ms), errors, float(np.percentile(ms, 50)),
-                       float(np.percentile(ms, 99)), len(ms) / wall)
+def shadow_level(r: LevelResult, shadow: bool) -> ShadowLevel:
+    """One level of /v1/predict as measured, marked with or without a shadow."""
+    return ShadowLevel(r.concurrency, shadow, r.requests, r.errors, r.p50_ms, r.p99_ms,
+                       r.throughput_rps)
 
 
 def run_shadow_bench(bundle: Path, challenger: Path | None = None, requests: int = 300,
@@ -160,10 +120,8 @@ def _server_levels(tmp: Path, bundle: Path, challenger: Path, body: bytes, reque
         return json.loads(data)
 
     def measure(c: int, n: int, w: int, shadow: bool) -> ShadowLevel:
-        r = drive(port, "/v1/predict", body, c, n, w, "modalfuse API",
-                  lambda status, data: status == 200)
-        return ShadowLevel(c, shadow, r.requests, r.errors, r.p50_ms, r.p99_ms,
-                           r.throughput_rps)
+        return shadow_level(drive(port, "/v1/predict", body, c, n, w, "modalfuse API",
+                                  lambda status, data: status == 200), shadow)
 
     progress("starting the API (uvicorn, 1 process)")
     with running(cmd, env, port, "/health", tmp / "api.log"):
@@ -185,11 +143,12 @@ def _in_process_levels(tmp: Path, bundle: Path, challenger: Path, body: bytes, r
             r.raise_for_status()
             return r.json()
 
+        def post() -> int:
+            return client.post("/v1/predict", content=body, headers=headers).status_code
+
         def measure(c: int, n: int, w: int, shadow: bool) -> ShadowLevel:
-            lat, errors, wall = drive_client(
-                lambda b: client.post("/v1/predict", content=b, headers=headers).status_code,
-                body, c, n, w)
-            return _level(c, shadow, lat, errors, wall)
+            return shadow_level(drive_calls(lambda: nullcontext(post), lambda status: status == 200,
+                                            c, n, w, "modalfuse API"), shadow)
 
         _with_and_without(measure, admin, challenger, requests, warmup, concurrencies, results,
                           shadow_state, progress)

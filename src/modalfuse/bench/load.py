@@ -12,24 +12,25 @@ keep-alive connections, for a fixed number of requests. The serve image's size i
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from modalfuse.bench.servers import (
+    LevelResult,
+    drive,
+    free_port,
+    running,
+    serve_command,
+    summarize,
+)
 from modalfuse.inference.bundle import version_tag
 from modalfuse.inference.predictor import Predictor
 
@@ -40,184 +41,14 @@ IMAGE_FILE = Path(".cache/container/serve-image.json")
 ROUNDS = 3  # the in-process and HTTP c=1 levels alternate this many times
 
 
-@dataclass
-class LevelResult:
-    """Latency and throughput of one target at one concurrency level."""
-
-    target: str
-    concurrency: int
-    requests: int
-    errors: int
-    p50_ms: float
-    p99_ms: float
-    mean_ms: float
-    throughput_rps: float
-    model: str = ""  # the bundle's model version
-    workers: int = 1  # server processes (1 for the in-process Predictor)
-    samples: list[float] = field(default_factory=list, repr=False)  # seconds, not reported
-
-
 def merge(parts: list[LevelResult]) -> LevelResult:
     """One level measured in several rounds, as if in one: latencies pooled, time summed."""
     first = parts[0]
     samples = [x for p in parts for x in p.samples]
     wall = sum(p.requests / p.throughput_rps for p in parts)
-    out = _summary(first.target, first.concurrency, samples, sum(p.errors for p in parts), wall)
+    out = summarize(first.target, first.concurrency, samples, sum(p.errors for p in parts), wall)
     out.model, out.workers = first.model, first.workers
     return out
-
-
-def free_port() -> int:
-    """A local TCP port free right now, for a benchmarked server to listen on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Wait until the server answers `path` with 200; `RuntimeError` if it exits or times out."""
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with code {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", path)
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server on port {port} did not answer {path} in {timeout:.0f}s")
-
-
-@contextmanager
-def running(cmd: list[str], env: dict[str, str], port: int, health: str, log: Path):
-    """Run a server command (output to `log`) while it is healthy; it is terminated on exit."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            try:
-                wait_http(port, health, proc)
-            except RuntimeError as e:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{e}; {cmd[2:5]} said:\n{tail}") from None
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-class RawConnection:
-    """One keep-alive HTTP/1.1 connection that sends a prepared request and reads the answer
-    with as little client work as it can: `http.client` parses every response's headers with
-    the email package, which on two cores took CPU from the servers it measured."""
-
-    def __init__(self, port: int, timeout: float = 60.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        self.buf += chunk
-
-    def _take(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            self._fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def exchange(self, request: bytes) -> tuple[int, bytes]:
-        """Send `request` (complete bytes) and return (status, body)."""
-        self.sock.sendall(request)
-        while b"\r\n\r\n" not in self.buf:
-            self._fill()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        fields = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(b":")
-            fields[k.strip().lower()] = v.strip()
-        if b"content-length" in fields:
-            return status, self._take(int(fields[b"content-length"]))
-        body = b""  # chunked
-        while True:
-            size = int(self._line().split(b";")[0], 16)
-            if size == 0:
-                self._line()
-                return status, body
-            body += self._take(size)
-            self._take(2)
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()
-
-
-def drive(port: int, path: str, body: bytes, concurrency: int, n_requests: int,
-          warmup: int, name: str, ok: Callable[[int, bytes], bool]) -> LevelResult:
-    """n_requests POSTs spread over `concurrency` keep-alive connections; latency per request."""
-    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-               "Connection: keep-alive\r\n\r\n").encode() + body
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-    counter = iter(range(n_requests))
-
-    def worker() -> None:
-        nonlocal errors
-        conn = RawConnection(port)
-        for _ in range(warmup):
-            conn.exchange(request)
-        barrier.wait()
-        local, bad = [], 0
-        while True:
-            with lock:
-                nxt = next(counter, None)
-            if nxt is None:
-                break
-            t0 = time.perf_counter()
-            status, data = conn.exchange(request)
-            local.append(time.perf_counter() - t0)
-            bad += not ok(status, data)
-        conn.close()
-        with lock:
-            latencies.extend(local)
-            errors += bad
-
-    barrier = threading.Barrier(concurrency + 1)
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    return _summary(name, concurrency, latencies, errors, wall)
-
-
-def _summary(name: str, concurrency: int, latencies: list[float], errors: int,
-             wall: float) -> LevelResult:
-    ms = np.array(latencies) * 1000
-    return LevelResult(name, concurrency, len(ms), errors, float(np.percentile(ms, 50)),
-                       float(np.percentile(ms, 99)), float(ms.mean()), len(ms) / wall,
-                       samples=list(latencies))
 
 
 def in_process(predictor: Predictor, example: dict, n_requests: int, warmup: int) -> LevelResult:
@@ -235,7 +66,7 @@ def in_process(predictor: Predictor, example: dict, n_requests: int, warmup: int
         s = time.perf_counter()
         once()
         lat.append(time.perf_counter() - s)
-    return _summary("in-process Predictor", 1, lat, 0, time.perf_counter() - t0)
+    return summarize("in-process Predictor", 1, lat, 0, time.perf_counter() - t0)
 
 
 def save_mlflow_model(bundle: Path, out: Path) -> Path:
@@ -317,9 +148,7 @@ def _bench_bundle(bundle: Path, predictor: Predictor, example: dict, workers: Se
             progress(f"{version}: modalfuse API ({n_workers} worker process"
                      f"{'es' if n_workers > 1 else ''})")
             port = free_port()
-            cmd = [sys.executable, "-c", "from modalfuse.cli import main; main()", "serve",
-                   "--bundle", str(bundle), "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", str(n_workers)]
+            cmd = serve_command(bundle, port, n_workers)
             api_env = {**env, "MODALFUSE_DATA_DIR": str(tmpdir / f"data-{n_workers}")}
             with running(cmd, api_env, port, "/health", tmpdir / f"api-{n_workers}.log"):
                 if n_workers == workers[0]:

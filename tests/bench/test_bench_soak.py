@@ -6,7 +6,7 @@ measured by the command (docs/serving.md), not asserted here.
 
 from __future__ import annotations
 
-from modalfuse.serve.soak import check_rows, plot, run_soak, to_markdown
+from modalfuse.bench.soak import check_rows, plot, run_soak, to_markdown
 
 
 def test_short_soak_samples_and_judges(fixture_bundle, tmp_path):
