@@ -31,7 +31,9 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from a number or a string like "90", "45s", "30m", "12h", "7d" or "2w"."""
+    """Seconds from a positive number or a string like "90", "45s", "30m", "1.5h", "7d" or "2w":
+    the one reader of durations, for settings (MODALFUSE_JOB_TTL=7d) and CLI options
+    (`tune --time-budget 1d`) alike."""
     text = str(value).strip().lower()
     unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
     number = text[:-1] if text[-1:] in _DURATION_UNITS else text
@@ -39,9 +41,10 @@ def parse_duration(value: object) -> float:
         seconds = float(number) * _DURATION_UNITS[unit]
     except ValueError:
         seconds = math.nan
-    if isinstance(value, bool) or not math.isfinite(seconds):
-        raise InvalidInput(f"duration {value!r} is not seconds (e.g. 3600) or a number with one "
-                           f"of the units {', '.join(_DURATION_UNITS)} (e.g. 12h, 7d)")
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidInput(f"duration {value!r} is not a positive number of seconds (e.g. 3600) "
+                           f"or of one of the units {', '.join(_DURATION_UNITS)} "
+                           "(e.g. 90s, 10m, 12h, 7d)")
     return seconds
 
 
@@ -80,7 +83,7 @@ class Settings(BaseSettings):
     max_job_rows: int = Field(default=1_000_000, ge=1)
     max_zip_members: int = Field(default=100_000, ge=1)
     max_zip_unpacked_bytes: int = Field(default=2_000_000_000, ge=10_000)
-    # Uploads (serve/uploads.py, the same for /v1/jobs and the UI's batch tab): an entry, or
+    # Uploads (inference/uploads.py, the same for /v1/jobs and the UI's batch tab): an entry, or
     # the whole zip, unpacking to more than this many times its packed size is a zip bomb
     # (images are compressed already and barely shrink); the UI scores while a browser
     # waits, so it takes at most max_ui_batch_rows rows (and never more than max_job_rows):

@@ -98,7 +98,7 @@ def _same_model(row: sqlite3.Row, model: ModelIdentity) -> bool:
 class JobInputError(UploadError):
     """The submitted job inputs cannot be used; the message says what is wrong.
 
-    An `UploadError`, like every refusal of `serve.uploads` (`safe_extract_zip` is
+    An `UploadError`, like every refusal of `inference.uploads` (`safe_extract_zip` is
     imported from there and re-exported here), so routes map both to a 422."""
 
 
@@ -389,7 +389,7 @@ def create_job(store: JobStore, predictor: Predictor, *, table_file: Path, table
 
     `table_file` is a staged upload or a server-side table; `images_zip` an uploaded zip to
     unpack (called `images_name` in messages), or `images_dir` a server-side folder. Both
-    are checked by `serve.uploads` (an `UploadError` says why not), the table's size from
+    are checked by `inference.uploads` (an `UploadError` says why not), the table's size from
     its metadata before it is read. A repeated idempotency key returns the first job if the
     request is the same, and refuses a different request.
     """

@@ -41,6 +41,7 @@ from modalfuse.inference.uploads import (
     public_message,
     safe_extract_zip,
 )
+from modalfuse.markdown import markdown_table
 from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
 from modalfuse.ui.views import (
     CONTRIBUTION_COLUMNS,
@@ -256,7 +257,7 @@ def score_upload(predictor: Predictor, table_path: str | None, zip_path: str | N
                  ) -> tuple[str, str | None, pd.DataFrame]:
     """(summary, path of the predictions CSV, preview) for an uploaded table + zip of images.
 
-    The upload is checked and unpacked by `serve.uploads` with the same limits as
+    The upload is checked and unpacked by `inference.uploads` with the same limits as
     `/v1/jobs` (the row limit lowered to `max_ui_batch_rows`), its rows read a chunk at a
     time. `out_dir` is this request's own folder: only the predictions stay in it, and it
     is removed whole unless scoring succeeded. A refusal or a failure is a message without
@@ -343,12 +344,13 @@ def model_markdown(predictor: Predictor) -> str:
     metrics = meta.get("metrics") or {}
     cv, test = metrics.get("cv") or {}, metrics.get("test") or {}
     if cv or test:
-        lines += ["| metric | grouped CV (mean ± sd) | test |", "| --- | --- | --- |"]
+        rows = []
         for key in ("accuracy", "macro_f1", "ece", "log_loss"):
             c = cv.get(key)
             cv_text = f"{c['mean']:.3f} ± {c['sd']:.3f}" if c else "-"
             test_text = f"{test[key]:.3f}" if key in test else "-"
-            lines.append(f"| {key} | {cv_text} | {test_text} |")
+            rows.append([key, cv_text, test_text])
+        lines.append(markdown_table(["metric", "grouped CV (mean ± sd)", "test"], rows))
         lines.append("\n(the metrics saved in the bundle by `modalfuse train`)")
     return "\n".join(lines)
 
