@@ -12,7 +12,7 @@ SMOKE_DIR := $(CURDIR)/.cache/smoke
 NODE_DIR := .cache/node
 MMDC := $(NODE_DIR)/node_modules/.bin/mmdc
 
-.PHONY: run install install-dev lock data train serve mlflow-ui pipeline test unit smoke lint clean help browser-deps container-test compose-test report-img report-pdf
+.PHONY: run install install-dev lock data train serve mlflow-ui pipeline test unit unit-all smoke lint clean help browser-deps container-test compose-test report-img report-pdf
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -57,8 +57,16 @@ pipeline: install ## the DVC pipeline (dvc.yaml): reruns only the stages whose i
 browser-deps: ## Debian's Chromium for the UI browser test (no-op when present)
 	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-unit: install-dev browser-deps ## the pytest suite (no network)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests; rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
+# pytest on tests/, two processes, with extra arguments $(1); status 5 (nothing collected) passes.
+pytest_suite = $(BIN)/python -m pytest -q -n 2 --dist loadfile $(1) tests; rc=$$?; [ $$rc -eq 5 ] && exit 0 || exit $$rc
+
+# The `slow` marker (pyproject.toml) is on the tests that start servers, browsers, Ray or moto,
+# build a venv or take over 20 s on 2 cores: `unit` leaves them out, `unit-all` runs them too.
+unit: install-dev ## the fast pytest suite: every test not marked slow (no network)
+	$(call pytest_suite,-m "not slow")
+
+unit-all: install-dev browser-deps ## the whole pytest suite, slow tests included (no network)
+	$(call pytest_suite,)
 
 smoke: install-dev ## end-to-end on the real pinned sources with quick settings
 	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse data build
@@ -66,7 +74,7 @@ smoke: install-dev ## end-to-end on the real pinned sources with quick settings
 	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/modalfuse train --rounds 60
 	MODALFUSE_DATA_DIR=$(SMOKE_DIR) $(BIN)/python scripts/smoke_check.py
 
-test: lint unit smoke ## lint, unit/data/model tests, then the real-data smoke
+test: lint unit-all smoke ## lint, every unit/data/model test (slow ones too), then the real-data smoke
 
 container-test: install-dev ## hadolint, debootstrap base, build + run the serve image with podman, call it
 	docker/container-test.sh $(SMOKE_DIR)/models/pokemon/latest

@@ -33,6 +33,7 @@ from PIL import Image
 
 from modalfuse.config import Settings
 from modalfuse.inference.predictor import Predictor
+from modalfuse.markdown import markdown_table
 from modalfuse.serve.app import create_app
 
 
@@ -64,11 +65,11 @@ def measure(client: TestClient, url: str, body: str, repeat: int) -> tuple[list[
     return times, codes
 
 
-def row(name: str, times: list[float], codes: set[int]) -> str:
+def row(name: str, times: list[float], codes: set[int]) -> list[object]:
     times = sorted(times)
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    return (f"| {name} | {len(times)} | {sorted(codes)} | {statistics.median(times):.1f} | "
-            f"{p95:.1f} | {times[-1]:.1f} |")
+    return [name, len(times), sorted(codes), f"{statistics.median(times):.1f}", f"{p95:.1f}",
+            f"{times[-1]:.1f}"]
 
 
 def main() -> None:
@@ -91,23 +92,23 @@ def main() -> None:
         "accepted: 4 x 2000x2000 batch (16 Mpx)": ("/v1/predict/batch",
                                                    json.dumps([{**example, "image_base64": big}] * 4)),
     }
-    lines = ["| request | n | status | median ms | p95 ms | max ms |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    rows: list[list[object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), log_predictions=False)
         with TestClient(create_app(settings, predictor=predictor)) as client:
             measure(client, "/v1/predict", json.dumps(example), 3)  # warm-up
             for name, (url, body) in bodies.items():
-                lines.append(row(name, *measure(client, url, body, args.repeat)))
+                rows.append(row(name, *measure(client, url, body, args.repeat)))
         if args.unbounded:
             off = Settings(data_dir=Path(tmp), log_predictions=False,
                            max_request_pixels=10**12)
             with TestClient(create_app(off, predictor=predictor)) as client:
                 url, body = bodies["256 x 2000x2000 PNG batch (1.02 Gpx)"]
-                lines.append(row("same batch, budget off", *measure(client, url, body, 1)))
+                rows.append(row("same batch, budget off", *measure(client, url, body, 1)))
     sys.stdout.write(f"bundle {predictor.model_version}; timings in process (TestClient), "
                      f"max_request_pixels {Settings().max_request_pixels}\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    table = markdown_table(["request", "n", "status", "median ms", "p95 ms", "max ms"], rows)
+    sys.stdout.write(table + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Helpers for the production tests: job inputs (table + images zip) made from the fixture dataset,
-and stopping a server started in its own process group."""
+waiting on a condition with a deadline, and stopping a server started in its own process group."""
 
 from __future__ import annotations
 
@@ -9,12 +9,35 @@ import signal
 import subprocess
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
 API_KEY = "test-key-0123456789abcdef"
 AUTH = {"X-API-Key": API_KEY}
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05,
+               detail: Callable[[], object] | None = None) -> T:
+    """Call `predicate` every `interval` seconds until it returns something truthy, and return
+    that; fail naming `what` (and `detail()`, e.g. a server's log) after `timeout` seconds.
+
+    For tests that wait for something to happen: a fixed sleep is too short on a loaded
+    machine and too long on a quiet one.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{extra}")
+        time.sleep(interval)
 
 
 def job_inputs(dataset, n_rows: int, bad_rows: tuple[int, ...] = ()) -> tuple[bytes, bytes, pd.DataFrame]:
@@ -36,13 +59,15 @@ def job_inputs(dataset, n_rows: int, bad_rows: tuple[int, ...] = ()) -> tuple[by
 
 
 def wait_for(client_get, job_id: str, timeout: float = 60.0, until=("succeeded", "failed")) -> dict:
-    end = time.time() + timeout
-    while time.time() < end:
-        job = client_get(f"/v1/jobs/{job_id}", headers=AUTH).json()
-        if job["state"] in until:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+    """Poll job `job_id` through `client_get` until its state is one of `until`; return it."""
+    last: dict = {}
+
+    def settled() -> dict | None:
+        last.update(client_get(f"/v1/jobs/{job_id}", headers=AUTH).json())
+        return dict(last) if last["state"] in until else None
+
+    return wait_until(settled, timeout, f"job {job_id} to reach {'/'.join(until)}",
+                      detail=lambda: last)
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:

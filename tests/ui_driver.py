@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from prod_helpers import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -34,11 +35,13 @@ def live_server(app, timeout: float = 60.0):
                                            lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"uvicorn did not start on port {port} within {timeout} s")
-        time.sleep(0.1)
+
+    def started() -> bool:
+        if not thread.is_alive():
+            raise RuntimeError(f"uvicorn on port {port} stopped before it started")
+        return server.started
+
+    wait_until(started, timeout, f"uvicorn to start on port {port}", interval=0.1)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

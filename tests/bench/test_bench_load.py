@@ -3,9 +3,12 @@ at c=1 and c=16 next to the in-process Predictor, every level and check reported
 
 from __future__ import annotations
 
+import pytest
+
 from modalfuse.bench.load import CHECK_NAMES, run_serve_bench, to_markdown
 
 
+@pytest.mark.slow  # starts `modalfuse serve`
 def test_short_serve_bench_measures_every_level(fixture_bundle):
     res = run_serve_bench([fixture_bundle.path], workers=[1], requests_c1=30, requests_c16=32,
                           warmup=2, include_mlflow=False)

@@ -6,9 +6,12 @@ measured by the command (docs/serving.md), not asserted here.
 
 from __future__ import annotations
 
+import pytest
+
 from modalfuse.bench.soak import check_rows, plot, run_soak, to_markdown
 
 
+@pytest.mark.slow  # starts `modalfuse serve` and loads it for 21 s
 def test_short_soak_samples_and_judges(fixture_bundle, tmp_path):
     res = run_soak(fixture_bundle.path, minutes=0.35, clients=2, sample_s=2, warmup_s=4,
                    job_every_s=4, job_rows=50, job_ttl_s=3, sweep_s=2)

@@ -136,3 +136,37 @@ def test_usage_errors_and_exit_keep_click_behaviour(capsys):
         main(["explain", "--bundle", "nowhere"])  # neither --global nor --id: fail(..., USAGE)
     assert exit_.value.code == 2
     assert "give exactly one of --global or --id ID" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("budget", "seconds"), [("1d", 86400), ("10m", 600), ("90", 90)])
+def test_tune_time_budget_reads_durations_as_settings_do(budget, seconds, monkeypatch):
+    """`tune --time-budget` takes what MODALFUSE_JOB_TTL takes (one parse_duration), 1d too."""
+    import types
+
+    import modalfuse.cli.training as cli_training
+    import modalfuse.training.tune as tune_module
+
+    seen: list[float] = []
+
+    def fake_tune(ds, splits, s, time_budget, *args, **kwargs):
+        seen.append(time_budget)
+        raise InvalidInput("stopped after parsing")
+
+    monkeypatch.setattr(cli_training, "load_data",
+                        lambda dataset: (types.SimpleNamespace(tracking=False), None, None))
+    monkeypatch.setattr(tune_module, "tune", fake_tune)
+    result = CliRunner().invoke(app, ["tune", "--time-budget", budget])
+    assert seen == [seconds]
+    assert result.exit_code == 1 and "stopped after parsing" in result.output
+
+
+def test_tune_refuses_a_bad_time_budget_naming_the_forms(monkeypatch):
+    import types
+
+    import modalfuse.cli.training as cli_training
+
+    monkeypatch.setattr(cli_training, "load_data",
+                        lambda dataset: (types.SimpleNamespace(tracking=False), None, None))
+    result = CliRunner().invoke(app, ["tune", "--time-budget", "10 minutes"], terminal_width=200)
+    assert result.exit_code == 1
+    assert "'10 minutes'" in result.output and "90s, 10m, 12h, 7d" in result.output

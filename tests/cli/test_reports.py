@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modalfuse.cli import app
-from modalfuse.report import BLOCK, TABLES, Phrases, language_of
+from modalfuse.report_tables import BLOCK, TABLES, Phrases, language_of
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 REPORTS = {"en": DOCS / "report.md", "es": DOCS / "informe.md"}

@@ -62,6 +62,7 @@ def fruit_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # import, split, train, serve a second dataset: 32 s under -n 2 on 2 cores
 def test_import_split_train_serve_a_differently_shaped_dataset(fruit_dir, tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli_app, ["data", "import", "--table", str(fruit_dir / "fruit.csv"),

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from modalfuse.eda.report import cramers_v, eta_squared
+from modalfuse.eda.html_report import cramers_v, eta_squared
 
 
 def test_statistics_behave():

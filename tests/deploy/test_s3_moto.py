@@ -32,6 +32,8 @@ import pytest
 from modalfuse.config import Settings
 from prod_helpers import stop_group, wait_healthy
 
+pytestmark = pytest.mark.slow  # starts moto's S3 server, an MLflow server and Ray
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 REGION = "eu-west-1"

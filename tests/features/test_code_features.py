@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from modalfuse.data.builders.pokemon import pokemon_spec
+from modalfuse.errors import NotFitted
 from modalfuse.features.image import (
     IMAGE_FEATURE_NAMES,
     ImageError,
@@ -17,7 +18,6 @@ from modalfuse.features.image import (
     normalize_image,
 )
 from modalfuse.features.tabular import (
-    NotFittedError,
     RecordError,
     TabularEncoder,
     parse_record,
@@ -125,7 +125,7 @@ def test_encoder_learns_vocab_from_training_rows_only():
     train = records_frame(SPEC, [parse_record(SPEC, valid_record(color=c)) for c in
                                  ["Green", "Green", "Red", "Red", "Blue"]])
     enc = TabularEncoder(SPEC, min_count=2)
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFitted, match="TabularEncoder is not fitted"):
         enc.transform(train)
     enc.fit(train)
     assert enc.vocab_["color"] == ["Green", "Red", "__other__"]  # Blue seen once -> other

@@ -214,6 +214,7 @@ def test_start_shadow_posts_the_uri_with_the_key_and_reports_an_unreachable_serv
         start_shadow("file:///etc/passwd", "models:/pokemon/2", "k")
 
 
+@pytest.mark.slow  # `dvc repro` of the whole pipeline: 19 s under -n 2 on 2 cores
 def test_dvc_retrain_runs_the_pipeline_then_registers_its_bundle(fixture_dataset, tmp_path,
                                                                   monkeypatch):
     """`dvc repro` in a scratch repo (the repo's dvc.yaml, the fixture as source, as in

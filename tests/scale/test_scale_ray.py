@@ -27,6 +27,8 @@ from modalfuse.cli import app
 from modalfuse.inference.batch import predict_file
 from modalfuse.scale.ray_batch import ROW, RayBatchConfig, ray_predict_file, read_output
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 

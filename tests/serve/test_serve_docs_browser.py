@@ -14,8 +14,11 @@ import pytest
 from modalfuse.config import Settings
 from ui_driver import CHROMIUM, CHROMIUM_ARGS, live_server
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason=f"{CHROMIUM} is missing: run `make browser-deps`")
+pytestmark = [
+    pytest.mark.slow,  # starts Chromium against a live server
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} is missing: run `make browser-deps`"),
+]
 
 # ReDoc's footer hard-codes Redocly's logo on its CDN; the docs' CSP refuses it in the browser
 # (no request is made) and ReDoc hides the image. Anything else refused is a finding.

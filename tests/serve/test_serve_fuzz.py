@@ -20,6 +20,8 @@ from modalfuse.config import Settings
 from modalfuse.serve.app import create_app
 from prod_helpers import API_KEY, AUTH
 
+pytestmark = pytest.mark.slow  # over 1,000 generated requests: over 20 s on 2 cores
+
 EXAMPLES_PER_OPERATION = 60
 
 

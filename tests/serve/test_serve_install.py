@@ -10,6 +10,9 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # builds a venv and pip-installs the serve lock into it
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"image_size": 16, "width": 4, "embed_dim": 8, "epochs": 1, "batch_size": 32,

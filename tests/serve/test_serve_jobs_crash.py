@@ -10,11 +10,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pandas as pd
+import pytest
 
-from prod_helpers import API_KEY, AUTH, job_inputs, wait_for
+from prod_helpers import API_KEY, AUTH, job_inputs, wait_for, wait_healthy, wait_until
+
+pytestmark = pytest.mark.slow  # starts real servers, two or three per test
 
 
 def _free_port() -> int:
@@ -28,17 +32,27 @@ def _start(env: dict, port: int, log) -> subprocess.Popen:
         [sys.executable, "-m", "uvicorn", "--factory", "modalfuse.serve.asgi:app",
          "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
-    end = time.time() + 180  # a loaded 2-core CI machine imports slowly
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not come up in 180 s")
+    try:  # a loaded 2-core CI machine imports slowly
+        wait_healthy(f"http://127.0.0.1:{port}", proc, Path(log.name), timeout=180)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc
+
+
+def _job(c: httpx.Client, job_id: str) -> dict:
+    return c.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
+
+
+def _wait_part_way(c: httpx.Client, job_id: str, n: int) -> None:
+    """Wait until the job has scored some of its n rows but under half: the moment to kill."""
+    def part_way() -> bool:
+        job = _job(c, job_id)
+        assert job["state"] != "succeeded", "job finished before it could be killed"
+        return 0 < job["done_rows"] < n // 2
+
+    wait_until(part_way, 60, f"job {job_id} to be part-way through", interval=0.01)
 
 
 def test_kill_9_mid_job_then_restart_finishes_exactly_once(fixture_bundle, fixture_dataset,
@@ -61,13 +75,7 @@ def test_kill_9_mid_job_then_restart_finishes_exactly_once(fixture_bundle, fixtu
             assert r.status_code == 201, r.text
             job_id = r.json()["id"]
             # Wait until the job is part-way through, then kill the server without warning.
-            end = time.time() + 60
-            while time.time() < end:
-                job = c.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
-                if 0 < job["done_rows"] < n // 2:
-                    break
-                assert job["state"] != "succeeded", "job finished before it could be killed"
-                time.sleep(0.01)
+            _wait_part_way(c, job_id, n)
         server.send_signal(signal.SIGKILL)
         server.wait(10)
         with sqlite3.connect(data_dir / "jobs" / "jobs.db") as db:
@@ -132,26 +140,27 @@ def test_a_job_never_mixes_models_across_a_restart(fixture_bundle, fixture_datas
             job_id = r.json()["id"]
             assert r.json()["model_version"] == fixture_bundle.model_version
             assert r.json()["model_digest"] == fixture_bundle.model_digest
-            end = time.time() + 60
-            while time.time() < end:
-                job = c.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
-                if 0 < job["done_rows"] < n // 2:
-                    break
-                assert job["state"] != "succeeded", "job finished before it could be killed"
-                time.sleep(0.01)
+            _wait_part_way(c, job_id, n)
         _kill(server)
 
         # Another model, policy "wait": the job is left alone, and says why.
         server = _start({**env_b, "MODALFUSE_JOB_MODEL_POLICY": "wait"}, port, log)
         with httpx.Client(base_url=url, timeout=30) as c:
-            time.sleep(3)  # several claim rounds, past the dead worker's lease
-            job = c.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
+            # Once the dead worker's lease is over, a claim round finds the job and leaves it.
+            def left_for_its_model() -> dict | None:
+                job = _job(c, job_id)
+                return job if "waiting for a worker" in (job.get("note") or "") else None
+
+            job = wait_until(left_for_its_model, 60, "the job's note that it waits for its model",
+                             detail=lambda: _job(c, job_id))
             assert job["state"] in ("queued", "running") and 0 < job["done_rows"] < n, job
             assert job["model_version"] == fixture_bundle.model_version
             assert f"waiting for a worker serving model {fixture_bundle.model_version}" in job["note"]
             stuck = job["done_rows"]
+            # Kept as a sleep: that nothing happens is the point. 1.5 s is several claim rounds
+            # (the worker polls every 0.2 s), none of which may score a row of this job.
             time.sleep(1.5)
-            assert c.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["done_rows"] == stuck
+            assert _job(c, job_id)["done_rows"] == stuck
         _kill(server)
 
         # Another model, policy "rescore" (the default): rescored whole, and it says so.

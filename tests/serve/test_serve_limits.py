@@ -173,10 +173,16 @@ def test_which_requests_are_limited(method, path, limited):
 
 def test_concurrency_limit_through_the_middleware():
     gate = asyncio.Event()
+    both_in = asyncio.Event()
+    entered = 0
     inner = FastAPI()
 
     @inner.post("/v1/predict")
     async def slow() -> dict:
+        nonlocal entered
+        entered += 1
+        if entered == 2:
+            both_in.set()
         await gate.wait()
         return {"ok": True}
 
@@ -186,7 +192,7 @@ def test_concurrency_limit_through_the_middleware():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             held = [asyncio.create_task(c.post("/v1/predict")) for _ in range(2)]
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(both_in.wait(), 10)  # both admitted and held
             third = await c.post("/v1/predict")
             assert third.headers["retry-after"] == "1", third.headers
             gate.set()

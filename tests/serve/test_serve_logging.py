@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -17,7 +16,7 @@ from fastapi.testclient import TestClient
 from modalfuse.config import Settings
 from modalfuse.serve.app import create_app
 from modalfuse.serve.logging import RedactQuery, redact_query
-from prod_helpers import API_KEY, AUTH
+from prod_helpers import API_KEY, AUTH, wait_healthy
 
 SECRET = "s3cr3t-in-the-url-0123456789"
 NO_JOB = "0123456789abcdef0123456789abcdef"
@@ -61,6 +60,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # starts `modalfuse serve`
 def test_modalfuse_serve_logs_json_lines_with_request_ids_and_no_secret(fixture_bundle, tmp_path):
     port = _free_port()
     env = {**os.environ, "MODALFUSE_DATA_DIR": str(tmp_path), "MODALFUSE_API_KEY": API_KEY,
@@ -73,15 +73,7 @@ def test_modalfuse_serve_logs_json_lines_with_request_ids_and_no_secret(fixture_
     url = f"http://127.0.0.1:{port}"
     sent: dict[str, int] = {}
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, err_path.read_text()
-            assert time.monotonic() < deadline, "serve did not start"
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_healthy(url, proc, err_path, timeout=120)
         calls = [("req-query-key", f"/v1/jobs/{NO_JOB}?api_key={SECRET}", {}, 401),
                  ("req-header-key", f"/v1/jobs/{NO_JOB}", AUTH, 404),
                  ("req-wrong-key", f"/v1/jobs/{NO_JOB}", {"X-API-Key": SECRET}, 401),

@@ -33,7 +33,7 @@ from modalfuse.monitor.shadowlog import (
 )
 from modalfuse.serve.app import create_app
 from modalfuse.serve.canary import client_point
-from prod_helpers import API_KEY, AUTH
+from prod_helpers import API_KEY, AUTH, wait_healthy, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +285,7 @@ def test_shadow_report_scores_both_models_on_feedback(tmp_path):
     assert shadow_report(tmp_path / "nothing")["overall"]["rows"] == 0
 
 
+@pytest.mark.slow  # starts `modalfuse serve`
 def test_modalfuse_serve_runs_a_canary_and_a_shadow(fixture_bundle, other_bundle, bodies,
                                                     tmp_path):
     port = free_port()
@@ -298,15 +299,7 @@ def test_modalfuse_serve_runs_a_canary_and_a_shadow(fixture_bundle, other_bundle
                                 env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, err_path.read_text()
-            assert time.monotonic() < deadline, "serve did not start"
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_healthy(url, proc, err_path, timeout=120)
         with httpx.Client(base_url=url, timeout=30) as http:
             seen: dict[str, set[str]] = {}
             answers = []
@@ -335,13 +328,14 @@ def test_modalfuse_serve_runs_a_canary_and_a_shadow(fixture_bundle, other_bundle
             assert all(len(v) == 1 for v in seen.values()), seen  # sticky
             assert set().union(*seen.values()) == {fixture_bundle.model_version,
                                                    other_bundle.model_version}
-            deadline = time.monotonic() + 30
-            while True:
+            def shadow_caught_up() -> dict | None:
                 releases = http.get("/admin/releases", headers=AUTH).json()
-                if releases["shadow"]["scored"] and not releases["shadow"]["pending"]:
-                    break
-                assert time.monotonic() < deadline, releases
-                time.sleep(0.1)
+                shadow = releases["shadow"]
+                return releases if shadow["scored"] and not shadow["pending"] else None
+
+            releases = wait_until(shadow_caught_up, 30, "the shadow to score its queue",
+                                  interval=0.1,
+                                  detail=lambda: http.get("/admin/releases", headers=AUTH).json())
             assert releases["canary"]["share"] == 0.5
             assert http.delete("/admin/canary", headers=AUTH).status_code == 200
             assert {http.post("/v1/predict", json=bodies[0], headers={"X-Client-Key": k}).json()[

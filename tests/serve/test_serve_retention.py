@@ -14,7 +14,7 @@ from modalfuse.config import Settings, parse_duration
 from modalfuse.monitor.predlog import SCHEMA, PredictionLog
 from modalfuse.serve.app import create_app
 from modalfuse.serve.retention import ORPHAN_GRACE_S, describe_duration, sweep_jobs
-from prod_helpers import API_KEY, AUTH, job_inputs, wait_for
+from prod_helpers import API_KEY, AUTH, job_inputs, wait_for, wait_until
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), (90, 90), ("45s", 45), ("30m", 1800),
@@ -90,10 +90,8 @@ def test_the_server_sweeps_expired_jobs_at_start_up(predictor, fixture_dataset, 
         store = client.app.state.job_store
     _age_job(store, job_id, days=1)
     with TestClient(create_app(settings, predictor=predictor)) as client:
-        deadline = time.time() + 10
-        while store.job_dir(job_id).exists() and time.time() < deadline:
-            time.sleep(0.05)
-        assert not store.job_dir(job_id).exists()
+        wait_until(lambda: not store.job_dir(job_id).exists(), 10,
+                   "the start-up sweep to delete the expired job's folder")
         assert client.get(f"/v1/jobs/{job_id}", headers=AUTH).status_code == 404
 
 
@@ -149,13 +147,11 @@ def test_the_writer_thread_prunes_without_a_request(tmp_path):
     _fill(plog.path, 10, ts=time.time() - 2 * 86400)
     plog.start()  # prunes at start: the old rows go
     try:
-        deadline = time.time() + 10
-        while _ids(plog.path) and time.time() < deadline:
-            time.sleep(0.05)
-        assert _ids(plog.path) == []
+        wait_until(lambda: _ids(plog.path) == [], 10, "the start-up prune of the old rows",
+                   detail=lambda: f"{len(_ids(plog.path))} rows left")
         _fill(plog.path, 600, ts=time.time())  # over the limit while running: cut at once
-        while plog.size_bytes() >= 400_000 and time.time() < deadline:
-            time.sleep(0.05)
-        assert plog.size_bytes() < 400_000 and _ids(plog.path)[-1] == 610
+        wait_until(lambda: plog.size_bytes() < 400_000, 10, "the log to shrink under its limit",
+                   detail=lambda: f"{plog.size_bytes()} bytes")
+        assert _ids(plog.path)[-1] == 610
     finally:
         plog.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 
 import pandas as pd
 import pytest
@@ -16,7 +15,7 @@ from modalfuse.config import Settings
 from modalfuse.inference.predictor import Predictor
 from modalfuse.serve.app import create_app
 from modalfuse.serve.state import ModelHolder, ServedModel
-from prod_helpers import API_KEY, AUTH, job_inputs, wait_for
+from prod_helpers import API_KEY, AUTH, job_inputs, wait_for, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +47,13 @@ def _probabilities(client, body) -> tuple[str, dict[str, float]]:
     r = client.post("/v1/predict", json=body)
     assert r.status_code == 200, r.text
     return r.json()["model_version"], r.json()["probabilities"]
+
+
+def _wait_for_answers(seen: list, more: int, failures: list[str]) -> None:
+    """Wait until the hammering threads have added `more` answers to `seen`."""
+    answered = len(seen)
+    wait_until(lambda: len(seen) >= answered + more, 30, f"{more} more answers",
+               interval=0.01, detail=lambda: failures[:3])
 
 
 def test_the_served_model_owns_its_explainer(predictor):
@@ -102,12 +108,10 @@ def test_requests_during_reloads_come_from_one_model(client, fixture_bundle, oth
         t.start()
     try:
         for bundle in [fixture_bundle, other_bundle] * 3:  # six swaps under load
-            answered = len(seen)
-            deadline = time.monotonic() + 30
-            while len(seen) < answered + 4 and time.monotonic() < deadline:
-                time.sleep(0.01)  # some answers between two swaps, whatever the machine
+            # Some answers between two swaps, whatever the machine; and after the last one.
+            _wait_for_answers(seen, 4, failures)
             _reload(client, bundle)
-        time.sleep(0.2)
+        _wait_for_answers(seen, 4, failures)
     finally:
         stop.set()
         for t in threads:

@@ -13,14 +13,15 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
 
-from prod_helpers import API_KEY, AUTH, job_inputs, stop_group, wait_healthy
+from prod_helpers import API_KEY, AUTH, job_inputs, stop_group, wait_for, wait_healthy, wait_until
+
+pytestmark = pytest.mark.slow  # starts `modalfuse serve --workers 2`
 
 N_REQUESTS = 60
 
@@ -92,13 +93,15 @@ def test_two_workers_serve_log_count_and_reload_as_one(server, fixture_dataset):
 
     # The prediction log: every row once, from both writers, none torn.
     db_path = server["data"] / "monitoring" / "predictions.db"
-    deadline = time.monotonic() + 10
-    while True:
+
+    def logged_rows() -> list:
         with sqlite3.connect(db_path, timeout=30) as db:
-            rows = db.execute("SELECT prediction_id, proba FROM predictions").fetchall()
-        if len(rows) >= N_REQUESTS or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+            return db.execute("SELECT prediction_id, proba FROM predictions").fetchall()
+
+    wait_until(lambda: len(logged_rows()) >= N_REQUESTS, 10,
+               f"{N_REQUESTS} rows in the prediction log", interval=0.3,
+               detail=lambda: f"{len(logged_rows())} rows")
+    rows = logged_rows()
     n_labels = len(server["bundle"].labels)
     assert sorted(r[0] for r in rows) == sorted(ids)
     assert all(len(r[1]) == 4 * n_labels for r in rows)
@@ -110,13 +113,8 @@ def test_two_workers_serve_log_count_and_reload_as_one(server, fixture_dataset):
                                                      "images": ("images.zip", images)})
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
-    deadline = time.monotonic() + 60
-    while True:
-        with fresh(url) as c:
-            job = c.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
-        if job["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+    with fresh(url) as c:
+        job = wait_for(c.get, job_id, timeout=60)
     assert job["state"] == "succeeded" and job["attempts"] == 1, job
     with fresh(url) as c:
         out = pd.read_csv(io.BytesIO(c.get(f"/v1/jobs/{job_id}/result?format=csv",

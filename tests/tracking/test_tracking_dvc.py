@@ -69,6 +69,7 @@ def pipeline_repo(fixture_dataset, tmp_path_factory) -> tuple[Path, dict]:
     return d, env
 
 
+@pytest.mark.slow  # `dvc repro` three times: over 20 s on 2 cores
 def test_dvc_repro_runs_all_then_nothing_then_only_dependents(pipeline_repo):
     from modalfuse.data.dataset import load_dataset
     from modalfuse.tracking.runs import data_versions

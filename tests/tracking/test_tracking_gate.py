@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modalfuse.config import Settings
+from prod_helpers import wait_until
 
 # A deliberately weak model: two uninformative fields, no image, a handful of trees.
 KEEP = {"height_m", "weight_kg"}
@@ -130,6 +130,7 @@ def test_better_on_test_but_not_on_folds_is_refused(store, fixture_dataset, fixt
     assert "promoted" in tags["modalfuse.promotion"]
 
 
+@pytest.mark.slow  # starts `modalfuse serve`
 def test_other_folds_are_refused_and_the_served_model_follows_the_champion(
         store, fixture_dataset, fixture_splits):
     from modalfuse.data.split import make_splits
@@ -210,17 +211,16 @@ def _free_port() -> int:
 
 
 def _wait(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Wait until `modalfuse serve` answers /health; fail with its output if it exits first."""
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise RuntimeError("serve exited:\n" + (proc.stdout.read() if proc.stdout else ""))
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
+            return httpx.get(url + "/health", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError("serve did not start")
+            return False
+
+    wait_until(healthy, timeout, "`modalfuse serve` to answer /health", interval=0.3)
 
 
 def test_a_fallback_server_finds_the_champion_on_reload(fixture_dataset, fixture_splits,

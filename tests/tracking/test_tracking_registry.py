@@ -13,14 +13,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from modalfuse.config import Settings
-from prod_helpers import stop_group
+from prod_helpers import stop_group, wait_healthy, wait_until
 
 API_KEY = "k" * 24
 # A deliberately weak model: two uninformative fields, no image, a handful of trees.
@@ -62,20 +61,6 @@ def mlflow_server(tmp_path_factory):
         log.close()
 
 
-def wait_healthy(server: dict, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server["proc"].poll() is not None:
-            raise RuntimeError("mlflow server exited:\n" + server["log"].read_text()[-3000:])
-        try:
-            if httpx.get(server["url"] + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("mlflow server did not start:\n" + server["log"].read_text()[-3000:])
-
-
 @pytest.fixture(scope="module")
 def registry(mlflow_server, fixture_dataset, fixture_splits, tmp_path_factory):
     """The server with MLFLOW_TRACKING_URI pointing at it, and bundles trained meanwhile."""
@@ -88,7 +73,7 @@ def registry(mlflow_server, fixture_dataset, fixture_splits, tmp_path_factory):
                  TrainConfig(num_boost_round=40, seed=0))
     weak2 = train(fixture_dataset, fixture_splits, out / "weak2",
                   weak_config(fixture_dataset.spec.fields, 7))
-    wait_healthy(mlflow_server)
+    wait_healthy(mlflow_server["url"], mlflow_server["proc"], mlflow_server["log"], timeout=180)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_server["url"])
         mp.setenv("MODALFUSE_DATA_DIR", str(out / "data"))  # serving cache, not the datasets
@@ -106,11 +91,7 @@ class ThreadedAPI:
 
     def __enter__(self) -> str:
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("API did not start")
-            time.sleep(0.05)
+        wait_until(lambda: self.server.started, 30, "the API to start")
         return f"http://127.0.0.1:{self.port}"
 
     def __exit__(self, *exc) -> None:
@@ -118,6 +99,7 @@ class ThreadedAPI:
         self.thread.join(15)
 
 
+@pytest.mark.slow  # the module's `mlflow server`
 def test_training_run_registers_into_server(registry, fixture_dataset):
     from mlflow import MlflowClient
     from typer.testing import CliRunner
@@ -154,6 +136,7 @@ def test_training_run_registers_into_server(registry, fixture_dataset):
     assert "## Split audit" in champ.description and "version 1" in champ.description
 
 
+@pytest.mark.slow  # the module's `mlflow server`
 def test_lean_serve_reads_the_registry_over_rest(registry, fixture_dataset, monkeypatch,
                                                 tmp_path):
     """Without MLflow's client (the `serve` install) `models:/pokemon@champion` is resolved and
@@ -196,6 +179,7 @@ def test_lean_serve_reads_the_registry_over_rest(registry, fixture_dataset, monk
     assert source.registered_champion(lean, "pokemon") is None  # unreachable: the bundle serves
 
 
+@pytest.mark.slow  # the module's `mlflow server`
 def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_splits):
     from modalfuse.serve.app import create_app
     from modalfuse.tracking.registry import log_and_register, promote, rollback, trace
@@ -233,10 +217,12 @@ def test_promotion_gate_reload_and_rollback(registry, fixture_dataset, fixture_s
         threads = [threading.Thread(target=hammer) for _ in range(3)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        wait_until(lambda: len(results) >= 3, 30, "answers before the reload")
         assert httpx.post(url + "/admin/reload").status_code == 401  # no key, no reload
         r = httpx.post(url + "/admin/reload", headers={"X-API-Key": API_KEY}, timeout=60)
-        time.sleep(0.5)
+        answered = len(results)
+        wait_until(lambda: len(results) >= answered + 3, 30, "answers after the reload",
+                   detail=lambda: results[-3:])
         stop.set()
         for t in threads:
             t.join(30)

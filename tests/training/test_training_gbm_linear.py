@@ -10,8 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from modalfuse.errors import InvalidInput
-from modalfuse.features.tabular import NotFittedError
+from modalfuse.errors import InvalidInput, NotFitted
 from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.models.calibration import CalibratedModel
@@ -85,7 +84,7 @@ def test_a_folds_model_ignores_that_folds_labels(engine, fixture_dataset, fixtur
 
 def test_linear_model_round_trips_and_refuses_misuse(engine, tmp_path):
     batch = engine.batch(frozenset(), engine.rows(frozenset()))
-    with pytest.raises(NotFittedError, match="not fitted"):
+    with pytest.raises(NotFitted, match="not fitted"):
         LinearSoftmaxModel().predict_proba(batch)
     with pytest.raises(InvalidInput, match="must be > 0"):
         LinearSoftmaxModel(c=0)

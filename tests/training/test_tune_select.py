@@ -10,12 +10,13 @@ from modalfuse.training.train import TrainConfig
 
 
 def test_parse_duration():
-    from modalfuse.training.tune import parse_duration
+    from modalfuse.config import parse_duration
 
     assert parse_duration("90s") == 90 and parse_duration("10m") == 600
     assert parse_duration("1.5h") == 5400 and parse_duration("45") == 45
-    for bad in ("10 minutes", "-5s", "0m", ""):
-        with pytest.raises(ValueError, match="90s, 10m or 1h"):
+    assert parse_duration("1d") == 86400 and parse_duration(" 10 m ") == 600
+    for bad in ("10 minutes", "-5s", "0m", "", "inf", True):
+        with pytest.raises(ValueError, match="90s, 10m, 12h, 7d"):
             parse_duration(bad)
 
 
@@ -97,10 +98,10 @@ def test_selector_is_fitted_inside_each_fold(fixture_dataset, fixture_splits, mo
 
 
 def test_selector_errors_are_typed():
-    from modalfuse.features.tabular import NotFittedError
+    from modalfuse.errors import NotFitted
     from modalfuse.training.select import TabularSelector
 
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFitted, match="TabularSelector is not fitted"):
         TabularSelector().transform(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="choose one of"):
         TabularSelector(method="chi2").fit(np.zeros((4, 2)), np.array([0, 1, 0, 1]), ["a", "b"], 2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 
 from modalfuse.config import Settings
 from ui_driver import (
@@ -20,6 +21,8 @@ from ui_driver import (
     upload,
     wait_cleared,
 )
+
+pytestmark = pytest.mark.slow  # starts Chromium against a live server
 
 SHARE = re.compile(r"(table|image) share (-?\d+\.\d) %")
 POINTS = re.compile(r"image \(whole image\)\s+(-?\d+(?:\.\d+)?)")

@@ -23,6 +23,7 @@ from rich.console import Console
 from modalfuse.data.dataset import load_dataset
 from modalfuse.inference.batch import load_image, predict_file
 from modalfuse.inference.predictor import Predictor, table_records
+from modalfuse.markdown import markdown_table
 from modalfuse.scale.ray_batch import RayBatchConfig, ray_predict_file
 
 console = Console()
@@ -146,12 +147,11 @@ def to_markdown(report: dict) -> str:
         f"(model {report['model_version']}, {report['rows']} rows, "
         f"{report['machine']['cpus']} CPUs, 1-min load average {report['machine']['load_avg_1m']:.1f}).",
         "",
-        "| engine | seconds | rows/s | ratio to the Predictor limit |",
-        "| --- | ---: | ---: | ---: |",
+        markdown_table(["engine", "seconds", "rows/s", "ratio to the Predictor limit"],
+                       [[LABELS.get(key, key), f"{v['seconds']:.2f}", f"{v['rows_per_s']:.0f}",
+                         f"{v['ratio_to_limit']:.2f}"] for key, v in report["engines"].items()],
+                       align=[None, "right", "right", "right"]),
     ]
-    for key, v in report["engines"].items():
-        lines.append(f"| {LABELS.get(key, key)} | {v['seconds']:.2f} | {v['rows_per_s']:.0f} "
-                     f"| {v['ratio_to_limit']:.2f} |")
     verdict = "meets" if report["local_meets_target"] else "misses"
     lines += ["", f"Target: local engine ≥ {report['target_local_ratio']}× the limit; "
                   f"this run {verdict} it.", ""]

@@ -33,6 +33,7 @@ from modalfuse.bench.servers import (
 )
 from modalfuse.inference.bundle import version_tag
 from modalfuse.inference.predictor import Predictor
+from modalfuse.markdown import markdown_table
 
 # Targets of the issue this benchmark answers; the table says pass/fail against each.
 TARGETS = {"p50_ms_c1": 5.0, "p99_ms_c1": 10.0, "throughput_vs_mlflow_c16": 3.0,
@@ -251,6 +252,14 @@ CHECK_NAMES = {"p50_ms_c1": ("API p50 at c=1 (ms)", "≤ {}"),
                "image_mb": ("serve image size (MB, `make container-test`)", "≤ {}")}
 
 
+def check_row(chk: dict[str, Any]) -> list[str]:
+    """[check, model, workers, target, measured, pass] of one serve-benchmark verdict."""
+    label, fmt = CHECK_NAMES[chk["check"]]
+    workers = "" if chk["workers"] is None else str(chk["workers"])
+    return [label, f"`{chk['model']}`", workers, fmt.format(chk["target"]), f"{chk['value']:.2f}",
+            "yes" if chk["pass"] else "no"]
+
+
 def to_markdown(res: dict[str, Any]) -> str:
     """The serve benchmark as Markdown: the results table and the target checks."""
     models = ", ".join(f"`{m['model_version']}`" for m in res["models"])
@@ -260,19 +269,14 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"{res['machine']['load_avg_1m']:.1f}), models {models}. One request = one record + "
         "its base64 PNG, so image decode is included.",
         "",
-        "| model | target | workers | concurrency | requests | errors | p50 ms | p99 ms | "
-        "mean ms | req/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        markdown_table(["model", "target", "workers", "concurrency", "requests", "errors",
+                        "p50 ms", "p99 ms", "mean ms", "req/s"],
+                       [[f"`{r['model']}`", r["target"], r["workers"], r["concurrency"],
+                         r["requests"], r["errors"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                         f"{r['mean_ms']:.2f}", f"{r['throughput_rps']:.0f}"]
+                        for r in res["results"]]),
+        "",
+        markdown_table(["check", "model", "workers", "target", "measured", "pass"],
+                       [check_row(chk) for chk in res["checks"]]),
     ]
-    for r in res["results"]:
-        lines.append(f"| `{r['model']}` | {r['target']} | {r['workers']} | {r['concurrency']} | "
-                     f"{r['requests']} | {r['errors']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['mean_ms']:.2f} | {r['throughput_rps']:.0f} |")
-    lines += ["", "| check | model | workers | target | measured | pass |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for chk in res["checks"]:
-        label, fmt = CHECK_NAMES[chk["check"]]
-        workers = "" if chk["workers"] is None else str(chk["workers"])
-        lines.append(f"| {label} | `{chk['model']}` | {workers} | {fmt.format(chk['target'])} | "
-                     f"{chk['value']:.2f} | {'yes' if chk['pass'] else 'no'} |")
     return "\n".join(lines) + "\n"

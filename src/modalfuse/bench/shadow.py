@@ -26,6 +26,7 @@ from modalfuse.bench.servers import LevelResult, drive, drive_calls, free_port, 
 from modalfuse.config import Settings
 from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor
+from modalfuse.markdown import markdown_table
 from modalfuse.serve.app import create_app
 
 # The issue's target: p50 with a shadow over p50 without, at every level.
@@ -186,19 +187,18 @@ def shadow_bench_markdown(res: dict[str, Any]) -> str:
         f"Measured by `{res['command']}` on {res['created_at']} ({res['machine']['cpus']} CPUs, "
         f"Python {res['machine']['python']}, {res['mode']}), champion `{res['model_version']}`, "
         f"challenger bundle `{res['challenger']}`.", "",
-        "| c | shadow | requests | errors | p50 ms | p99 ms | req/s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        markdown_table(["c", "shadow", "requests", "errors", "p50 ms", "p99 ms", "req/s"],
+                       [[r["concurrency"], "on" if r["shadow"] else "off", r["requests"],
+                         r["errors"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                         f"{r['throughput_rps']:.0f}"] for r in res["results"]]),
+        "",
+        markdown_table(["c", "p50 with / without", "p99 with / without", "shadow rows scored",
+                        "dropped"],
+                       [[c, f"{v['p50']:.3f}", f"{v['p99']:.3f}",
+                         res["shadow"].get(c, {}).get("scored"),
+                         res["shadow"].get(c, {}).get("dropped")]
+                        for c, v in res["ratios"].items()]),
     ]
-    for r in res["results"]:
-        lines.append(f"| {r['concurrency']} | {'on' if r['shadow'] else 'off'} | {r['requests']} | "
-                     f"{r['errors']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['throughput_rps']:.0f} |")
-    lines += ["", "| c | p50 with / without | p99 with / without | shadow rows scored | dropped |",
-              "| --- | --- | --- | --- | --- |"]
-    for c, v in res["ratios"].items():
-        s = res["shadow"].get(c, {})
-        lines.append(f"| {c} | {v['p50']:.3f} | {v['p99']:.3f} | {s.get('scored')} | "
-                     f"{s.get('dropped')} |")
     t = res["target"]
     lines += ["", f"Target: a shadow adds at most {round((t['max_p50_ratio'] - 1) * 100)} % to "
                   f"p50 at every level: {'met' if t['met'] else 'not met'}."]

@@ -27,6 +27,7 @@ import numpy as np
 
 from modalfuse.bench.servers import free_port, running, serve_command
 from modalfuse.inference.predictor import Predictor
+from modalfuse.markdown import markdown_table
 
 TARGETS = {"rss_growth_pct": 10.0, "p99_end_vs_start_pct": 20.0}
 API_KEY = "soak-key-0123456789abcdef"
@@ -244,8 +245,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines = [f"Measured by `{res['command']}` on {res['created_at']} ({res['machine']['cpus']} "
              f"CPUs, 1-min load {res['machine']['load_avg_1m']:.1f}), model "
              f"`{res['model_version']}`; statuses {res['statuses']}.", "",
-             "| check | target | measured | pass |", "| --- | --- | --- | --- |"]
-    lines += ["| " + " | ".join(row) + " |" for row in check_rows(res)]
+             markdown_table(["check", "target", "measured", "pass"], check_rows(res))]
     lines += ["", f"RSS {res['rss_start_mb']:.0f} → {res['rss_end_mb']:.0f} MB; p99 "
                   f"{res['p99_start_ms']:.1f} → {res['p99_end_ms']:.1f} ms."]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """Stage 1, data: `modalfuse data fetch/build/import/split`, `modalfuse eda` and
 `modalfuse data-version`.
 
-Thin Typer wrappers over `modalfuse.data`, `modalfuse.eda.report` and the tracking of data
+Thin Typer wrappers over `modalfuse.data`, `modalfuse.eda.html_report` and the tracking of data
 versions.
 """
 
@@ -145,7 +145,7 @@ def eda(
 ) -> None:
     """Write the EDA report of a dataset: one self-contained HTML file with embedded plots."""
     from modalfuse.data.dataset import load_dataset
-    from modalfuse.eda.report import GENERIC, report_summary, write_report
+    from modalfuse.eda.html_report import GENERIC, report_summary, write_report
 
     s = settings()
     ds = load_dataset(s.dataset_dir(dataset))

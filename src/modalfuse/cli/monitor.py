@@ -111,7 +111,7 @@ def monitor_drift(predictor: Predictor, plog: PredictionLog, since: float | None
                   folder: Path) -> None:
     """The drift and skew section: drift.html, skew.png and summary.json in `folder`."""
     from modalfuse.monitor.drift import NoReferenceError, load_or_build_reference
-    from modalfuse.monitor.report import monitor_report
+    from modalfuse.monitor.drift_report import monitor_report
 
     s = settings()
     try:

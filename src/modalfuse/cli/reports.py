@@ -31,7 +31,7 @@ def report_build(
 ) -> None:
     """Rewrite every generated table of the report(s) from the latest measured outputs."""
     from modalfuse.errors import InvalidInput
-    from modalfuse.report import Phrases, Sources, build_report, language_of
+    from modalfuse.report_tables import Phrases, Sources, build_report, language_of
 
     if path is not None and not path.exists():
         fail(f"{path} not found; run from the repository root or pass --path")

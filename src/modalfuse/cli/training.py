@@ -124,7 +124,7 @@ def _track_trained(bundle: ModelBundle, ds: Dataset, s: Settings) -> None:
 
 @app.command(rich_help_panel=TRAINING)
 def tune(
-    time_budget: Annotated[str, typer.Option(help="wall-clock budget: 90s, 10m, 1h")] = "10m",
+    time_budget: Annotated[str, typer.Option(help="wall-clock budget: 90s, 10m, 1h, 1d")] = "10m",
     trials: Annotated[int | None, typer.Option(help="stop after this many trials (default: budget)")] = None,
     family: Annotated[list[str] | None, typer.Option(help="model families to search: gbm, "
                                                           "gbm_tabular, intermediate")] = None,
@@ -138,7 +138,8 @@ def tune(
     seed: int = 42,
 ) -> None:
     """HPO over model families on the grouped CV folds of the training split; winner -> challenger."""
-    from modalfuse.training.tune import parse_duration, train_winner
+    from modalfuse.config import parse_duration
+    from modalfuse.training.tune import train_winner
     from modalfuse.training.tune import tune as run
 
     s, ds, splits = load_data(dataset)

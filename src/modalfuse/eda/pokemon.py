@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from modalfuse.data.builders.pokemon import STATS
-from modalfuse.eda.report import (
+from modalfuse.eda.html_report import (
     EdaContext,
     Section,
     cramers_v,

@@ -26,10 +26,6 @@ from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
 OTHER = "__other__"
 
 
-class NotFittedError(NotFitted):
-    """A fitted object was used before `fit`."""
-
-
 class RecordError(InvalidInput):
     """A record's fields break the input schema; `errors` maps field -> message."""
 
@@ -275,7 +271,7 @@ class TabularEncoder:
 
     def _check(self) -> None:
         if self.vocab_ is None or self.medians_ is None or self.feature_names_ is None:
-            raise NotFittedError("TabularEncoder is not fitted; call fit(train_frame) first")
+            raise NotFitted("TabularEncoder is not fitted; call fit(train_frame) first")
 
     def _encode(self, frame: pd.DataFrame | RecordColumns) -> np.ndarray:
         assert self.vocab_ is not None and self.feature_names_ is not None

@@ -1,5 +1,6 @@
 """Out-of-fold predictions: what a model said about each training row while that row's fold
-was held out, saved in the bundle, and the paired bootstrap the promotion gate runs on them.
+was held out, saved in the bundle, and the check that two of them can be compared row by row
+(`inference.bootstrap.paired_bootstrap_gain` then compares them).
 
 Two bundles cross-validated on the same folds of the same dataset version predicted the
 same rows from the same training data, so their out-of-fold predictions can be compared
@@ -83,60 +84,3 @@ def check_comparable(a: OutOfFold, b: OutOfFold) -> None:
         raise OutOfFoldError("the same rows sit in different CV folds")
     if not np.array_equal(a.y, b.y):
         raise OutOfFoldError("the true labels of the out-of-fold rows differ")
-
-
-def macro_f1_weighted(y: np.ndarray, pred: np.ndarray, weights: np.ndarray, n_classes: int) -> np.ndarray:
-    """Macro-F1 for each row of `weights` (B × n resampling counts), over the classes present
-    in the resample's truth or predictions (as `evaluate.classification_metrics` does)."""
-    true_1h = np.eye(n_classes)[y]
-    pred_1h = np.eye(n_classes)[pred]
-    tp = weights @ (true_1h * pred_1h)
-    fp = weights @ ((1 - true_1h) * pred_1h)
-    fn = weights @ (true_1h * (1 - pred_1h))
-    denom = 2 * tp + fp + fn
-    present = denom > 0
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=present)
-    return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
-
-
-@dataclass
-class BootstrapGain:
-    """Macro-F1 of challenger and champion on the same rows, the gain and its interval."""
-
-    challenger: float
-    champion: float
-    gain: float
-    low: float
-    high: float
-    confidence: float
-    resamples: int
-    rows: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        """The interval as JSON-ready data."""
-        return dict(self.__dict__)
-
-
-def paired_bootstrap_gain(challenger: OutOfFold, champion: OutOfFold, resamples: int = 2000,
-                          confidence: float = 0.90, seed: int = 0) -> BootstrapGain:
-    """Paired bootstrap over rows of the macro-F1 gain (challenger - champion): both models are
-    scored on the same resampled rows, so what the rows have in common cancels out."""
-    check_comparable(challenger, champion)
-    n, k = len(challenger.y), len(challenger.labels)
-    rng = np.random.default_rng(seed)
-    gains = np.empty(resamples)
-    chunk = 250  # bounded memory: chunk × n counts at a time
-    for start in range(0, resamples, chunk):
-        b = min(chunk, resamples - start)
-        idx = rng.integers(0, n, size=(b, n))
-        weights = np.zeros((b, n))
-        np.add.at(weights, (np.repeat(np.arange(b), n), idx.ravel()), 1.0)
-        gains[start:start + b] = (
-            macro_f1_weighted(challenger.y, challenger.predicted, weights, k)
-            - macro_f1_weighted(champion.y, champion.predicted, weights, k))
-    ones = np.ones((1, n))
-    a = float(macro_f1_weighted(challenger.y, challenger.predicted, ones, k)[0])
-    c = float(macro_f1_weighted(champion.y, champion.predicted, ones, k)[0])
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(gains, [tail, 1 - tail])
-    return BootstrapGain(a, c, a - c, float(low), float(high), confidence, resamples, n)

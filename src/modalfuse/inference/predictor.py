@@ -152,10 +152,6 @@ class Predictor:
         """An image from `open_header` -> the model's square RGBA array (decodes its pixels)."""
         return to_square_rgba(load_first_frame(img, self.max_image_pixels), self.spec.image_size)
 
-    def decode_image(self, data: bytes | None) -> np.ndarray:
-        """Image bytes -> the model's square RGBA array, within the per-image limits."""
-        return self.decode_header(self.open_header(data))
-
     def supports(self, mode: str) -> bool:
         """Whether this bundle scores requests of a modality case (`both`, `fields`, `image`)."""
         return self.bundle.companions.supports(mode)

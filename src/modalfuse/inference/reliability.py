@@ -22,6 +22,7 @@ from modalfuse.inference.conformal import set_report
 from modalfuse.inference.evaluate import classification_metrics, expected_calibration_error
 from modalfuse.inference.ood import auroc
 from modalfuse.inference.predictor import Predictor, table_records
+from modalfuse.markdown import markdown_table
 
 COVERAGES = (0.8, 0.9, 0.95)
 CURVE = tuple(round(c, 2) for c in np.arange(0.5, 0.991, 0.02))  # the coverage plot's targets
@@ -195,6 +196,20 @@ def reliability_report(predictor: Predictor, ds: Dataset, test_ids: np.ndarray,
     return report
 
 
+def _floor_cell(f: dict | None) -> str:
+    """The ECE floor of a missing-modality case, or – without one."""
+    return f"{f['mean']:.3f} (90 % below {f['p90']:.3f})" if f else "–"
+
+
+def _coverage_row(mode: str, c: dict, cov: float) -> list[str]:
+    """One request case and target coverage of the prediction-set table."""
+    r = c[str(cov)]
+    lo, hi = r["coverage_interval"]
+    return [CASES[mode], f"{c['method']} (lam {c['lam']:g}, k_reg {c['k_reg']})", f"{cov:.0%}",
+            f"{r['coverage']:.3f} [{lo:.3f}, {hi:.3f}]", f"{r['mean_size']:.2f}",
+            f"{r['singleton_share']:.1%}"]
+
+
 def reliability_markdown(report: dict, model: str) -> list[str]:
     """The missing-modality, conformal and OOD sections of the ablation page."""
     lines = ["", f"## Missing modalities (`{model}`, test split, {report['rows']} rows)", "",
@@ -203,35 +218,28 @@ def reliability_markdown(report: dict, model: str) -> list[str]:
              "The ECE floor is what a perfectly calibrated model with the same probabilities "
              "would show on this many rows (labels drawn from its own probabilities): a test "
              "ECE near it is sampling noise, not miscalibration.", "",
-             "| request | test accuracy | test macro-F1 | test ECE | ECE floor (perfect "
-             "calibration, this many rows) |", "| --- | --- | --- | --- | --- |"]
-    for mode, m in report["cases"].items():
-        f = m.get("ece_floor")
-        floor = f" | {f['mean']:.3f} (90 % below {f['p90']:.3f})" if f else " | –"
-        lines.append(f"| {CASES[mode]} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | "
-                     f"{m['ece']:.3f}{floor} |")
+             markdown_table(["request", "test accuracy", "test macro-F1", "test ECE",
+                             "ECE floor (perfect calibration, this many rows)"],
+                            [[CASES[mode], f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}",
+                              f"{m['ece']:.3f}", _floor_cell(m.get("ece_floor"))]
+                             for mode, m in report["cases"].items()])]
     if report["conformal"]:
         lines += ["", "## Prediction sets (split conformal, test split)", "",
                   "Calibrated on out-of-fold predictions of the training split (never the test "
                   "split); the rank penalty (RAPS) was chosen on a separate 30 % of those rows. "
                   "The interval is the 90 % binomial (Wilson) range of a coverage measured on this "
-                  "many rows: a target inside it is as close as the test split can tell.",
-                  "", "| request | method | target coverage | test coverage [90 % interval] "
-                  "| mean set size | single-label sets |", "| --- | --- | --- | --- | --- | --- |"]
-        for mode, c in report["conformal"].items():
-            for cov in COVERAGES:
-                r = c[str(cov)]
-                lo, hi = r["coverage_interval"]
-                lines.append(f"| {CASES[mode]} | {c['method']} (lam {c['lam']:g}, k_reg "
-                             f"{c['k_reg']}) | {cov:.0%} | {r['coverage']:.3f} [{lo:.3f}, "
-                             f"{hi:.3f}] | {r['mean_size']:.2f} | {r['singleton_share']:.1%} |")
+                  "many rows: a target inside it is as close as the test split can tell.", "",
+                  markdown_table(["request", "method", "target coverage",
+                                  "test coverage [90 % interval]", "mean set size",
+                                  "single-label sets"],
+                                 [_coverage_row(mode, c, cov)
+                                  for mode, c in report["conformal"].items() for cov in COVERAGES])]
         both = report["conformal"].get(BOTH)
         if both:
             per = both["0.9"]["per_class_coverage"]
             lines += ["", "Per-class test coverage at 90 % (image + fields):", "",
-                      "| " + " | ".join(per) + " |", "|" + " --- |" * len(per),
-                      "| " + " | ".join("–" if v is None else f"{v:.2f}" for v in per.values())
-                      + " |"]
+                      markdown_table(list(per), [["–" if v is None else f"{v:.2f}"
+                                                  for v in per.values()]])]
     ood = report.get("ood")
     if ood:
         lines += ["", "## Out-of-distribution images", "",
@@ -239,9 +247,9 @@ def reliability_markdown(report: dict, model: str) -> list[str]:
                   f"distances of the training images at a {ood['false_alarm']:.0%} false-alarm "
                   f"rate. In-domain test sprites flagged: **{ood['test_flag_rate']:.1%}**. AUROC: "
                   "the chance a probe image scores above a test sprite.", "",
-                  "| images | n | AUROC | flagged |", "| --- | --- | --- | --- |"]
-        for name, f in ood["families"].items():
-            lines.append(f"| {name} | {f['images']} | {f['auroc']:.3f} | {f['flag_rate']:.1%} |")
+                  markdown_table(["images", "n", "AUROC", "flagged"],
+                                 [[name, f["images"], f"{f['auroc']:.3f}", f"{f['flag_rate']:.1%}"]
+                                  for name, f in ood["families"].items()])]
     fo = report.get("field_ood")
     if fo:
         by = ", ".join(f"`{k}` {v:.1%}" for k, v in fo["by_field"].items()) or "none"

@@ -13,9 +13,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from modalfuse.errors import InvalidInput
+from modalfuse.errors import InvalidInput, NotFitted
 from modalfuse.features.preprocess import FeatureBatch
-from modalfuse.features.tabular import NotFittedError
 from modalfuse.models.calibration import log_proba, softmax
 from modalfuse.models.registry import Model, load_part, register, save_part
 
@@ -56,7 +55,7 @@ class LinearSoftmaxModel:
         if not self.use_image_stats:
             return x
         if self.image_mean_ is None or self.image_scale_ is None:
-            raise NotFittedError("LinearSoftmaxModel is not fitted; call fit() first")
+            raise NotFitted("LinearSoftmaxModel is not fitted; call fit() first")
         return np.hstack([x, (batch.image_stats - self.image_mean_) / self.image_scale_])
 
     def fit(self, batch: FeatureBatch, y: np.ndarray, n_classes: int) -> LinearSoftmaxModel:
@@ -89,15 +88,15 @@ class LinearSoftmaxModel:
         return self
 
     def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
-        """(n, n_classes) probabilities; NotFittedError before `fit`."""
+        """(n, n_classes) probabilities; NotFitted before `fit`."""
         if self.coef_ is None or self.intercept_ is None:
-            raise NotFittedError("LinearSoftmaxModel is not fitted; call fit() first")
+            raise NotFitted("LinearSoftmaxModel is not fitted; call fit() first")
         return softmax(self.inputs(batch) @ self.coef_ + self.intercept_)
 
     def save(self, directory: Path) -> dict:
         """Write the coefficients and the image standardization; return the meta `load` reads."""
         if self.coef_ is None or self.intercept_ is None:
-            raise NotFittedError("LinearSoftmaxModel is not fitted; call fit() first")
+            raise NotFitted("LinearSoftmaxModel is not fitted; call fit() first")
         none = np.zeros(0)  # a model without image statistics stores empty standardization
         np.savez(directory / LINEAR_FILE, coef=self.coef_, intercept=self.intercept_,
                  image_mean=none if self.image_mean_ is None else self.image_mean_,

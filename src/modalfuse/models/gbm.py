@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from modalfuse.errors import ModelError
+from modalfuse.errors import ModelError, NotFitted
 from modalfuse.features.preprocess import FeatureBatch
-from modalfuse.features.tabular import NotFittedError
 from modalfuse.models.registry import register
 
 if TYPE_CHECKING:
@@ -122,7 +121,7 @@ class GBMModel:
 
     def predict_proba(self, batch: FeatureBatch) -> np.ndarray:
         """(n, n_classes) probabilities: by ONNX Runtime for a loaded model, by LightGBM for
-        one just fitted; NotFittedError before `fit`."""
+        one just fitted; NotFitted before `fit`."""
         x = gbm_inputs(batch, self.use_image_stats, self.use_tabular)
         if self.onnx_ is not None:
             if not len(x):
@@ -130,13 +129,13 @@ class GBMModel:
             out = self.session.run(["probabilities"], {"input": x.astype(np.float32)})[0]
             return np.asarray(out, dtype=np.float64)
         if self.booster_ is None:
-            raise NotFittedError("GBMModel is not fitted; call fit() first")
+            raise NotFitted("GBMModel is not fitted; call fit() first")
         return np.asarray(self.booster_.predict(x, num_threads=1), dtype=np.float64)
 
     def native_proba(self, batch: FeatureBatch) -> np.ndarray:
         """(n, n_classes) probabilities by LightGBM itself (the parity check's reference)."""
         if self.booster_ is None:
-            raise NotFittedError("GBMModel has no native booster")
+            raise NotFitted("GBMModel has no native booster")
         x = gbm_inputs(batch, self.use_image_stats, self.use_tabular)
         return np.asarray(self.booster_.predict(x, num_threads=1), dtype=np.float64)
 

@@ -14,10 +14,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from modalfuse.errors import InvalidInput
+from modalfuse.errors import InvalidInput, NotFitted
 from modalfuse.features.image_tensor import image_tensor
 from modalfuse.features.preprocess import FeatureBatch
-from modalfuse.features.tabular import NotFittedError
 from modalfuse.models.calibration import log_proba, softmax
 from modalfuse.models.registry import Model, load_part, register, save_part
 
@@ -150,7 +149,7 @@ class StackingModel:
     def combine(self, part_probas: list[np.ndarray]) -> np.ndarray:
         """The pooled probabilities from the parts' probabilities (in `parts` order)."""
         if self.weights_ is None or self.bias_ is None:
-            raise NotFittedError("StackingModel is not fitted; call fit_meta() first")
+            raise NotFitted("StackingModel is not fitted; call fit_meta() first")
         z = sum(w * log_proba(p) for w, p in zip(self.weights_, part_probas, strict=True))
         return softmax(z + self.bias_)
 
@@ -161,7 +160,7 @@ class StackingModel:
     def save(self, directory: Path) -> dict:
         """Write each part into its own sub-folder; return the pool's weights and the parts' meta."""
         if self.weights_ is None or self.bias_ is None:
-            raise NotFittedError("StackingModel is not fitted; call fit_meta() first")
+            raise NotFitted("StackingModel is not fitted; call fit_meta() first")
         parts = [save_part(model, directory, name) for name, model in self.parts.items()]
         return {"kind": self.kind, "parts": parts, "weights": self.weights_.tolist(),
                 "bias": self.bias_.tolist(), "l2": self.l2, "balanced": self.balanced}

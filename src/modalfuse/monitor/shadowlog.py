@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from modalfuse.markdown import markdown_table
+from modalfuse.sqlite import open_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS shadow (
@@ -81,18 +84,11 @@ class ShadowLog:
         self._next_prune = 0.0
         self._known_models: set[str] = set()
 
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
+    def connect(self) -> AbstractContextManager[sqlite3.Connection]:
         """A connection to the log file in WAL mode (as the prediction log opens it), closed
         on exit."""
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # as the prediction log makes the file
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            yield db
-        finally:
-            db.close()
+        # Incremental auto-vacuum as the prediction log makes the file.
+        return open_sqlite(self.path, auto_vacuum="INCREMENTAL", synchronous="NORMAL")
 
     def open(self) -> ShadowLog:
         """Create the file's folder and the shadow tables if needed; returns self."""
@@ -223,11 +219,10 @@ def shadow_markdown(report: dict[str, Any]) -> str:
     else:
         lines.append("No shadow row has feedback yet.")
     if report["pairs"]:
-        lines += ["", "| champion | challenger | rows | agreement | dropped | labelled | "
-                      "champion acc | challenger acc |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for p in report["pairs"]:
-            lines.append(f"| {p['champion_version']} | {p['challenger_version']} | {p['rows']} | "
-                         f"{_fmt(p['agreement'])} | {p['dropped']} | {p['labelled']} | "
-                         f"{_fmt(p['champion_accuracy'])} | {_fmt(p['challenger_accuracy'])} |")
+        lines += ["", markdown_table(
+            ["champion", "challenger", "rows", "agreement", "dropped", "labelled", "champion acc",
+             "challenger acc"],
+            [[p["champion_version"], p["challenger_version"], p["rows"], _fmt(p["agreement"]),
+              p["dropped"], p["labelled"], _fmt(p["champion_accuracy"]),
+              _fmt(p["challenger_accuracy"])] for p in report["pairs"]])]
     return "\n".join(lines) + "\n"

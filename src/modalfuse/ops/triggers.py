@@ -19,9 +19,9 @@ from modalfuse.config import Settings
 from modalfuse.errors import InvalidInput
 from modalfuse.inference.predictor import Predictor
 from modalfuse.monitor.drift import MIN_ROWS, load_or_build_reference
+from modalfuse.monitor.drift_report import monitor_report
 from modalfuse.monitor.performance import PerformanceThresholds, performance_summary
 from modalfuse.monitor.predlog import PredictionLog
-from modalfuse.monitor.report import monitor_report
 from modalfuse.ops.reporter import Reporter
 from modalfuse.tracking.source import bundle_for, describe_source
 

@@ -17,8 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from modalfuse.inference.predictor import Predictor
 from modalfuse.inference.safe_csv import write_csv
 from modalfuse.inference.uploads import UploadError, UploadLimits, check_table, safe_extract_zip
 from modalfuse.serve.state import ModelHolder
+from modalfuse.sqlite import open_sqlite
 
 log = logging.getLogger("modalfuse.jobs")
 
@@ -181,17 +181,9 @@ class JobStore:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         return self
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a chunk recorded as done survives power loss, not only a killed process.
-            db.execute("PRAGMA synchronous=FULL")
-            db.row_factory = sqlite3.Row
-            yield db
-        finally:
-            db.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        # FULL: a chunk recorded as done survives power loss, not only a killed process.
+        return open_sqlite(self.db_path, autocommit=True, synchronous="FULL", named_rows=True)
 
     def job_dir(self, job_id: str) -> Path:
         """The folder of a job's staged inputs, chunk files and result."""

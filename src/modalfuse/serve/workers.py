@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from modalfuse.sqlite import open_sqlite
+
 log = logging.getLogger("modalfuse.serve")
 
 POLL_S = 0.5  # how often a worker looks for actions it has not applied (and says it is alive)
@@ -79,9 +81,7 @@ class ControlLog:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
+        with open_sqlite(self.path) as db:
             db.execute("CREATE TABLE IF NOT EXISTS actions (seq INTEGER PRIMARY KEY "
                        "AUTOINCREMENT, name TEXT NOT NULL, args TEXT NOT NULL, origin INTEGER "
                        "NOT NULL, at REAL NOT NULL)")
@@ -90,8 +90,6 @@ class ControlLog:
                        "NOT NULL)")
             yield db
             db.commit()
-        finally:
-            db.close()
 
     def reset(self) -> None:
         """Start a server's log empty (the supervisor does this before starting workers)."""

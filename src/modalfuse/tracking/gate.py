@@ -20,9 +20,10 @@ import numpy as np
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
 from modalfuse.errors import RegistryError
+from modalfuse.inference.bootstrap import BootstrapGain, paired_bootstrap_gain
 from modalfuse.inference.bundle import ModelBundle
 from modalfuse.inference.evaluate import classification_metrics, evaluate, per_class_report
-from modalfuse.inference.oof import OutOfFold, OutOfFoldError, paired_bootstrap_gain
+from modalfuse.inference.oof import OutOfFold, OutOfFoldError, check_comparable
 from modalfuse.inference.predictor import Predictor
 
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "weighted_f1": True,
@@ -118,6 +119,13 @@ class Gate:
         decide = self._decide_on_cv if self.on == "cv" else self._decide_on_test
         return decide(name, challenger, champion, cb, hb, ds, splits, plot)
 
+    def bootstrap(self, challenger: OutOfFold, champion: OutOfFold) -> BootstrapGain:
+        """The paired bootstrap of the challenger's out-of-fold macro-F1 gain over the champion,
+        over all rows (not within folds); OutOfFoldError when the two are not paired."""
+        check_comparable(challenger, champion)
+        return paired_bootstrap_gain(challenger.y, challenger.proba, champion.proba,
+                                     challenger.labels, self.resamples, self.confidence, self.seed)
+
     def _decide_on_cv(self, name: str, challenger: Candidate, champion: Candidate,
                       cb: ModelBundle, hb: ModelBundle, ds: Dataset, splits: Splits,
                       plot: Path) -> PromotionDecision:
@@ -128,8 +136,7 @@ class Gate:
             refusal = "a bundle names out-of-fold predictions it does not carry"
         if refusal is None:
             try:
-                gain = paired_bootstrap_gain(oofs[0], oofs[1], self.resamples,  # type: ignore[arg-type]
-                                             self.confidence, self.seed)
+                gain = self.bootstrap(oofs[0], oofs[1])  # type: ignore[arg-type]
             except OutOfFoldError as e:
                 refusal = str(e)
         if refusal is not None:
@@ -141,7 +148,7 @@ class Gate:
         for c, b in ((challenger, cb), (champion, hb)):
             c.score_test(b, ds, splits)  # a report only
         pct = round(self.confidence * 100)
-        text = (f"out-of-fold macro_f1 {gain.challenger:.4f} vs {gain.champion:.4f} on "
+        text = (f"out-of-fold macro_f1 {gain.model_f1:.4f} vs {gain.base_f1:.4f} on "
                 f"{gain.rows} grouped-CV rows of dataset version {challenger.dataset_version}: gain "
                 f"{gain.gain:+.4f}, {pct}% paired-bootstrap interval [{gain.low:+.4f}, "
                 f"{gain.high:+.4f}] ({gain.resamples} resamples)")
@@ -151,7 +158,7 @@ class Gate:
                    f"{champion.version}")
         plot_comparison(name, challenger, champion, metric, plot, on="cv")
         return PromotionDecision(promoted, f"{text}: {verdict}", metric, margin, challenger,
-                                 champion, str(plot), on="cv", interval=gain.to_dict())
+                                 champion, str(plot), on="cv", interval=interval_record(gain))
 
     def _decide_on_test(self, name: str, challenger: Candidate, champion: Candidate,
                         cb: ModelBundle, hb: ModelBundle, ds: Dataset, splits: Splits,
@@ -180,6 +187,13 @@ class Gate:
                                 f"{champion.version}"), False
         return PromotionDecision(promoted, reason, metric, margin, challenger, champion,
                                  str(plot), on="test")
+
+
+def interval_record(gain: BootstrapGain) -> dict[str, Any]:
+    """The gate's bootstrap as a decision records it (`PromotionDecision.interval`)."""
+    return {"challenger": gain.model_f1, "champion": gain.base_f1, "gain": gain.gain,
+            "low": gain.low, "high": gain.high, "confidence": gain.confidence,
+            "resamples": gain.resamples, "rows": gain.rows}
 
 
 def cv_refusal(challenger: Candidate, champion: Candidate, cb: ModelBundle,

@@ -18,6 +18,7 @@ from modalfuse.errors import InvalidInput
 from modalfuse.inference.bundle import ModelBundle
 from modalfuse.inference.evaluate import classification_metrics, per_class_report, predict_dataset_rows
 from modalfuse.inference.predictor import Predictor
+from modalfuse.markdown import markdown_table
 
 CARD_FILE = "model_card.md"
 # Below these counts a per-class or per-slice number is too noisy to lean on.
@@ -107,29 +108,29 @@ def render_card(facts: dict[str, Any]) -> str:
     git = facts.get("training", {}).get("git_commit")
     if git:
         lines.append(f"- code: git commit `{git}`")
-    lines += ["", "## Metrics", "", "| metric | grouped CV (mean ± sd) | test |", "| --- | --- | --- |"]
-    for key in ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece"):
-        c = cv.get(key)
-        lines.append(f"| {key} | {_f(c['mean']) + ' ± ' + _f(c['sd']) if c else '-'} | "
-                     f"{_f(test.get(key))} |")
+    metrics = [[key, _f(cv[key]["mean"]) + " ± " + _f(cv[key]["sd"]) if cv.get(key) else "-",
+                _f(test.get(key))]
+               for key in ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece")]
+    lines += ["", "## Metrics", "", markdown_table(["metric", "grouped CV (mean ± sd)", "test"],
+                                                   metrics)]
     lines += ["", f"Test rows: {test.get('n', '-')}.", "", "### Per class (test)", "",
-              "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
-    for lab, r in facts["per_class"].items():
-        lines.append(f"| {lab} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['f1'])} | "
-                     f"{r['support']} |")
+              markdown_table(["class", "precision", "recall", "F1", "support"],
+                             [[lab, _f(r["precision"]), _f(r["recall"]), _f(r["f1"]), r["support"]]
+                              for lab, r in facts["per_class"].items()])]
     sl = facts["slices"]
     lines += ["", f"### Per {sl['field'] or 'slice'} (test)", ""]
     if sl["values"]:
-        lines += [f"| {sl['field']} | rows | accuracy | macro-F1 |", "| --- | --- | --- | --- |"]
-        lines += [f"| {v['value']} | {v['n']} | {_f(v['accuracy'])} | {_f(v['macro_f1'])} |"
-                  for v in sl["values"]]
+        lines.append(markdown_table(
+            [sl["field"], "rows", "accuracy", "macro-F1"],
+            [[v["value"], v["n"], _f(v["accuracy"]), _f(v["macro_f1"])] for v in sl["values"]]))
     else:
         lines.append("No slice field in the dataset spec (`slice_field`), or no test rows.")
     lines += ["", "## Split audit", ""]
     params = audit.get("params", {})
     lines.append("Split parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
-    lines += ["", "| split | rows | groups |", "| --- | --- | --- |"]
-    lines += [f"| {s} | {v['rows']} | {v['groups']} |" for s, v in audit.get("per_split", {}).items()]
+    lines += ["", markdown_table(["split", "rows", "groups"],
+                                 [[s, v["rows"], v["groups"]]
+                                  for s, v in audit.get("per_split", {}).items()])]
     lines.append("")
     for c in audit.get("checks", []):
         state = "pass" if c["passed"] else ("FAIL" if c["blocking"] else "warning")

@@ -17,6 +17,7 @@ import numpy as np
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
+from modalfuse.inference.bootstrap import BootstrapGain, paired_bootstrap_gain
 from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.inference.reliability import (
@@ -24,8 +25,8 @@ from modalfuse.inference.reliability import (
     reliability_markdown,
     reliability_report,
 )
+from modalfuse.markdown import markdown_table
 from modalfuse.training import recipes
-from modalfuse.training.bootstrap import paired_bootstrap_gain
 from modalfuse.training.config import TrainConfig
 from modalfuse.training.folds import OOF_KEY, FoldEngine, training_labels
 from modalfuse.training.train import train
@@ -82,8 +83,8 @@ def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig,
         base = oofs[BASELINE]
         for r in results:
             o = oofs[r["model"]]
-            r["gain_over_baseline"] = paired_bootstrap_gain(o.y, o.proba, base.proba, o.labels,
-                                                            folds=o.folds, seed=cfg.seed)
+            r["gain_over_baseline"] = gain_record(paired_bootstrap_gain(
+                o.y, o.proba, base.proba, o.labels, seed=cfg.seed, folds=o.folds))
     champion = max(results, key=lambda r: r["cv"]["macro_f1"]["mean"])
     report = {
         "dataset": {"name": ds.spec.name, "version": ds.version,
@@ -103,6 +104,14 @@ def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig,
     plot_reliability(report["reliability"], out_dir / "reliability.png",
                      f"champion {champion['model']}, test split")
     return report
+
+
+def gain_record(gain: BootstrapGain) -> dict[str, float | int]:
+    """A model's bootstrapped gain over `BASELINE` as ablation.json records it."""
+    return {"model_macro_f1": gain.model_f1, "base_macro_f1": gain.base_f1, "gain": gain.gain,
+            "gain_mean": gain.mean, "low": gain.low, "high": gain.high,
+            "level": gain.confidence, "n_boot": gain.resamples, "rows": gain.rows,
+            "p_not_better": gain.p_not_better}
 
 
 def target_check(results: list[dict], champion: str) -> dict:
@@ -171,6 +180,18 @@ def gain_cell(result: dict) -> str:
     return f"{g['gain']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
 
 
+def results_row(r: dict, champion: str) -> list[str]:
+    """One model's cells of the ablation table."""
+    cv, t, lat = r["cv"], r["test"], r["latency"]
+    star = " **(champion)**" if r["model"] == champion else ""
+    return [f"`{r['model']}`{star}", r["description"],
+            f"{cv['accuracy']['mean']:.3f} ± {cv['accuracy']['sd']:.3f}",
+            f"{cv['macro_f1']['mean']:.3f} ± {cv['macro_f1']['sd']:.3f}",
+            f"{cv['ece']['mean']:.3f} ± {cv['ece']['sd']:.3f}", gain_cell(r),
+            f"{t['accuracy']:.3f}", f"{t['macro_f1']:.3f}", f"{t['ece']:.3f}",
+            f"{lat['single_ms']:.1f}", f"{lat['batch_ms_per_row']:.2f}", f"{r['temperature']:.2f}"]
+
+
 def to_markdown(report: dict, command: str, image: str | None = None,
                 trust_image: str | None = None) -> str:
     """The ablation report as the generated Markdown page, with the plot `image` (and the
@@ -191,21 +212,12 @@ def to_markdown(report: dict, command: str, image: str | None = None,
         "Latency: one-row requests through the `Predictor` (median), and per row in one "
         "batch of the test split.",
         "",
-        "| model | what | CV accuracy | CV macro-F1 | CV ECE | out-of-fold macro-F1 gain over "
-        f"`{BASELINE}` (90 % paired bootstrap) | test accuracy | test macro-F1 "
-        "| test ECE | ms/row (1-row) | ms/row (batch) | T |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        markdown_table(
+            ["model", "what", "CV accuracy", "CV macro-F1", "CV ECE",
+             f"out-of-fold macro-F1 gain over `{BASELINE}` (90 % paired bootstrap)",
+             "test accuracy", "test macro-F1", "test ECE", "ms/row (1-row)", "ms/row (batch)", "T"],
+            [results_row(r, report["champion"]) for r in report["results"]]),
     ]
-    for r in report["results"]:
-        cv, t, lat = r["cv"], r["test"], r["latency"]
-        star = " **(champion)**" if r["model"] == report["champion"] else ""
-        lines.append(
-            f"| `{r['model']}`{star} | {r['description']} "
-            f"| {cv['accuracy']['mean']:.3f} ± {cv['accuracy']['sd']:.3f} "
-            f"| {cv['macro_f1']['mean']:.3f} ± {cv['macro_f1']['sd']:.3f} "
-            f"| {cv['ece']['mean']:.3f} ± {cv['ece']['sd']:.3f} | {gain_cell(r)} "
-            f"| {t['accuracy']:.3f} | {t['macro_f1']:.3f} | {t['ece']:.3f} "
-            f"| {lat['single_ms']:.1f} | {lat['batch_ms_per_row']:.2f} | {r['temperature']:.2f} |")
     tg = report.get("targets") or {}
     if tg:
         met = tg.get("met", {})

@@ -7,7 +7,6 @@ Augmentation (kornia) runs inside the training loop, on training rows only.
 
 from __future__ import annotations
 
-import io
 import random
 import warnings
 from dataclasses import dataclass
@@ -234,10 +233,3 @@ def export_onnx(net: nn.Module, feeds: dict[str, np.ndarray]) -> bytes:
                           opset_version=17, dynamo=False)
         data = path.read_bytes()
     return data
-
-
-def state_bytes(net: nn.Module) -> bytes:
-    """A network's weights serialized with `torch.save`, to store or copy without a file."""
-    buf = io.BytesIO()
-    torch.save(net.state_dict(), buf)
-    return buf.getvalue()

@@ -16,9 +16,8 @@ from rich.progress import track
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
-from modalfuse.errors import InvalidInput
+from modalfuse.errors import InvalidInput, NotFitted
 from modalfuse.features.preprocess import FeatureBatch
-from modalfuse.features.tabular import NotFittedError
 from modalfuse.inference.evaluate import classification_metrics
 from modalfuse.models.gbm import DEFAULT_PARAMS
 from modalfuse.training.config import TrainConfig
@@ -61,9 +60,9 @@ class TabularSelector:
         return self
 
     def transform(self, batch: FeatureBatch) -> FeatureBatch:
-        """The batch with only the fitted `selected_` tabular columns kept; `NotFittedError` before `fit`."""
+        """The batch with only the fitted `selected_` tabular columns kept; `NotFitted` before `fit`."""
         if not hasattr(self, "selected_"):
-            raise NotFittedError("TabularSelector is not fitted; call fit() first")
+            raise NotFitted("TabularSelector is not fitted; call fit() first")
         return FeatureBatch(batch.tabular[:, self.selected_], batch.tabular_dense, batch.image_stats,
                             batch.images)
 

@@ -32,15 +32,6 @@ from modalfuse.training.train import train
 
 # The recipes with a tunable space.
 FAMILIES = recipes.tunable()
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '10m', '1.5h' or plain seconds -> seconds."""
-    m = _DURATION.match(str(text))
-    if not m or float(m[1]) <= 0:
-        raise InvalidInput(f"time budget {text!r} is not a positive duration like 90s, 10m or 1h")
-    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
 
 
 def default_storage(settings: Settings) -> str:

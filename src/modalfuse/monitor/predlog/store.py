@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from modalfuse.sqlite import open_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -74,20 +75,12 @@ class LogStore:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
+    def connect(self) -> AbstractContextManager[sqlite3.Connection]:
         """A connection to the log database, in WAL mode, closed on exit."""
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            # Before WAL mode is set, so that a new file gets it; an old file is converted by
-            # the first prune that needs to shrink it.
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA journal_size_limit=4000000")  # the WAL is truncated to this
-            db.execute("PRAGMA synchronous=NORMAL")
-            yield db
-        finally:
-            db.close()
+        # Incremental auto-vacuum for a new file; an old file is converted by the first prune
+        # that needs to shrink it. The WAL is truncated to 4 MB.
+        return open_sqlite(self.path, auto_vacuum="INCREMENTAL", journal_size_limit=4_000_000,
+                           synchronous="NORMAL")
 
     def open(self) -> LogStore:
         """Create the database and its tables if needed; returns self."""

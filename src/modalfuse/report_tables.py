@@ -20,6 +20,7 @@ from modalfuse.bench.load import CHECK_NAMES
 from modalfuse.bench.soak import check_rows
 from modalfuse.config import Settings
 from modalfuse.errors import InvalidInput, MissingData
+from modalfuse.markdown import markdown_table
 
 TableFn = Callable[["Sources", "Phrases"], str]
 TABLES: dict[str, tuple[str, TableFn]] = {}  # name -> (command that makes the source, renderer)
@@ -172,15 +173,9 @@ def table(name: str, command: str) -> Callable[[TableFn], TableFn]:
 
 
 def md_table(header: list[str], rows: list[list[object]]) -> str:
-    """A markdown table; floats are shown with three decimals."""
-    def cell(v: object) -> str:
-        if isinstance(v, float):
-            return f"{v:.3f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
+    """A report table: `markdown_table` with floats shown to three decimals."""
+    return markdown_table(header, [[f"{v:.3f}" if isinstance(v, float) else v for v in r]
+                                   for r in rows])
 
 
 def _mean_sd(d: dict | None) -> str:
@@ -218,23 +213,6 @@ def _decisions(src: Sources, t: Phrases) -> str:
             for k, v in m["variants"].items()]
     return md_table([t(h) for h in ("variant (LightGBM)", "grouped-CV acc", "grouped-CV macro-F1",
                                     "test acc", "test macro-F1")], rows)
-
-
-def _records_table(data: dict | list, prefer: list[str] | None = None) -> str:
-    """A list of flat dicts (or {"rows": [...]}) as a markdown table."""
-    rows = data.get("rows", data.get("results", data)) if isinstance(data, dict) else data
-    if isinstance(rows, dict):
-        rows = [{"name": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in rows.items()]
-    if not rows:
-        return "_no rows_"
-    keys: list[str] = []
-    for r in rows:
-        for k, v in r.items():
-            if k not in keys and not isinstance(v, dict | list):
-                keys.append(k)
-    if prefer:
-        keys = [k for k in prefer if k in keys] + [k for k in keys if k not in prefer]
-    return md_table(keys, [[r.get(k, "") for k in keys] for r in rows])
 
 
 @table("batch_bench", "modalfuse bench batch")
