@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=${1:-.cache/smoke/models/pokemon/latest}
 IMAGE=localhost/modalfuse:serve-test
+TRAIN_IMAGE=localhost/modalfuse:train-test
 BASE=localhost/modalfuse-base:bookworm
 NAME=modalfuse-serve-test-$$
 PORT=${PORT:-18000}
@@ -27,7 +28,7 @@ step "container tools"
 
 cleanup() {
     podman rm -f "$NAME" >/dev/null 2>&1 || true
-    podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+    podman rmi -f "$IMAGE" "$TRAIN_IMAGE" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -107,6 +108,21 @@ PY
 podman healthcheck run "$NAME"
 echo "HEALTHCHECK passes"
 podman logs "$NAME" 2>&1 | tail -n 3
+
+step "build train image (its lock: torch's CPU build, LightGBM, MLflow)"
+# The train target installs requirements/train.txt with --require-hashes, as the serve one
+# does its own; built here so that every image's install path runs in CI.
+docker/wheels.sh train
+podman build --format docker --target train --build-arg BASE_IMAGE="$BASE" \
+    --build-arg MODALFUSE_VERSION="$VERSION" --build-arg WHEELS_DIGEST="$(cat docker/wheels/.digest)" \
+    -f docker/Dockerfile -t "$TRAIN_IMAGE" docker > .cache/container/build-train.log 2>&1 \
+    || { tail -n 30 .cache/container/build-train.log; exit 1; }
+podman run --rm --entrypoint /opt/venv/bin/python "$TRAIN_IMAGE" -c \
+    "import lightgbm, mlflow, torch, modalfuse.training.train; \
+assert torch.__version__.endswith('+cpu'), torch.__version__; \
+print('train image: modalfuse', modalfuse.__version__, 'torch', torch.__version__)"
+podman run --rm "$TRAIN_IMAGE" --help >/dev/null
+echo "train image: $(( $(podman image inspect "$TRAIN_IMAGE" --format '{{.Size}}') / 1000000 )) MB"
 
 step "done"
 echo "container-test passed in ${SECONDS}s"

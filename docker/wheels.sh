@@ -21,7 +21,9 @@ mkdir -p "$DEST/requirements"
 cp "$LOCK" "$DEST/requirements/"
 # The image's Python is bookworm's 3.11 on x86_64 glibc: fetch wheels for exactly that, and
 # only the locked files (--require-hashes: a file whose hash is not in the lock is refused).
-"$PY" -m pip download --quiet --dest "$DEST" --only-binary=:all: --no-deps --require-hashes \
+# A package published without any wheel (antlr4-python3-runtime, under dvc's hydra) comes as
+# its locked sdist, which the image's pip builds offline with the locked setuptools.
+"$PY" -m pip download --quiet --dest "$DEST" --prefer-binary --no-deps --require-hashes \
     --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux_2_17_x86_64 --platform linux_x86_64 --implementation cp -r "$LOCK"
 if [ "$TARGET" != stack ]; then
@@ -29,6 +31,7 @@ if [ "$TARGET" != stack ]; then
     # Built offline by the venv's locked setuptools, as `make install` builds it.
     "$PY" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$OUT" .
 fi
-echo "wheels for '$TARGET' in $DEST: $(find "$DEST" -maxdepth 1 -name '*.whl' | wc -l) files, lock $LOCK"
-# The images' WHEELS_DIGEST build argument: it changes whenever a wheel or a lock does.
-(cd "$DEST" && sha256sum -- *.whl requirements/*.txt | sha256sum | cut -c1-16) > "$DEST/.digest"
+echo "wheels for '$TARGET' in $DEST: $(find "$DEST" -maxdepth 1 \( -name '*.whl' -o -name '*.tar.gz' \) | wc -l) files, lock $LOCK"
+# The images' WHEELS_DIGEST build argument: it changes whenever a file or a lock does.
+(cd "$DEST" && find . -maxdepth 2 \( -name '*.whl' -o -name '*.tar.gz' -o -path './requirements/*.txt' \) \
+    -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16) > "$DEST/.digest"
