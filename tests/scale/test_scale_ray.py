@@ -86,7 +86,16 @@ def cluster():
     overrides = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
                  "RAY_USAGE_STATS_ENABLED": "0"}
     saved = {k: os.environ.get(k) for k in overrides}
+    import ray
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    # Another module of this test process may have run a local Ray without token auth
+    # (tests/deploy does): Ray keeps that session, and caches its auth mode and token per
+    # process, so the driver would connect without this cluster's token. Start clean.
+    if ray.is_initialized():
+        ray.shutdown()
     os.environ.update(overrides)  # the driver (this process) presents the same token
+    reset_auth_token_state()
     env = {**os.environ}
     marks = (str(root), f"127.0.0.1:{port}", f"--gcs_server_port={port}")
     try:
@@ -97,8 +106,6 @@ def cluster():
              "--disable-usage-stats")
         yield address
     finally:
-        import ray
-
         if ray.is_initialized():
             ray.shutdown()
         _stop_cluster(marks)
@@ -107,6 +114,7 @@ def cluster():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        reset_auth_token_state()  # the next Ray of this process starts without this token
         shutil.rmtree(root, ignore_errors=True)
 
 
