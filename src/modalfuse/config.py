@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODALFUSE_", extra="ignore")
 
     data_dir: Path = Field(default_factory=default_data_dir)
+    # The dataset commands use when `-d` is not given (data/current.py says how it is chosen).
+    dataset: str | None = None
     # Serving
     bundle: Path | None = None
     environment: Literal["development", "production"] = "development"
@@ -164,7 +166,12 @@ class Settings(BaseSettings):
         """The folder of the built dataset `name`."""
         return self.datasets_dir / name
 
-    def default_bundle(self, dataset: str = "pokemon") -> Path:
+    @property
+    def current_dataset_file(self) -> Path:
+        """Where `modalfuse data use NAME` records the dataset commands use by default."""
+        return self.data_dir / "current_dataset"
+
+    def default_bundle(self, dataset: str) -> Path:
         """The bundle `modalfuse train` last wrote for `dataset` (served when nothing else is named)."""
         return self.models_dir / dataset / "latest"
 

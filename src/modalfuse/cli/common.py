@@ -53,7 +53,27 @@ USAGE = 2
 console = Console()
 error_console = Console(stderr=True)
 
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name under the data dir")]
+
+
+def _chosen_dataset(value: str) -> str:
+    """The `--dataset` callback: the name given, else the one `data/current.py` chooses (said on
+    stderr, so a command's own output stays clean)."""
+    from modalfuse.data.current import choose_dataset
+    from modalfuse.errors import ModalfuseError
+
+    try:
+        choice = choose_dataset(settings(), value or None)
+    except ModalfuseError as e:
+        fail(str(e))
+    if choice.reason != "-d":
+        error_console.print(f"[dim]dataset {choice.name} ({choice.reason})[/]", highlight=False)
+    return choice.name
+
+
+DatasetOpt = Annotated[str, typer.Option(
+    "--dataset", "-d", callback=_chosen_dataset, show_default=False,
+    help="dataset name under the data dir (default: MODALFUSE_DATASET, else the one `modalfuse "
+         "data use` set, else the only dataset there)")]
 BundleOpt = Annotated[Path | None, typer.Option("--bundle", "-b",
                                                 help="model bundle folder (default: the registry's champion, "
                                                      "else the dataset's latest bundle)")]

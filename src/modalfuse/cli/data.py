@@ -102,9 +102,27 @@ def data_import(
     console.print(f"[green]imported[/] {out}")
 
 
+@data_app.command("use")
+def data_use(name: Annotated[str, typer.Argument(help="a dataset under the data dir")]) -> None:
+    """Make NAME the dataset every command uses when -d is not given (MODALFUSE_DATASET wins)."""
+    from modalfuse.data.current import available_datasets, use_dataset
+    from modalfuse.errors import ModalfuseError
+
+    s = settings()
+    try:
+        use_dataset(s, name)
+    except ModalfuseError as e:
+        fail(str(e))
+    others = [n for n in available_datasets(s) if n != name]
+    console.print(f"[green]using[/] {name} by default" + (f" (also here: {', '.join(others)})"
+                                                          if others else ""))
+    if s.dataset and s.dataset != name:
+        console.print(f"[yellow]note[/]: MODALFUSE_DATASET={s.dataset} is set and wins over this")
+
+
 @data_app.command("split")
 def data_split(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     seed: int = 42,
     test_size: float = 0.2,
     folds: int = 5,
@@ -139,7 +157,7 @@ def print_split_audit(audit: dict, dataset: str, version: str) -> None:
 
 @app.command(rich_help_panel=DATA)
 def eda(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     out: Annotated[Path | None, typer.Option(help="HTML file to write (default: "
                                                   "<reports dir>/eda_<dataset>.html)")] = None,
 ) -> None:
@@ -167,7 +185,7 @@ def eda(
 
 
 @app.command("data-version", rich_help_panel=DATA)
-def data_version(dataset: DatasetOpt = "pokemon") -> None:
+def data_version(dataset: DatasetOpt = "") -> None:
     """Show that the dataset's files, its manifest and DVC's lock describe the same version."""
     from modalfuse.data.dataset import load_dataset
     from modalfuse.tracking.runs import data_versions

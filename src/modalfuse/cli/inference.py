@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 @app.command(rich_help_panel=INFERENCE)
 def evaluate(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     bundle: BundleOpt = None,
     split: Annotated[str, typer.Option(help="test (the frozen split) or train")] = "test",
     out: Annotated[Path | None, typer.Option(help="folder for the confusion matrix and report "
@@ -65,7 +65,7 @@ def evaluate(
 
 @app.command(rich_help_panel=INFERENCE)
 def reliability(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     bundle: BundleOpt = None,
     out: Annotated[Path | None, typer.Option(help="also write the report as JSON here")] = None,
     probes: Annotated[int, typer.Option(help="images per out-of-distribution family")] = 40,
@@ -100,7 +100,7 @@ def predict(
     output: Annotated[str, typer.Option("--output", "-o", help="predictions (.parquet or .csv)")],
     images: Annotated[Path, typer.Option(help="folder the image column's file names are in")],
     bundle: BundleOpt = None,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     chunk_size: int = 256,
     engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors; "
                                         "writes a Parquet folder; input may be s3://)")] = "local",
@@ -130,7 +130,7 @@ def predict(
 def explain(
     global_: Annotated[bool, typer.Option("--global", help="global importance over a split, as "
                                                            "PNG plots")] = False,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     bundle: BundleBriefOpt = None,
     split: Annotated[str, typer.Option(help="rows to explain with --global: test or train")]
     = "test",
@@ -233,7 +233,7 @@ def explain_split(explainer: Explainer, ds: Dataset, splits: Splits, split: str,
 @app.command(rich_help_panel=INFERENCE)
 def example(
     species: Annotated[str, typer.Argument(help="a row id or display name of the dataset")],
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
 ) -> None:
     """Print a /v1/predict JSON body for one row of the dataset (for curl -d @body.json)."""
     from modalfuse.data.dataset import load_dataset

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 @app.command(rich_help_panel=OPERATIONS)
 def monitor(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     bundle: BundleBriefOpt = None,
     hours: Annotated[float | None, typer.Option(help="only predictions of the last N hours")]
     = None,

@@ -53,7 +53,7 @@ def quantize(
     mode: Annotated[str, typer.Option(help="static (QDQ, calibrated on training rows) "
                                            "or dynamic")] = "static",
     calibration_rows: Annotated[int, typer.Option(help="training rows to calibrate on")] = 256,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     register: Annotated[bool, typer.Option(help="log to MLflow and register (challenger)")] = False,
 ) -> None:
     """INT8-quantize every ONNX network of a bundle into a new bundle."""
@@ -76,7 +76,7 @@ def prune(
     sparsity: Annotated[list[float] | None, typer.Option(help="fraction of trunk channels removed")] = None,
     network: Annotated[str, typer.Option(help="intermediate (image+tabular) or cnn")] = "intermediate",
     finetune_epochs: Annotated[int, typer.Option(help="fine-tuning epochs after pruning")] = 8,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     seed: int = 42,
 ) -> None:
     """Train the dense network on the training split, prune its channels, fine-tune, export."""
@@ -97,7 +97,7 @@ def distill(
     teacher: Annotated[Path, typer.Option(help="teacher bundle (any model, e.g. the stacked ensemble)")],
     out: Annotated[Path, typer.Option(help="folder of the student bundle")],
     epochs: Annotated[int, typer.Option(help="student training epochs")] = 30,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     seed: int = 42,
 ) -> None:
     """Distil a teacher into a small fusion network, from its out-of-fold training predictions."""
@@ -119,7 +119,7 @@ def optimize_all(
     sparsity: Annotated[list[float] | None, typer.Option(help="pruning levels")] = None,
     finetune_epochs: int = 8,
     student_epochs: int = 30,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     seed: int = 42,
 ) -> None:
     """Every variant in one process (shared folds and features): the dense FP32 network, its
@@ -155,7 +155,7 @@ def select(
     out: Annotated[Path | None, typer.Option(help="folder for selection.json/.md "
                                                   "(default: <data>/reports/selection)")] = None,
     doc: Annotated[Path | None, typer.Option(help="also write the table into this markdown doc")] = None,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     seed: int = 42,
 ) -> None:
     """In-fold feature selection: grouped CV with vs without top-k tabular columns."""
@@ -209,7 +209,7 @@ def bench_models(
     out: Annotated[Path | None, typer.Option(help="folder for bench_models.json/.md "
                                                   "(default: <data>/reports/bench_models)")] = None,
     doc: Annotated[Path | None, typer.Option(help="also write the table into this markdown doc")] = None,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
 ) -> None:
     """Every variant through the same Predictor on the frozen test split: quality, latency, size."""
     from modalfuse.optimize.bench import bench_models as run

@@ -57,7 +57,7 @@ def shadow_report_command(
 
 @bench_app.command("shadow")
 def bench_shadow(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     bundle: BundleBriefOpt = None,
     challenger: Annotated[Path | None, typer.Option(help="the shadow's bundle (default: the "
                                                     "served bundle again)")] = None,

@@ -55,7 +55,7 @@ def retrain(
                                              "(accuracy on labelled feedback below "
                                              "MODALFUSE_ALERT_MIN_ACCURACY), or always")]
         = Trigger.drift,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     shadow_url: Annotated[str | None, typer.Option(help="a running server (http://host:8000): "
                                                    "start the new challenger there as a shadow "
                                                    "(POST /admin/shadow)")] = None,

@@ -51,7 +51,7 @@ def predict_ray(input: str, output: str, images: Path, bundle: Path, address: st
 
 @bench_app.command("batch")
 def bench_batch(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     bundle: BundleBriefOpt = None,
     rows: Annotated[int, typer.Option(help="rows to score (dataset rows, cycled)")] = 2000,
     chunk_size: Annotated[int, typer.Option(help="rows per Predictor call / Ray batch")] = 256,

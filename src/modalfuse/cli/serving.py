@@ -35,7 +35,7 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     bundle: BundleOpt = None,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     model_uri: Annotated[str | None, typer.Option(help="serve a registered model, e.g. "
                                                   "models:/pokemon@champion (wins over --bundle)")]
         = None,
@@ -109,7 +109,7 @@ def serve_workers(s: Settings, choice: ModelChoice, host: str, port: int, worker
 
 @bench_app.command("serve")
 def bench_serve(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     bundle: Annotated[list[Path] | None, typer.Option(
         "--bundle", "-b", help="model bundle folder, repeatable (default: the champion, else "
                                "the latest)")] = None,
@@ -154,7 +154,7 @@ def bench_serve(
 
 @bench_app.command("soak")
 def bench_soak(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     bundle: BundleBriefOpt = None,
     minutes: Annotated[float, typer.Option(help="how long the load runs", min=0.1)] = 10.0,
     clients: Annotated[int, typer.Option(help="client threads", min=1)] = 4,

@@ -37,7 +37,7 @@ ModelOpt = Annotated[str | None, typer.Option(
 
 @app.command(rich_help_panel=TRACKING)
 def promote(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     model: ModelOpt = None,
     on: Annotated[str, typer.Option(help="what decides: cv (the challenger's and champion's "
                                     "out-of-fold predictions on the same grouped-CV folds) or "
@@ -103,7 +103,7 @@ def _print_candidates(name: str, d: PromotionDecision, dataset_version: str) -> 
 
 @app.command(rich_help_panel=TRACKING)
 def rollback(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     model: ModelOpt = None,
     to: Annotated[str | None, typer.Option(help="version to make champion (default: the one "
                                                  "the current champion replaced)")] = None,
@@ -152,7 +152,7 @@ def trace(
 
 @app.command(rich_help_panel=TRACKING)
 def card(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     bundle: Annotated[Path | None, typer.Option("--bundle", "-b", help="bundle folder "
                                                 "(default: the champion, else the latest)")] = None,
     slice_field: Annotated[str | None, typer.Option(help="report metrics per value of this "

@@ -64,7 +64,7 @@ def net_config(image_size: int | None = None, epochs: int | None = None,
 
 @app.command(rich_help_panel=TRAINING)
 def train(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     out: Annotated[Path | None, typer.Option(help="bundle folder to write")] = None,
     exclude_field: Annotated[list[str] | None, typer.Option(help="input field to leave out")] = None,
     image_stats: Annotated[bool, typer.Option("--image-stats/--no-image-stats",
@@ -134,7 +134,7 @@ def tune(
     out: Annotated[Path | None, typer.Option(help="winner bundle folder")] = None,
     register: Annotated[bool, typer.Option("--register/--no-register",
                                            help="log the winner to MLflow and register it")] = True,
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     seed: int = 42,
 ) -> None:
     """HPO over model families on the grouped CV folds of the training split; winner -> challenger."""
@@ -160,7 +160,7 @@ def tune(
 
 @app.command(rich_help_panel=TRAINING)
 def ablation(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     model: Annotated[list[str] | None, typer.Option(help="only these models")] = None,
     out: Annotated[Path | None, typer.Option(help="folder for ablation.json and ablation.png "
                                                   "(default: <reports dir>/ablation/<dataset>)")] = None,
@@ -247,7 +247,7 @@ def print_ablation(report: dict) -> None:
 
 @report_app.command("decisions")
 def report_decisions(
-    dataset: DatasetOpt = "pokemon",
+    dataset: DatasetOpt = "",
     out: Annotated[Path, typer.Option(help="markdown file to write")] = Path("docs/decisions.md"),
     seed: int = 42,
 ) -> None:

@@ -113,9 +113,9 @@ def load_dataset(root: Path, validate: bool = True) -> Dataset:
     """The dataset in folder `root`, checked against its schema and manifest unless told not to."""
     root = Path(root)
     if not (root / "spec.json").exists():
-        raise MissingData(
-            f"no dataset at {root} (spec.json missing); build one with `modalfuse data build`"
-        )
+        how = ("build it with `modalfuse data build`" if root.name == "pokemon" else
+               "import one with `modalfuse data import` (docs/own-data.md)")
+        raise MissingData(f"no dataset at {root} (spec.json missing); {how}")
     spec = DatasetSpec.load(root / "spec.json")
     table = pd.read_parquet(root / spec.table)
     manifest = json.loads((root / "manifest.json").read_text())
@@ -135,7 +135,7 @@ def validate_dataset(ds: Dataset) -> None:
     if table_digest(ds.table) != ds.manifest.get("table_sha256"):
         raise DatasetValidationError(
             f"{ds.root / ds.spec.table} changed since the dataset was built (hash differs from "
-            "manifest.json); rebuild it with `modalfuse data build`"
+            "manifest.json); build or import it again"
         )
     files = {}
     for name in ds.table[ds.spec.image_column]:
