@@ -73,10 +73,21 @@ def data_build(
 @data_app.command("import")
 def data_import(
     table: Annotated[Path, typer.Option(help="CSV or Parquet table, one row per example")],
-    images: Annotated[Path, typer.Option(help="folder the image column's paths are relative to")],
     name: Annotated[str, typer.Option(help="dataset name")],
     target: Annotated[str, typer.Option(help="target column")],
-    image_column: Annotated[str, typer.Option(help="column with image file names")] = "image",
+    images: Annotated[Path | None, typer.Option(
+        help="folder that relative image paths are read under (default: the table's folder)")] = None,
+    image_column: Annotated[str | None, typer.Option(
+        help="column with each row's image: a file name or path under --images, an absolute path, "
+             "a file:// or http(s):// URL (default: the column 'image')")] = None,
+    image_pattern: Annotated[str | None, typer.Option(
+        help="images named after columns instead, e.g. '{id}.png'; without an extension, "
+             "--image-ext values are tried in order")] = None,
+    image_ext: Annotated[list[str] | None, typer.Option(
+        "--image-ext", metavar="EXT", help="extension to try with --image-pattern (repeatable; "
+        "default: .png .jpg .jpeg .webp .bmp .gif)")] = None,
+    skip_missing: Annotated[bool, typer.Option(
+        help="leave out rows whose image is missing or undecodable (reported) instead of stopping")] = False,
     id_column: Annotated[str, typer.Option(help="unique id column")] = "id",
     group_column: Annotated[str | None, typer.Option(help="rows of one group stay in one split")] = None,
     spec: Annotated[Path | None, typer.Option(help="a DatasetSpec JSON instead of inferring")] = None,
@@ -85,21 +96,41 @@ def data_import(
         help="a cell text that also means missing (repeatable); by default only "
         "empty cells are missing and 'NA', 'None', 'null', 'N/A' are kept as written")] = None,
 ) -> None:
-    """Import your own image + table dataset, taking the table as written.
+    """Import your own image + table dataset, taking the table as written (docs/own-data.md).
 
-    Only empty cells are missing unless --na-value names other markers. A row that breaks
-    the schema is reported by its line in the CSV (header = line 1) and its id.
+    Each row's image comes from --image-column or --image-pattern. Only empty cells are missing
+    unless --na-value names other markers. A row that breaks the schema is reported by its line
+    in the CSV (header = line 1) and its id.
     """
     from modalfuse.data.builders.custom import build_custom
+    from modalfuse.data.builders.image_files import IMAGE_EXTENSIONS
+    from modalfuse.data.current import available_datasets
     from modalfuse.data.schema import DatasetValidationError
 
     s = settings()
+    started = time.perf_counter()
     try:
-        out = build_custom(table, images, s.dataset_dir(name), name, target, image_column,
-                           id_column, group_column, spec, na_values=na_value or [])
+        with console.status(f"importing {table}"):
+            result = build_custom(table, s.dataset_dir(name), name, target, images_dir=images,
+                                  image_column=image_column, image_pattern=image_pattern,
+                                  image_extensions=image_ext or IMAGE_EXTENSIONS,
+                                  skip_missing=skip_missing, id_column=id_column,
+                                  group_column=group_column, spec_path=spec,
+                                  na_values=na_value or [])
     except (ValueError, DatasetValidationError) as e:
         fail(str(e))
-    console.print(f"[green]imported[/] {out}")
+    c = result.images
+    console.print(f"images: {c['found']} found, {c['missing']} missing, {c['undecodable']} "
+                  f"undecodable" + (f", {c['downloaded']} downloaded" if c["downloaded"] else "")
+                  + (f"; {c['skipped']} row(s) left out (--skip-missing)" if c["skipped"] else ""))
+    console.print(f"[green]imported[/] {result.path}: {c['rows'] - c['skipped']} rows in "
+                  f"{time.perf_counter() - started:.1f} s")
+    others = [n for n in available_datasets(s) if n != name]
+    if others:
+        console.print(f"next: `modalfuse data use {name}` makes it the default (here also: "
+                      f"{', '.join(others)}), then `modalfuse data split`")
+    else:
+        console.print("next: `modalfuse data split` (the only dataset here: no -d needed)")
 
 
 @data_app.command("use")

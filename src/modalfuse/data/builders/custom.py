@@ -1,4 +1,7 @@
-"""Bring your own dataset: a CSV/Parquet table with an image-file column -> a modalfuse dataset.
+"""Bring your own dataset: a CSV/Parquet table and its images -> a modalfuse dataset.
+
+Where each row's image is comes from a column (names, paths, URLs) or a file-name pattern such
+as `{id}.png` (data/builders/image_files.py).
 
 Field kinds are inferred (numbers -> numeric, true/false -> boolean, text with '|' ->
 multi-valued, other text -> categorical) unless a spec JSON is given; the result is the
@@ -12,12 +15,21 @@ country code is "NA"). A row that breaks the schema is named by its line in the 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pandera.pandas as pa
 
+from modalfuse.data.builders.image_files import (
+    EXAMPLES_SHOWN,
+    IMAGE_EXTENSIONS,
+    LocatedImages,
+    locate_images,
+    pattern_hint,
+)
 from modalfuse.data.dataset import write_dataset
 from modalfuse.data.schema import DatasetValidationError, table_schema
 from modalfuse.errors import InvalidInput
@@ -124,38 +136,102 @@ def validate_imported(spec: DatasetSpec, table: pd.DataFrame, locations: list[st
         ) from None
 
 
-def build_custom(table_path: Path, images_dir: Path, out_dir: Path, name: str, target: str,
-                 image_column: str, id_column: str, group_column: str | None = None,
+@dataclass
+class ImportResult:
+    """What `build_custom` wrote: the dataset folder, and how the rows' images were found."""
+
+    path: Path
+    images: dict[str, int]  # rows, found, missing, undecodable, downloaded, skipped
+    image_column: str
+
+
+def _no_image_message(located: LocatedImages, table: pd.DataFrame, locations: list[str],
+                      id_column: str, hint: str | None) -> str:
+    """The error of an import whose rows lack an image: counts, the first rows, what to do."""
+    s = located.summary()
+    lines = [f"{s['missing'] + s['undecodable']} of {s['rows']} rows have no usable image "
+             f"(found {s['found']}, missing {s['missing']}, undecodable {s['undecodable']}):"]
+    for kind, rows in (("missing", located.missing), ("undecodable", located.undecodable)):
+        for i, why in rows[:EXAMPLES_SHOWN]:
+            lines.append(f"- {locations[i]} ({id_column} {_shown(table[id_column].iloc[i])}): "
+                         f"{kind}, tried {why}")
+        if len(rows) > EXAMPLES_SHOWN:
+            lines.append(f"- ... and {len(rows) - EXAMPLES_SHOWN} more {kind}")
+    if hint:
+        lines.append(f"the images look named after a column: try {hint}")
+    lines.append("--images names the folder relative paths are read under (default: the table's "
+                 "folder); --skip-missing imports the other rows and reports these")
+    return "\n".join(lines)
+
+
+def build_custom(table_path: Path, out_dir: Path, name: str, target: str, *,
+                 images_dir: Path | None = None, image_column: str | None = None,
+                 image_pattern: str | None = None,
+                 image_extensions: Sequence[str] = IMAGE_EXTENSIONS, skip_missing: bool = False,
+                 id_column: str = "id", group_column: str | None = None,
                  spec_path: Path | None = None, image_size: int = 96,
-                 min_class_count: int = 2, na_values: Sequence[str] = ()) -> Path:
-    """Import a table and its images as dataset `name` in `out_dir`; `na_values` also mean missing."""
+                 min_class_count: int = 2, na_values: Sequence[str] = ()) -> ImportResult:
+    """Import a table and its images as dataset `name` in `out_dir`; `na_values` also mean missing.
+
+    Each row's image comes from `image_column` (file names or paths under `images_dir`, absolute
+    paths or URLs) or from `image_pattern` (`{id}.png`); with neither, a column named `image`.
+    Rows without a usable image stop the import, or with `skip_missing` are left out and counted.
+    """
+    table_path = Path(table_path)
     table = read_table(table_path, na_values)
     locations = row_locations(table_path, len(table))
-    for col in (target, image_column, id_column):
-        if col not in table.columns:
-            raise InvalidInput(f"column {col!r} not in {table_path}; columns: {list(table.columns)}")
-    copied: frozenset[str] = frozenset()
+    images_dir = Path(images_dir) if images_dir is not None else table_path.parent
+    if image_column is None and image_pattern is None:
+        if "image" not in table.columns:
+            raise InvalidInput(
+                f"{table_path} has no column 'image'. Say where each row's image is: "
+                "--image-column COLUMN (file names, paths or URLs) or, for images named after a "
+                f"column, --image-pattern '{{{id_column}}}.png'; columns: {list(table.columns)}")
+        image_column = "image"
+    for col, option in ((target, "--target"), (id_column, "--id-column"),
+                        (image_column, "--image-column")):
+        if col is not None and col not in table.columns:
+            raise InvalidInput(f"column {col!r} ({option}) not in {table_path}; "
+                               f"columns: {list(table.columns)}")
+    copied: set[str] = set()
     if group_column is None:
         group_column = "_group"
-        copied = frozenset({group_column})
+        copied.add(group_column)
         table[group_column] = table[id_column]  # no groups given: each row is its own group
+    located = locate_images(table, images_dir, image_column=image_column,
+                            image_pattern=image_pattern, extensions=image_extensions,
+                            image_size=image_size)
+    if image_pattern is not None:  # the found file names become the image column
+        image_column = "image" if "image" not in table.columns else "_image"
+        copied.add(image_column)
+    assert image_column is not None
+    table[image_column] = located.names
+    counts = {**located.summary(), "skipped": 0}
+    if located.missing or located.undecodable:
+        if not skip_missing:
+            hint = pattern_hint(table, images_dir, str(image_column)) if image_pattern is None else None
+            raise DatasetValidationError(_no_image_message(located, table, locations, id_column, hint))
+        keep = table[image_column].notna().to_numpy()
+        counts["skipped"] = int((~keep).sum())
+        table = table[keep].reset_index(drop=True)
+        locations = [loc for loc, k in zip(locations, keep, strict=True) if k]
     if spec_path:
         spec = DatasetSpec.load(spec_path)
         if na_values:
             spec = spec.model_copy(update={"na_values": sorted({*spec.na_values, *na_values})})
+        if image_pattern is not None and spec.image_column != image_column:
+            table = table.rename(columns={image_column: spec.image_column})
+            copied.add(spec.image_column)
+            image_column = spec.image_column
     else:
         reserved = {target, image_column, id_column, group_column}
         spec = DatasetSpec(name=name, id_column=id_column, target=target,
                            image_column=image_column, group_column=group_column,
                            fields=infer_fields(table, reserved), image_size=image_size,
                            min_class_count=min_class_count, na_values=sorted(set(na_values)))
-    # text as written, but a missing target or image stays missing (not the string 'nan')
-    for col in (image_column, target):
-        table[col] = table[col].map(str, na_action="ignore")
-    validate_imported(spec, table, locations, Path(table_path), copied)
-    images = {}
-    for rel in table[image_column]:
-        p = Path(images_dir) / rel
-        if p.is_file():
-            images[rel] = p.read_bytes()
-    return write_dataset(out_dir, spec, table, images, None, {"table": str(table_path)})
+    # text as written, but a missing target stays missing (not the string 'nan')
+    table[target] = table[target].map(str, na_action="ignore")
+    validate_imported(spec, table, locations, table_path, frozenset(copied))
+    path = write_dataset(out_dir, spec, table, located.files, None,
+                         {"table": str(table_path), "images": json.dumps(counts)})
+    return ImportResult(path, counts, str(image_column))
