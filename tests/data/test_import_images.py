@@ -40,6 +40,12 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
+def said(res) -> str:
+    """What a command told the user: its output, or the error `modalfuse.cli.main` prints (the
+    test runner calls the app without `main`, so a ModalfuseError arrives as the exception)."""
+    return flat(res.output + " " + (str(res.exception) if res.exception else ""))
+
+
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):
     """An empty data folder of its own: which datasets exist is part of what is tested."""
@@ -186,7 +192,7 @@ def test_several_datasets_need_a_choice(id_named, data_dir, monkeypatch):
     assert "`modalfuse data use shop_b` makes it the default" in flat(res.output)
     res = run("data", "split")
     assert res.exit_code == 1
-    out = flat(res.output)
+    out = said(res)
     assert "2 datasets in" in out and "(shop, shop_b) and none chosen" in out
     assert "modalfuse data use NAME" in out and "MODALFUSE_DATASET" in out
     res = run("data", "use", "shop_b")
@@ -206,5 +212,5 @@ def test_several_datasets_need_a_choice(id_named, data_dir, monkeypatch):
 def test_an_empty_data_folder_says_how_to_get_a_dataset(data_dir):
     res = run("data", "split")
     assert res.exit_code == 1
-    out = flat(res.output)
+    out = said(res)
     assert "no dataset in" in out and "modalfuse data import" in out

@@ -56,15 +56,19 @@ error_console = Console(stderr=True)
 
 
 def _chosen_dataset(value: str) -> str:
-    """The `--dataset` callback: the name given, else the one `data/current.py` chooses (said on
-    stderr, so a command's own output stays clean)."""
-    from modalfuse.data.current import choose_dataset
+    """The `--dataset` callback: the name given, else the one `config.choose_dataset` chooses
+    (said on stderr, so a command's own output stays clean).
+
+    When none can be chosen the value stays empty and nothing is said: a command that only needs
+    a model (`serve --bundle`, a container with MODALFUSE_BUNDLE) goes on, and one that needs the
+    dataset gets the error that says how to choose one from `Settings.dataset_dir`."""
+    from modalfuse.config import choose_dataset
     from modalfuse.errors import ModalfuseError
 
     try:
         choice = choose_dataset(settings(), value or None)
-    except ModalfuseError as e:
-        fail(str(e))
+    except ModalfuseError:
+        return ""
     if choice.reason != "-d":
         error_console.print(f"[dim]dataset {choice.name} ({choice.reason})[/]", highlight=False)
     return choice.name

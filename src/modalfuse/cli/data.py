@@ -102,9 +102,9 @@ def data_import(
     unless --na-value names other markers. A row that breaks the schema is reported by its line
     in the CSV (header = line 1) and its id.
     """
+    from modalfuse.config import available_datasets
     from modalfuse.data.builders.custom import build_custom
     from modalfuse.data.builders.image_files import IMAGE_EXTENSIONS
-    from modalfuse.data.current import available_datasets
     from modalfuse.data.schema import DatasetValidationError
 
     s = settings()
@@ -136,7 +136,7 @@ def data_import(
 @data_app.command("use")
 def data_use(name: Annotated[str, typer.Argument(help="a dataset under the data dir")]) -> None:
     """Make NAME the dataset every command uses when -d is not given (MODALFUSE_DATASET wins)."""
-    from modalfuse.data.current import available_datasets, use_dataset
+    from modalfuse.config import available_datasets, use_dataset
     from modalfuse.errors import ModalfuseError
 
     s = settings()

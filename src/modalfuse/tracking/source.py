@@ -78,6 +78,7 @@ def choose_model(settings: Settings, dataset: str, model_uri: str | None = None,
         return ModelChoice(settings.model_uri, None, "MODALFUSE_MODEL_URI")
     if settings.bundle is not None:
         return ModelChoice(None, settings.bundle, "MODALFUSE_BUNDLE")
+    dataset = settings.dataset_dir(dataset).name  # an empty name: the error that says how to choose
     champion = registered_champion(settings, dataset)
     if champion:
         return ModelChoice(champion, None, f"the registry's {CHAMPION} of {dataset!r}")
