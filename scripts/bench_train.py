@@ -81,7 +81,8 @@ def main() -> None:
                   "baseline_seconds": round(base, 1), "cpus": os.cpu_count(),
                   "cv_macro_f1": cv_f1(ablation, model),
                   "baseline_cv_macro_f1": cv_f1(ablation, BASELINE),
-                  "dataset_version": ds.version, "ablation": ablation.get("command"),
+                  "dataset": args.dataset, "dataset_version": ds.version,
+                  "ablation": ablation.get("command"),
                   "command": "python scripts/bench_train.py --record",
                   "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         CHAMPION_FILE.write_text(json.dumps(record, indent=2) + "\n")

@@ -13,14 +13,19 @@ from fixture_data import make_fixture_dataset
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_data_dir(tmp_path_factory):
     # Nothing a test does may land in the user's data folder.
+    # Several tests import more datasets into it, in an order xdist decides: the commands that
+    # take no -d use the session's fixture dataset, named here (tests of the default choice
+    # unset it in a data folder of their own).
     d = tmp_path_factory.mktemp("modalfuse-data")
-    old = os.environ.get("MODALFUSE_DATA_DIR")
+    old = {k: os.environ.get(k) for k in ("MODALFUSE_DATA_DIR", "MODALFUSE_DATASET")}
     os.environ["MODALFUSE_DATA_DIR"] = str(d)
+    os.environ["MODALFUSE_DATASET"] = "pokemon"
     yield d
-    if old is None:
-        os.environ.pop("MODALFUSE_DATA_DIR", None)
-    else:
-        os.environ["MODALFUSE_DATA_DIR"] = old
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

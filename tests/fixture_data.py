@@ -90,3 +90,32 @@ def make_fixture_dataset(out_dir: Path, n_families: int = 70, seed: int = 0) -> 
             })
     table = pd.DataFrame(rows)
     return write_dataset(out_dir, spec, table, images, pd.DataFrame(views), {"fixture": f"seed {seed}"})
+
+
+FRUITS = {"apple": ((200, 30, 30), 150, 12), "banana": ((230, 210, 40), 120, 18),
+          "lime": ((60, 190, 50), 60, 4)}  # fruit -> (rgb, grams, sugar)
+
+
+def make_fruit_dataset(root: Path, n_rows: int = 150, seed: int = 3) -> Path:
+    """A table that is not Pokémon at all: `root/fruit.csv` (id `sku`, target `fruit`, image
+    column `photo`, group `orchard`, five fields of every kind) and JPEG photos under
+    `root/photos`, for `modalfuse data import`. Returns `root`."""
+    from modalfuse.inference.reliability import fruit_photo
+
+    rng = np.random.default_rng(seed)
+    (root / "photos" / "batch1").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_rows):
+        kind = list(FRUITS)[i % 3]
+        rgb, grams, sweet = FRUITS[kind]
+        name = f"batch1/f{i:03d}.jpg"
+        (root / "photos" / name).write_bytes(fruit_photo(rng, rgb))
+        rows.append({"sku": f"S{i:04d}", "fruit": kind, "photo": name,
+                     "orchard": f"o{i // 2}",  # two photos per orchard lot: one group
+                     "grams": float(grams + rng.normal(0, 15)),
+                     "sugar": float(sweet + rng.normal(0, 2)),
+                     "organic": bool(rng.random() < 0.5),
+                     "origin": str(rng.choice(["ES", "IT", "CO"])),
+                     "labels": "|".join(sorted(set(rng.choice(["fresh", "local", "sale"], 2))))})
+    pd.DataFrame(rows).to_csv(root / "fruit.csv", index=False)
+    return root

@@ -34,6 +34,42 @@ class FieldSpec(BaseModel):
     example: float | str | bool | None = None
 
 
+def plural(noun: str) -> str:
+    """The English plural of a noun of `DatasetWords` ("image" -> "images", "species" and
+    other nouns ending in s stay as they are, "entry" -> "entries")."""
+    if noun.endswith("s"):
+        return noun
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+class DatasetWords(BaseModel):
+    """What the pages and messages call this dataset's things: one image, one record (the
+    table fields of a row), one row and one group of the split. Neutral unless the dataset's
+    builder (or an imported spec) says otherwise; the class is the target column's name."""
+
+    image_noun: str = "image"
+    record_noun: str = "record"
+    row_noun: str = "row"
+    group_noun: str = "group"
+
+    @property
+    def images(self) -> str:
+        """The plural of `image_noun`."""
+        return plural(self.image_noun)
+
+    @property
+    def rows(self) -> str:
+        """The plural of `row_noun`."""
+        return plural(self.row_noun)
+
+    @property
+    def grouped(self) -> str:
+        """How the page calls folds cut along the groups: "family-grouped", or "grouped"."""
+        return "grouped" if self.group_noun == "group" else f"{self.group_noun}-grouped"
+
+
 class DatasetSpec(BaseModel):
     """Everything the pipeline needs to know about a dataset; nothing about Pokémon.
 
@@ -57,8 +93,12 @@ class DatasetSpec(BaseModel):
     # Text that means "missing" in this dataset's CSV files besides an empty cell (what
     # `data import --na-value` said): scoring a CSV reads them the way the import did.
     na_values: list[str] = Field(default_factory=list)
+    # Images named after columns (`data import --image-pattern`, e.g. "{id}"): batch scoring finds
+    # a row's image the same way when its table has no image column.
+    image_pattern: str | None = None
     slice_field: str | None = None  # a field whose values the model card reports metrics per
     description: str = ""
+    words: DatasetWords = Field(default_factory=DatasetWords)  # see DatasetWords
 
     @field_validator("fields")
     @classmethod

@@ -41,3 +41,19 @@ def test_the_committed_record_names_a_known_recipe():
     if CHAMPION_FILE.exists():
         d = json.loads(CHAMPION_FILE.read_text())
         assert d["command"].startswith("python scripts/bench_train.py")
+
+
+def test_another_dataset_is_told_the_choice_was_made_elsewhere(tmp_path):
+    model, why = default_recipe(record(tmp_path), dataset="fruit")  # no `dataset`: the built-in
+    assert model == "stacking" and "chosen on another dataset's ablation" in why
+    assert "modalfuse ablation -d fruit" in why
+    assert "0.57" not in why and "250" not in why and "pokemon" not in why
+    model, _ = default_recipe(record(tmp_path, seconds=900.0, dataset="fruit"), dataset="birds")
+    assert model == "gbm"
+
+
+def test_the_recorded_dataset_keeps_the_measured_reason(tmp_path):
+    _, why = default_recipe(record(tmp_path, dataset="fruit"), dataset="fruit")
+    assert "grouped-CV champion" in why and "250 s, within 600 s" in why
+    _, why = default_recipe(record(tmp_path), dataset="pokemon")
+    assert "grouped-CV champion" in why

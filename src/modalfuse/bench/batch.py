@@ -24,6 +24,7 @@ from modalfuse.data.dataset import load_dataset
 from modalfuse.inference.batch import load_image, predict_file
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.markdown import markdown_table
+from modalfuse.progress import SILENT, ProgressReporter
 from modalfuse.scale.ray_batch import RayBatchConfig, ray_predict_file
 
 console = Console()
@@ -51,9 +52,11 @@ def _best(fn, repeats: int) -> float:
 
 
 def run_bench(bundle: Path, dataset_root: Path, rows: int = 2000, chunk_size: int = 256,
-              repeats: int = 3, actors: int = 2, ray_engine: bool = True) -> dict[str, Any]:
+              repeats: int = 3, actors: int = 2, ray_engine: bool = True,
+              reporter: ProgressReporter = SILENT) -> dict[str, Any]:
     """Time the in-process Predictor, the local batch engine and (optionally) the Ray engine on
-    the same rows; each engine's rows/s is also given as a ratio to the Predictor's."""
+    the same rows; each engine's rows/s is also given as a ratio to the Predictor's. Each timed
+    run is a `run` step to `reporter`."""
     predictor = Predictor.from_path(bundle)
     images = dataset_root / "images"
     result: dict[str, Any] = {}
@@ -80,16 +83,22 @@ def run_bench(bundle: Path, dataset_root: Path, rows: int = 2000, chunk_size: in
             predict_file(predictor, csv, images, work / "local.parquet", chunk_size=chunk_size)
 
         # Interleaved, so a burst of load elsewhere hits every engine alike.
-        t_limit, t_local, t_model = [], [], []
-        for _ in range(repeats):
-            t_limit.append(_best(limit, 1))
-            t_local.append(_best(local, 1))
-            t_model.append(_best(model_only, 1))
-        result["predictor_limit"] = {"seconds": min(t_limit)}
-        result["model_only"] = {"seconds": min(t_model)}
-        result["local_engine"] = {"seconds": min(t_local)}
+        timings: dict[str, list[float]] = {"predictor_limit": [], "local_engine": [],
+                                           "model_only": []}
+        engines = {"predictor_limit": limit, "local_engine": local, "model_only": model_only}
+        total, done = repeats * len(engines) + ray_engine, 0
+        for r in range(repeats):
+            for key, run in engines.items():
+                reporter.on_step("run", f"{LABELS[key]}, repeat {r + 1}/{repeats}", done, total)
+                timings[key].append(_best(run, 1))
+                done += 1
+        result["predictor_limit"] = {"seconds": min(timings["predictor_limit"])}
+        result["model_only"] = {"seconds": min(timings["model_only"])}
+        result["local_engine"] = {"seconds": min(timings["local_engine"])}
         if ray_engine:
+            reporter.on_step("run", LABELS["ray_engine"], done, total)
             result.update(_bench_ray(bundle, csv, images, work, chunk_size, actors))
+        reporter.on_step("run", "timed every engine", total, total)
     for v in result.values():
         v["rows_per_s"] = rows / v["seconds"]
     ref = result["predictor_limit"]["rows_per_s"]

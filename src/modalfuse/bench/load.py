@@ -25,6 +25,7 @@ from typing import Any
 
 from modalfuse.bench.servers import (
     LevelResult,
+    LevelSteps,
     drive,
     free_port,
     running,
@@ -34,6 +35,7 @@ from modalfuse.bench.servers import (
 from modalfuse.inference.bundle import version_tag
 from modalfuse.inference.predictor import Predictor
 from modalfuse.markdown import markdown_table
+from modalfuse.progress import SILENT, ProgressReporter
 
 # Targets of the issue this benchmark answers; the table says pass/fail against each.
 TARGETS = {"p50_ms_c1": 5.0, "p99_ms_c1": 10.0, "throughput_vs_mlflow_c16": 3.0,
@@ -91,11 +93,12 @@ def save_mlflow_model(bundle: Path, out: Path) -> Path:
 def run_serve_bench(bundles: Sequence[Path], workers: Sequence[int] = (1, 2),
                     requests_c1: int = 300, requests_c16: int = 800, warmup: int = 20,
                     include_mlflow: bool = True,
-                    progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                    reporter: ProgressReporter = SILENT) -> dict[str, Any]:
     """Benchmark the in-process Predictor, the modalfuse API and (optionally) MLflow serving,
-    for each bundle and each number of worker processes."""
+    for each bundle and each number of worker processes; each level is a `level` step."""
     results: list[LevelResult] = []
     models: list[dict[str, str]] = []
+    steps = LevelSteps(len(bundles) * levels_per_bundle(workers, include_mlflow), reporter)
     for bundle in bundles:
         predictor = Predictor.from_path(bundle)
         version = predictor.model_version
@@ -108,13 +111,21 @@ def run_serve_bench(bundles: Sequence[Path], workers: Sequence[int] = (1, 2),
             raise ValueError(f"bundle {bundle} has no example request (bundle.json 'example'); "
                              "retrain it with this modalfuse")
         results += _bench_bundle(Path(bundle), predictor, example, workers, requests_c1,
-                                 requests_c16, warmup, include_mlflow, progress)
+                                 requests_c16, warmup, include_mlflow, steps)
     return report(results, models)
+
+
+def levels_per_bundle(workers: Sequence[int], include_mlflow: bool) -> int:
+    """Levels measured per bundle: at the first worker count the in-process Predictor and
+    the API at c=1 in `ROUNDS` alternating rounds, then c=16; at the others c=1 and c=16;
+    MLflow at c=1 and c=16 for each."""
+    per_workers = [2 * ROUNDS + 1 if i == 0 else 2 for i in range(len(workers))]
+    return sum(per_workers) + (2 * len(workers) if include_mlflow else 0)
 
 
 def _bench_bundle(bundle: Path, predictor: Predictor, example: dict, workers: Sequence[int],
                   requests_c1: int, requests_c16: int, warmup: int, include_mlflow: bool,
-                  progress: Callable[[str], None]) -> list[LevelResult]:
+                  steps: LevelSteps) -> list[LevelResult]:
     version = predictor.model_version
     api_body = json.dumps(example).encode()
     mlflow_body = json.dumps({"dataframe_records": [
@@ -133,8 +144,18 @@ def _bench_bundle(bundle: Path, predictor: Predictor, example: dict, workers: Se
 
     def level(port: int, path: str, body: bytes, c: int, n: int, name: str, n_workers: int,
               ok: Callable[[int, bytes], bool], warm: int | None = None) -> LevelResult:
+        label = f"{version}: {name}, {n_workers} worker(s), c={c}, {n} requests"
+        steps.doing(label)
         r = drive(port, path, body, c, n, warmup if warm is None else warm, name, ok)
         r.model, r.workers = version, n_workers
+        steps.measured(label)
+        return r
+
+    def predictor_level(n: int, warm: int) -> LevelResult:
+        label = f"{version}: in-process Predictor, c=1, {n} requests"
+        steps.doing(label)
+        r = in_process(predictor, example, n, warm)
+        steps.measured(label)
         return r
 
     with tempfile.TemporaryDirectory(prefix="modalfuse-bench-") as tmp:
@@ -144,10 +165,11 @@ def _bench_bundle(bundle: Path, predictor: Predictor, example: dict, workers: Se
         env = {**os.environ, "PATH": path, "MODALFUSE_LOG_LEVEL": "WARNING"}
         for k in ("MODALFUSE_MODEL_URI", "PROMETHEUS_MULTIPROC_DIR", "MODALFUSE_WORKERS"):
             env.pop(k, None)
+        if include_mlflow:
+            steps.doing(f"{version}: saving it as an MLflow model")
         model = save_mlflow_model(bundle, tmpdir) if include_mlflow else None
         for n_workers in workers:
-            progress(f"{version}: modalfuse API ({n_workers} worker process"
-                     f"{'es' if n_workers > 1 else ''})")
+            steps.doing(f"{version}: starting the modalfuse API ({n_workers} worker(s))")
             port = free_port()
             cmd = serve_command(bundle, port, n_workers)
             api_env = {**env, "MODALFUSE_DATA_DIR": str(tmpdir / f"data-{n_workers}")}
@@ -158,7 +180,7 @@ def _bench_bundle(bundle: Path, predictor: Predictor, example: dict, workers: Se
                     inproc, api1 = [], []
                     for r in range(ROUNDS):
                         w = warmup if r == 0 else 5
-                        inproc.append(in_process(predictor, example, requests_c1 // ROUNDS, w))
+                        inproc.append(predictor_level(requests_c1 // ROUNDS, w))
                         api1.append(level(port, "/v1/predict", api_body, 1,
                                           requests_c1 // ROUNDS, "modalfuse API", n_workers,
                                           api_ok, w))
@@ -171,7 +193,7 @@ def _bench_bundle(bundle: Path, predictor: Predictor, example: dict, workers: Se
                 results.append(level(port, "/v1/predict", api_body, 16, requests_c16,
                                      "modalfuse API", n_workers, api_ok))
             if model is not None:
-                progress(f"{version}: mlflow models serve -w {n_workers}")
+                steps.doing(f"{version}: starting mlflow models serve -w {n_workers}")
                 port = free_port()
                 cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model),
                        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),

@@ -3,7 +3,7 @@
 A server runs as a subprocess for as long as it is healthy (`running`); the load comes from
 threads of this process, each with its own client, for a fixed number of requests
 (`drive_calls`; `drive` is the same over raw keep-alive HTTP connections). A level's latencies
-become one `LevelResult`.
+become one `LevelResult`; `LevelSteps` reports each level as a `level` step.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+
+from modalfuse.progress import SILENT, ProgressReporter
 
 Answer = TypeVar("Answer")
 
@@ -40,6 +42,23 @@ class LevelResult:
     model: str = ""  # the bundle's model version
     workers: int = 1  # server processes (1 for the in-process Predictor)
     samples: list[float] = field(default_factory=list, repr=False)  # seconds, not reported
+
+
+class LevelSteps:
+    """A benchmark's measured levels, counted as `level` steps to a reporter (`total` known
+    before the first), with what runs between them (a server starting) named at the same count."""
+
+    def __init__(self, total: int, reporter: ProgressReporter = SILENT):
+        self.total, self.reporter, self.done = total, reporter, 0
+
+    def doing(self, name: str) -> None:
+        """`name` is under way (a level, or a server starting before one)."""
+        self.reporter.on_step("level", name, self.done, self.total)
+
+    def measured(self, name: str) -> None:
+        """Level `name` is measured."""
+        self.done += 1
+        self.reporter.on_step("level", name, self.done, self.total)
 
 
 def summarize(name: str, concurrency: int, latencies: list[float], errors: int,

@@ -22,11 +22,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from modalfuse.bench.servers import LevelResult, drive, drive_calls, free_port, running
+from modalfuse.bench.servers import (
+    LevelResult,
+    LevelSteps,
+    drive,
+    drive_calls,
+    free_port,
+    running,
+)
 from modalfuse.config import Settings
 from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor
 from modalfuse.markdown import markdown_table
+from modalfuse.progress import SILENT, ProgressReporter
 from modalfuse.serve.app import create_app
 
 # The issue's target: p50 with a shadow over p50 without, at every level.
@@ -56,9 +64,9 @@ def shadow_level(r: LevelResult, shadow: bool) -> ShadowLevel:
 def run_shadow_bench(bundle: Path, challenger: Path | None = None, requests: int = 300,
                      warmup: int = 20, concurrencies: tuple[int, ...] = (1, 8),
                      server: bool = True,
-                     progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                     reporter: ProgressReporter = SILENT) -> dict[str, Any]:
     """p50/p99 of /v1/predict without and with a shadow of `challenger` (default: the same
-    bundle), at each concurrency, on a real server or in-process."""
+    bundle), at each concurrency, on a real server or in-process; each level a `level` step."""
     predictor = Predictor.from_path(bundle)
     example = predictor.bundle.meta.get("example")
     if not example:
@@ -68,10 +76,11 @@ def run_shadow_bench(bundle: Path, challenger: Path | None = None, requests: int
     body = json.dumps(example).encode()
     results: list[ShadowLevel] = []
     shadow_state: dict[str, Any] = {}
+    steps = LevelSteps(2 * len(concurrencies), reporter)
     with tempfile.TemporaryDirectory(prefix="modalfuse-bench-shadow-") as tmp:
         runner = _server_levels if server else _in_process_levels
         runner(Path(tmp), bundle, challenger, body, requests, warmup, concurrencies, results,
-               shadow_state, progress)
+               shadow_state, steps)
     return shadow_result(results, shadow_state, predictor, bundle, challenger, server)
 
 
@@ -79,12 +88,13 @@ def _with_and_without(measure: Callable[[int, int, int, bool], ShadowLevel],
                       admin: Callable[[str, str, dict | None], dict], challenger: Path,
                       requests: int, warmup: int, concurrencies: tuple[int, ...],
                       results: list[ShadowLevel], shadow_state: dict[str, Any],
-                      progress: Callable[[str], None]) -> None:
+                      steps: LevelSteps) -> None:
     for c in concurrencies:
-        progress(f"c={c} without a shadow")
+        steps.doing(f"c={c} without a shadow, {requests} requests")
         results.append(measure(c, requests, warmup, False))
+        steps.measured(f"c={c} without a shadow, {requests} requests")
         admin("POST", "/admin/shadow", {"bundle": str(challenger)})
-        progress(f"c={c} with a shadow")
+        steps.doing(f"c={c} with a shadow, {requests} requests")
         results.append(measure(c, requests, warmup, True))
         state = admin("GET", "/admin/releases", None)["shadow"] or {}
         deadline = time.monotonic() + 60  # let the shadow catch up before it is counted
@@ -93,11 +103,12 @@ def _with_and_without(measure: Callable[[int, int, int, bool], ShadowLevel],
             state = admin("GET", "/admin/releases", None)["shadow"] or {}
         shadow_state[str(c)] = {k: state.get(k) for k in ("scored", "dropped", "agreement")}
         admin("DELETE", "/admin/shadow", None)
+        steps.measured(f"c={c} with a shadow, {requests} requests")
 
 
 def _server_levels(tmp: Path, bundle: Path, challenger: Path, body: bytes, requests: int,
                    warmup: int, concurrencies: tuple[int, ...], results: list[ShadowLevel],
-                   shadow_state: dict[str, Any], progress: Callable[[str], None]) -> None:
+                   shadow_state: dict[str, Any], steps: LevelSteps) -> None:
     port = free_port()
     env = {**os.environ, "MODALFUSE_BUNDLE": str(bundle), "MODALFUSE_DATA_DIR": str(tmp / "data"),
            "MODALFUSE_LOG_LEVEL": "WARNING", "MODALFUSE_API_KEY": BENCH_KEY}
@@ -124,15 +135,15 @@ def _server_levels(tmp: Path, bundle: Path, challenger: Path, body: bytes, reque
         return shadow_level(drive(port, "/v1/predict", body, c, n, w, "modalfuse API",
                                   lambda status, data: status == 200), shadow)
 
-    progress("starting the API (uvicorn, 1 process)")
+    steps.doing("starting the API (uvicorn, 1 process)")
     with running(cmd, env, port, "/health", tmp / "api.log"):
         _with_and_without(measure, admin, challenger, requests, warmup, concurrencies, results,
-                          shadow_state, progress)
+                          shadow_state, steps)
 
 
 def _in_process_levels(tmp: Path, bundle: Path, challenger: Path, body: bytes, requests: int,
                        warmup: int, concurrencies: tuple[int, ...], results: list[ShadowLevel],
-                       shadow_state: dict[str, Any], progress: Callable[[str], None]) -> None:
+                       shadow_state: dict[str, Any], steps: LevelSteps) -> None:
     from fastapi.testclient import TestClient  # httpx-backed; a test-time dependency
 
     settings = Settings(data_dir=tmp / "data", api_key=BENCH_KEY, bundle=bundle, model_uri=None,
@@ -152,7 +163,7 @@ def _in_process_levels(tmp: Path, bundle: Path, challenger: Path, body: bytes, r
                                             c, n, w, "modalfuse API"), shadow)
 
         _with_and_without(measure, admin, challenger, requests, warmup, concurrencies, results,
-                          shadow_state, progress)
+                          shadow_state, steps)
 
 
 def shadow_result(results: list[ShadowLevel], shadow_state: dict[str, Any],

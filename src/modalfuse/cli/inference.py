@@ -73,7 +73,7 @@ def reliability(
                                                    "(PNG)")] = None,
 ) -> None:
     """Trust of a bundle's predictions on the test split: scores with a modality missing,
-    conformal coverage and set sizes, OOD flags on images unlike the training sprites."""
+    conformal coverage and set sizes, OOD flags on images unlike the training images."""
     from modalfuse.inference.predictor import Predictor
     from modalfuse.inference.reliability import (
         plot_reliability,
@@ -232,7 +232,7 @@ def explain_split(explainer: Explainer, ds: Dataset, splits: Splits, split: str,
 
 @app.command(rich_help_panel=INFERENCE)
 def example(
-    species: Annotated[str, typer.Argument(help="a row id or display name of the dataset")],
+    row: Annotated[str, typer.Argument(help="a row id or display name of the dataset")],
     dataset: DatasetOpt = "",
 ) -> None:
     """Print a /v1/predict JSON body for one row of the dataset (for curl -d @body.json)."""
@@ -241,11 +241,11 @@ def example(
 
     ds = load_dataset(settings().dataset_dir(dataset), validate=False)
     t, spec = ds.table, ds.spec
-    match = t[t[spec.id_column].astype(str) == species]
+    match = t[t[spec.id_column].astype(str) == row]
     if match.empty and spec.display_column:
-        match = t[t[spec.display_column].astype(str).str.lower() == species.lower()]
+        match = t[t[spec.display_column].astype(str).str.lower() == row.lower()]
     if match.empty:
-        fail(f"no row with {spec.id_column} or {spec.display_column or 'name'} {species!r}", USAGE)
+        fail(f"no row with {spec.id_column} or {spec.display_column or 'name'} {row!r}", USAGE)
     body = api_body(spec, table_records(spec, match)[0],
                     ds.image_bytes(match[spec.image_column].iloc[0]))
     typer.echo(json.dumps(body))

@@ -24,6 +24,7 @@ from modalfuse.cli.common import (
     optimize_app,
     settings,
 )
+from modalfuse.cli.progress import progress_bars
 
 
 def _fitter(ds, splits, teacher=None):
@@ -223,7 +224,9 @@ def bench_models(
         pairs = [tuple(v.split("=", 1)) for v in versus or []]
         if any(len(p) != 2 for p in pairs):
             raise ValueError(f"--versus takes A=B, got {versus}")
-        report = run(variants, ds, splits, baseline, rounds, batch, pairs)  # type: ignore[arg-type]
+        with progress_bars() as bars:
+            report = run(variants, ds, splits, baseline, rounds, batch, pairs,  # type: ignore[arg-type]
+                         reporter=bars)
     except ValueError as e:
         fail(str(e))
     t = Table(title=f"bench models (test split, {report['n_test']} rows; ratios to {report['baseline']})")

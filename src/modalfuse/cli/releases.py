@@ -25,6 +25,7 @@ from modalfuse.cli.common import (
     console,
     settings,
 )
+from modalfuse.cli.progress import progress_bars
 
 
 @app.command("shadow-report", rich_help_panel=OPERATIONS)
@@ -74,10 +75,9 @@ def bench_shadow(
     from modalfuse.bench.shadow import run_shadow_bench, shadow_bench_markdown
 
     path = bundle_path(bundle, dataset, announce=False)
-    with console.status("benchmarking the shadow") as status:
+    with progress_bars() as bars:
         res = run_shadow_bench(path, challenger, requests=requests, warmup=warmup,
-                               server=server,
-                               progress=lambda msg: status.update(f"bench shadow: {msg}"))
+                               server=server, reporter=bars)
     folder = out or settings().reports_dir / "bench"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bench_shadow.json").write_text(json.dumps(res, indent=2))

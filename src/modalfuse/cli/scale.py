@@ -23,6 +23,7 @@ from modalfuse.cli.common import (
     fail,
     settings,
 )
+from modalfuse.cli.progress import progress_bars
 
 ENGINES = ("local", "ray")
 
@@ -69,7 +70,10 @@ def bench_batch(
              f"({actors}) must all be >= 1", USAGE)
     s = settings()
     path = bundle_path(bundle, dataset, announce=False)
-    report = run_bench(path, s.dataset_dir(dataset), rows, chunk_size, repeats, actors, ray_engine)
+    # Lines, not bars: the local engine draws its own bar while it scores.
+    with progress_bars(live=False) as bars:
+        report = run_bench(path, s.dataset_dir(dataset), rows, chunk_size, repeats, actors,
+                           ray_engine, reporter=bars)
     t = Table(title=f"batch throughput, {rows} rows, model {report['model_version']}")
     for col in ("engine", "seconds", "rows/s", "× limit"):
         t.add_column(col)

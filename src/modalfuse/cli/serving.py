@@ -24,6 +24,7 @@ from modalfuse.cli.common import (
     console,
     settings,
 )
+from modalfuse.cli.progress import progress_bars
 
 if TYPE_CHECKING:
     from modalfuse.config import Settings
@@ -37,7 +38,7 @@ def serve(
     bundle: BundleOpt = None,
     dataset: DatasetOpt = "",
     model_uri: Annotated[str | None, typer.Option(help="serve a registered model, e.g. "
-                                                  "models:/pokemon@champion (wins over --bundle)")]
+                                                  "models:/DATASET@champion (wins over --bundle)")]
         = None,
     workers: Annotated[int, typer.Option(min=1, max=64, envvar="MODALFUSE_WORKERS",
                                          help="worker processes behind the port (each loads "
@@ -129,10 +130,9 @@ def bench_serve(
 
     paths = [bundle_path(b, dataset, announce=False) for b in bundle] if bundle else [
         bundle_path(None, dataset, announce=False)]
-    with console.status("benchmarking") as status:
+    with progress_bars() as bars:
         res = run_serve_bench(paths, workers=workers or [1, 2], requests_c1=requests_c1,
-                              requests_c16=requests_c16, include_mlflow=mlflow,
-                              progress=lambda msg: status.update(f"benchmarking: {msg}"))
+                              requests_c16=requests_c16, include_mlflow=mlflow, reporter=bars)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve.json").write_text(json.dumps(res, indent=2))
     (out / "serve.md").write_text(to_markdown(res))
@@ -165,9 +165,8 @@ def bench_soak(
     from modalfuse.bench.soak import plot, run_soak, to_markdown
 
     path = bundle_path(bundle, dataset, announce=False)
-    with console.status("soaking") as status:
-        res = run_soak(path, minutes=minutes, clients=clients,
-                       progress=lambda msg: status.update(f"soaking: {msg}"))
+    with progress_bars() as bars:
+        res = run_soak(path, minutes=minutes, clients=clients, reporter=bars)
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_text(json.dumps(res, indent=2))
     (out / "soak.md").write_text(to_markdown(res))

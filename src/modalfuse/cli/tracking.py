@@ -123,7 +123,7 @@ def rollback(
 @app.command(rich_help_panel=TRACKING)
 def trace(
     model_version: Annotated[str, typer.Argument(help="the model_version an API response "
-                                                      "carries, e.g. pokemon-lightgbm-0123abcd")],
+                                                      "carries, e.g. DATASET-lightgbm-0123abcd")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Trace a prediction's model version to its run, code commit, params and data version."""

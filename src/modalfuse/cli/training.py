@@ -20,23 +20,35 @@ from modalfuse.cli.common import (
     DatasetOpt,
     app,
     console,
+    error_console,
     fail,
     load_data,
     print_metrics,
     report_app,
     settings,
 )
+from modalfuse.cli.progress import progress_bars
 
 if TYPE_CHECKING:
     from modalfuse.config import Settings
     from modalfuse.data.dataset import Dataset
+    from modalfuse.data.split import Splits
     from modalfuse.inference.bundle import ModelBundle
     from modalfuse.models.netconfig import NetConfig
+    from modalfuse.progress import ProgressReporter
+    from modalfuse.training.config import TrainConfig
+    from modalfuse.training.folds import FoldEngine
 
 # The baseline; what `modalfuse train` trains unless told otherwise is
 # `training.champion.default_recipe()`: the CV champion of docs/ablation.md when its training
 # fits the 10-minute budget on two cores (scripts/bench_train.py --record), else this.
 DEFAULT_MODEL = "gbm"
+# The network epochs of `modalfuse ablation` unless --epochs says otherwise (NetConfig's own
+# default, 24, is for one network trained alone): with 6 (what docs/ablation.md was made
+# with), the default ablation (every recipe, 22 networks) took 3.5 minutes on a 2-core machine
+# (7.3 with 24); the command states its estimate for the machine it runs on before it starts
+# (`training.ablation_plan`).
+ABLATION_EPOCHS = 6
 
 def recipe_files() -> list[str]:
     """The recipes of `training/recipes/`, by file name, without importing them (the help
@@ -90,7 +102,7 @@ def train(
     from modalfuse.training.train import train as run_train
 
     if model is None:
-        model, why = default_recipe()
+        model, why = default_recipe(dataset=dataset)
         console.print(f"training {why}")
     s = settings()
     ds = load_dataset(s.dataset_dir(dataset))
@@ -98,13 +110,27 @@ def train(
         cfg = TrainConfig(exclude_fields=exclude_field or [], use_image_stats=image_stats,
                           num_boost_round=rounds, seed=seed, cv=cv, model=model,
                           net=net_config(epochs=epochs, device=device, checkpoint=checkpoint))
-        bundle = run_train(ds, load_splits(ds), out or s.default_bundle(dataset), cfg)
+        splits = load_splits(ds)
+        with progress_bars() as bars:
+            bundle = run_train(ds, splits, out or s.default_bundle(dataset), cfg,
+                               engine=reporting_engine(ds, splits, cfg, bars))
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     print_metrics(bundle.model_version, bundle.metrics)
     console.print(f"bundle: {bundle.path}")
     if s.tracking and track:
         _track_trained(bundle, ds, s)
+
+
+def reporting_engine(ds: Dataset, splits: Splits, cfg: TrainConfig,
+                     reporter: ProgressReporter) -> FoldEngine:
+    """The fold engine `train` fits with, reporting image decoding, folds and epochs; the
+    config is checked first, so a bad one fails before any image is decoded."""
+    from modalfuse.training.folds import FoldEngine, training_labels
+    from modalfuse.training.train import check_config
+
+    check_config(ds, cfg)
+    return FoldEngine(ds, splits, cfg, training_labels(ds, splits), reporter=reporter)
 
 
 def _track_trained(bundle: ModelBundle, ds: Dataset, s: Settings) -> None:
@@ -145,10 +171,12 @@ def tune(
     s, ds, splits = load_data(dataset)
     try:
         budget = parse_duration(time_budget)
-        result, _ = run(ds, splits, s, budget, trials, tuple(family or ("gbm", "gbm_tabular")),
-                        storage, study_name, seed, track=s.tracking)
-        result = train_winner(result, ds, splits, out or s.models_dir / ds.spec.name / "tuned", s,
-                              register=s.tracking and register)
+        with progress_bars() as bars:
+            result, _ = run(ds, splits, s, budget, trials, tuple(family or ("gbm", "gbm_tabular")),
+                            storage, study_name, seed, track=s.tracking, reporter=bars)
+            result = train_winner(result, ds, splits,
+                                  out or s.models_dir / ds.spec.name / "tuned", s,
+                                  register=s.tracking and register, reporter=bars)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
     console.print(f"study {result.study_name} ({result.storage}): {result.n_complete} complete, "
@@ -166,13 +194,16 @@ def ablation(
                                                   "(default: <reports dir>/ablation/<dataset>)")] = None,
     doc: Annotated[Path | None, typer.Option(help="write this markdown doc")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto")] = None,
-    epochs: Annotated[int | None, typer.Option(help="network epochs")] = None,
+    epochs: Annotated[int, typer.Option(help="network epochs (sized so the default ablation "
+                                              "ends in a time it states first)")] = ABLATION_EPOCHS,
     seed: Annotated[int, typer.Option(help="training seed")] = 42,
 ) -> None:
-    """Train and compare every model (tabular, image, each fusion) on the same folds and test split."""
+    """Train and compare every model (tabular, image, each fusion) on the same folds and test
+    split; says first how many models and folds it runs and about how long that takes."""
     from pydantic import ValidationError
 
     from modalfuse.training.ablation import run_ablation
+    from modalfuse.training.ablation_plan import measure_step, plan_ablation
     from modalfuse.training.config import TrainConfig
     from modalfuse.training.nets import DeviceError
 
@@ -181,7 +212,12 @@ def ablation(
     try:
         net = net_config(epochs=epochs, device=device)
         cfg = TrainConfig(model="stacking", seed=seed, num_boost_round=300, net=net)
-        report = run_ablation(ds, splits, out, cfg, tuple(model) if model else None)
+        models = tuple(model) if model else None
+        step_s = measure_step(cfg, models)
+        error_console.print(f"ablation: {plan_ablation(splits, cfg, models, step_s).summary()}",
+                            highlight=False)
+        with progress_bars() as bars:
+            report = run_ablation(ds, splits, out, cfg, models, reporter=bars, step_s=step_s)
     except (ValueError, DeviceError, ValidationError) as e:
         fail(str(e))
     print_ablation(report)

@@ -398,9 +398,9 @@ def multi_section(ctx: EdaContext) -> Section | None:
         f"{worst['values seen once']} of its {worst['distinct values']} values occur once.")
     s.means.append(
         "Values that nearly name the class are legitimate inputs, but many are shared only "
-        "within a group (an evolution family): a random split lets the model memorise them "
-        "across train and test. Grouped splits keep the estimate honest; values seen once "
-        "cannot be learned and are pooled by the encoder (min_count).")
+        f"within a {ctx.spec.words.group_noun} (`{ctx.spec.group_column}`): a random split lets "
+        "the model memorise them across train and test. Grouped splits keep the estimate "
+        "honest; values seen once cannot be learned and are pooled by the encoder (min_count).")
     return s
 
 
@@ -461,7 +461,8 @@ def image_section(ctx: EdaContext) -> Section:
     by_class = hue.groupby(y.to_numpy()).mean().reindex(classes)
     overall = hue.mean()
     s.figures.append((figure_png(heatmap_figure(
-        by_class, "mean share of a sprite's opaque pixels in each hue (grey: unsaturated)",
+        by_class, f"mean share of opaque {ctx.spec.words.image_noun} pixels in each hue "
+        "(grey: unsaturated)",
         cmap="magma_r")), "colour per class"))
     lift = (by_class / overall.replace(0, np.nan)).drop(columns="grey")
     notes = []
@@ -479,7 +480,7 @@ def image_section(ctx: EdaContext) -> Section:
     ax.set_xticks(np.arange(len(classes)) + 0.45, classes, rotation=60, fontsize=8)
     ax.set_yticks([])
     ax.set_title("mean colour of the opaque pixels per class", fontsize=10)
-    s.figures.append((figure_png(fig), "mean sprite colour per class"))
+    s.figures.append((figure_png(fig), f"mean {ctx.spec.words.image_noun} colour per class"))
     eta = pd.Series({n: eta_squared(feats[n], pd.Series(y.to_numpy())) for n in feats.columns})
     eta = eta.sort_values(ascending=False)
     s.shows.append("Hand-made image statistics that separate classes best (η²): " + ", ".join(
@@ -515,7 +516,8 @@ def mosaic_section(ctx: EdaContext, per_class: int = 10, thumb: int = 64) -> Sec
     ax.set_yticks(np.arange(len(classes)) * thumb + thumb / 2, classes, fontsize=9)
     ax.set_xticks([])
     ax.set_title(f"up to {per_class} random images per class (seed 0)", fontsize=10)
-    s = Section("Images per class", figures=[(figure_png(fig, dpi=72), "sprite mosaic")])
+    s = Section("Images per class",
+                figures=[(figure_png(fig, dpi=72), f"{ctx.spec.words.image_noun} mosaic")])
     s.shows.append("Random images of each class, as the models see them (cropped, centred).")
     s.means.append("Within a class, shapes and palettes vary widely while some classes share "
                    "palettes: the image alone cannot be expected to separate every class.")

@@ -22,6 +22,7 @@ import pandas as pd
 from rich.progress import Progress
 
 from modalfuse.config import installed
+from modalfuse.data.builders.image_files import pattern_columns, pattern_name
 from modalfuse.errors import InvalidInput
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.inference.safe_csv import write_csv
@@ -29,6 +30,8 @@ from modalfuse.inference.safe_csv import write_csv
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from modalfuse.spec import DatasetSpec
 
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # A CSV is read as written, as `data import` reads it: only an empty cell is missing ("NA"
@@ -227,7 +230,7 @@ def load_image(images_dir: Path, name: Any) -> bytes | None:
 
 def _read_image(root: str, name: Any) -> bytes | None:
     """`load_image` with the images folder already resolved (once per chunk, not per row:
-    resolving it was a third of the cost of reading a sprite)."""
+    resolving it was a third of the cost of reading an image)."""
     if _blank(name):
         return None
     p = os.path.realpath(os.path.join(root, str(name)))
@@ -255,7 +258,7 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
     blobs: list[bytes | None] = []
     path_errors: dict[int, str] = {}
     root = os.path.realpath(images_dir)
-    for i, name in enumerate(rows[spec.image_column]):
+    for i, name in enumerate(row_image_names(spec, rows, images_dir)):
         try:
             data = _read_image(root, name)
         except ValueError as e:
@@ -311,6 +314,27 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
     return pd.DataFrame(out)
 
 
+def row_image_names(spec: DatasetSpec, rows: pd.DataFrame, images_dir: Path) -> list[Any]:
+    """Each row's image file name: its image column, else the import's file-name pattern
+    (`{id}` -> the first of `<id>.png`, `<id>.jpg`, ... under `images_dir`)."""
+    if spec.image_column in rows or not spec.image_pattern:
+        return list(rows[spec.image_column])
+    return [pattern_name(r, spec.image_pattern, Path(images_dir)) for r in rows.to_dict("records")]
+
+
+def image_source_missing(spec: DatasetSpec, columns: list[str]) -> str | None:
+    """Why rows with these columns cannot name their images, or None when they can."""
+    if spec.image_column in columns:
+        return None
+    if spec.image_pattern:
+        absent = [c for c in pattern_columns(spec.image_pattern) if c not in columns]
+        if not absent:
+            return None
+        return (f"input has no image column {spec.image_column!r} and lacks {absent}, which the "
+                f"file-name pattern {spec.image_pattern!r} needs; columns: {columns}")
+    return f"input has no image column {spec.image_column!r}; columns: {columns}"
+
+
 def _blank(name: Any) -> bool:
     """An empty image cell: no image was given for the row."""
     return (name is None or name is pd.NA or name is pd.NaT
@@ -326,10 +350,8 @@ def predict_file(predictor: Predictor, input_path: Path, images_dir: Path, outpu
     if Path(output).suffix.lower() != ".csv" and not parquet_available():
         raise BatchInputError(f"cannot write {Path(output).name}: {NO_PARQUET}")
     columns = table_columns(input_path)
-    if predictor.spec.image_column not in columns:
-        raise BatchInputError(
-            f"input has no image column {predictor.spec.image_column!r}; columns: {columns}"
-        )
+    if (why := image_source_missing(predictor.spec, columns)) is not None:
+        raise BatchInputError(why)
     parts = []
     with Progress() as progress:  # the input is read a chunk at a time, never whole
         task = progress.add_task("scoring", total=count_rows(input_path))

@@ -1,21 +1,39 @@
-"""Prediction sets calibrated to a coverage: split-conformal prediction (APS / RAPS).
+"""Prediction sets calibrated to a coverage: split-conformal prediction (randomised APS / RAPS).
 
-A prediction set is the smallest group of labels, most probable first, whose conformity
-score stays within a quantile of the scores of held-out rows. If the held-out rows and a
-new row are exchangeable, the set holds the true label with probability at least the
-stated coverage, whatever the model (Romano et al. 2020, APS; Angelopoulos et al. 2021,
-RAPS). The scores are computed once at training, from the *out-of-fold* predictions of the
-training split (each row scored by models that never saw its fold), stored sorted in the
-bundle, and the quantile for any coverage is read from them at request time: the test
-split is never used to calibrate. The guarantee holds for the fold models those scores
-come from; the served model is refitted on all the training rows, and where it is sharper
-than its fold models its sets cover less than stated (docs/trust.md; `modalfuse
-reliability` measures it).
+A prediction set is the labels, most probable first, whose conformity score stays within a
+quantile of the scores of held-out rows. If the held-out rows and a new row are
+exchangeable, the set holds the true label with probability at least the stated coverage,
+whatever the model (Romano et al. 2020, APS; Angelopoulos et al. 2021, RAPS), and, as the
+scores are randomised, at most the coverage plus 1 / (n + 1) for n calibration rows. The
+scores are computed once at training, from the *out-of-fold* predictions of the training
+split (each row scored by models that never saw its fold), stored sorted in the bundle, and
+the finite-sample quantile of each requested coverage is read from them at request time:
+the test split is never used to calibrate.
 
-Score of label y for probabilities p (sorted descending, y at rank r, 1-based):
-    s(p, y) = sum of the probabilities ranked above y  +  p_y  +  lam * max(0, r - k_reg)
-`lam = 0` is APS; RAPS's penalty keeps sets small when the tail is flat. The scores are not
-randomised, so the sets are conservative (coverage at least, not exactly, the target).
+Score of the label ranked r-th (1-based) by a row's probabilities p, sorted descending:
+    S_r = p_(1) + ... + p_(r)  +  lam * max(0, r - k_reg)  +  MIN_RANK_STEP * r
+    s_r = 0 for r = 1, else S_(r-1) + u * (S_r - S_(r-1))
+`lam = 0` is APS; RAPS's penalty keeps sets small when the tail is flat. The top label
+scores 0, so a set is never empty and the calibration counts that rule. `u` in [0, 1)
+breaks ties: without it a sharp model's scores pile up (every label past the first few
+holds almost no mass, so S_r ~ 1 for all of them; trees and neighbours repeat the same
+probabilities), the quantiles of 80 %, 90 % and 95 % fall on the same pile, and coverage
+stays flat and above the target. `u` is a pseudo-random number fixed by the row's
+probabilities (`tie_breaks`), so a request gets the same set every time, and one row's sets
+are nested across coverages.
+
+What the guarantee does not cover:
+* No non-empty set covers less than the top-1 accuracy: a target below it gets
+  single-label sets whose coverage is that accuracy.
+* Rows with identical probabilities share `u`; where a model gives a handful of distinct
+  probability vectors (a one-hot classifier) the scores tie again and sets are conservative.
+* The scores come from the fold models, the served model is refitted on all the training
+  rows, and a refit sharper than its fold models covers less than stated. Kept as is rather
+  than CV+ (every fold model in the bundle and run on every request) because the gap is
+  within the test split's noise on the built-in data: the refit's test coverage was within
+  0.02 of its fold models', in both directions. `modalfuse reliability` measures it.
+A calibration saved before the scores were randomised (`randomised` false or absent) keeps
+the rule its scores were computed with: S_r without `u`, the top label forced in.
 Own code (numpy only), since the serving install carries no scikit-learn: MAPIE needs it.
 """
 
@@ -32,11 +50,18 @@ DEFAULT_COVERAGE = 0.9
 # What a client may ask for: below 0.5 a "set" is mostly one label, above 0.99 the quantile
 # rests on a handful of calibration rows.
 MIN_COVERAGE, MAX_COVERAGE = 0.5, 0.99
+# Probabilities are rounded to this many decimals before they fix a row's tie-break, so float
+# noise in their last bits (batch against single scoring) seldom changes a set.
+TIE_BREAK_DECIMALS = 6
+# Each rank past the first adds at least this much to the randomised score, so labels of
+# probability exactly 0 (trees, neighbours, a saturated softmax) still get a step for `u`
+# to spread the tied scores over.
+MIN_RANK_STEP = 1e-9
 
 
 def conformity_scores(proba: np.ndarray, lam: float = 0.0, k_reg: int = 0) -> np.ndarray:
-    """(n, n_labels) score of every label of every row: mass ranked at or above it, plus the
-    RAPS rank penalty; a label's set membership is `score <= quantile`."""
+    """(n, n_labels) non-randomised score S of every label of every row: mass ranked at or
+    above it, plus the RAPS rank penalty (the rule of calibrations saved before `randomised`)."""
     order = np.argsort(-proba, axis=1, kind="stable")
     sorted_p = np.take_along_axis(proba, order, axis=1)
     cum = np.cumsum(sorted_p, axis=1)
@@ -44,6 +69,44 @@ def conformity_scores(proba: np.ndarray, lam: float = 0.0, k_reg: int = 0) -> np
     cum = cum + lam * np.maximum(0, ranks - k_reg)[None, :]
     scores = np.empty_like(cum)
     np.put_along_axis(scores, order, cum, axis=1)
+    return scores
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a uint64 hash of uint64 values, wrapping around as it should."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def tie_breaks(proba: np.ndarray) -> np.ndarray:
+    """A pseudo-random number in [0, 1) per row, fixed by the row's probabilities (a hash of
+    them rounded to `TIE_BREAK_DECIMALS`): uniform over rows and unrelated to the label, yet
+    the same for the same request."""
+    grid = np.rint(np.asarray(proba, dtype=np.float64) * 10.0**TIE_BREAK_DECIMALS)
+    h = np.zeros(len(grid), dtype=np.uint64)
+    for column in grid.T.astype(np.uint64):
+        h = _mix(h ^ column)
+    return (h >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
+def randomised_scores(proba: np.ndarray, lam: float = 0.0, k_reg: int = 0,
+                      u: np.ndarray | None = None) -> np.ndarray:
+    """(n, n_labels) randomised score of every label of every row (module docstring): 0 for
+    the most probable label, else the score of the label ranked just above it plus `u` of the
+    step to its own. `u` defaults to `tie_breaks(proba)`."""
+    u = tie_breaks(proba) if u is None else np.asarray(u, dtype=np.float64)
+    order = np.argsort(-proba, axis=1, kind="stable")
+    sorted_p = np.take_along_axis(proba, order, axis=1)
+    ranks = np.arange(1, proba.shape[1] + 1)
+    upto = (np.cumsum(sorted_p, axis=1) + lam * np.maximum(0, ranks - k_reg)[None, :]
+            + MIN_RANK_STEP * ranks[None, :])
+    before = np.concatenate([np.zeros((len(proba), 1)), upto[:, :-1]], axis=1)
+    ranked = before + u[:, None] * (upto - before)
+    ranked[:, 0] = 0.0
+    scores = np.empty_like(ranked)
+    np.put_along_axis(scores, order, ranked, axis=1)
     return scores
 
 
@@ -65,6 +128,7 @@ class Conformal:
     k_reg: int = 0
     default_coverage: float = DEFAULT_COVERAGE
     source: str = "out-of-fold predictions of the training split"
+    randomised: bool = True  # False: a calibration saved before the scores were randomised
 
     @property
     def method(self) -> str:
@@ -77,7 +141,7 @@ class Conformal:
         """Calibrate on held-out probabilities and their true label indices."""
         if len(y) == 0:
             raise InvalidInput("conformal calibration needs at least one held-out row")
-        s = conformity_scores(proba, lam, k_reg)[np.arange(len(y)), y]
+        s = randomised_scores(proba, lam, k_reg)[np.arange(len(y)), y]
         return cls(np.sort(s), lam, k_reg, check_coverage(default_coverage))
 
     def quantile(self, coverage: float) -> float:
@@ -87,25 +151,36 @@ class Conformal:
         k = math.ceil((n + 1) * coverage)
         return float(self.scores[k - 1]) if k <= n else math.inf
 
+    def label_scores(self, proba: np.ndarray) -> np.ndarray:
+        """(n, n_labels) score of every label by this calibration's rule."""
+        if self.randomised:
+            return randomised_scores(proba, self.lam, self.k_reg)
+        return conformity_scores(proba, self.lam, self.k_reg)
+
     def sets(self, proba: np.ndarray, coverage: float | None = None) -> np.ndarray:
         """(n, n_labels) boolean membership of each label in each row's set. The most
         probable label is always in (a set is never empty)."""
         q = self.quantile(self.default_coverage if coverage is None else check_coverage(coverage))
-        member = conformity_scores(proba, self.lam, self.k_reg) <= q + 1e-12
+        # The legacy rule's slack absorbs float noise; continuous scores need none (a slack
+        # would tie them again).
+        slack = 0.0 if self.randomised else 1e-12
+        member = self.label_scores(proba) <= q + slack
         member[np.arange(len(proba)), np.argmax(proba, axis=1)] = True
         return member
 
     def to_dict(self) -> dict:
         """The calibration as JSON-ready data (what the bundle stores)."""
         return {"method": self.method, "lam": self.lam, "k_reg": self.k_reg,
+                "randomised": self.randomised,
                 "default_coverage": self.default_coverage, "source": self.source,
                 "n": len(self.scores), "scores": [float(s) for s in self.scores]}
 
     @classmethod
     def from_dict(cls, d: dict) -> Conformal:
-        """The calibration `to_dict` wrote."""
+        """The calibration `to_dict` wrote; one saved before `randomised` existed keeps the
+        non-randomised rule its scores were computed with."""
         return cls(np.asarray(d["scores"], dtype=np.float64), d["lam"], d["k_reg"],
-                   d["default_coverage"], d.get("source", ""))
+                   d["default_coverage"], d.get("source", ""), bool(d.get("randomised", False)))
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.645) -> tuple[float, float]:

@@ -128,7 +128,7 @@ class Explanation:
 
     def overlay_png(self, scale: int = 3, opacity: float = DEFAULT_OPACITY,
                     beside: bool = False) -> bytes | None:
-        """PNG of the heatmap over the grey-scaled image (`beside`: the sprite in colour to
+        """PNG of the heatmap over the grey-scaled image (`beside`: the image in colour to
         its left), upscaled by `scale`; None when the request had no image."""
         if self.heatmap is None:
             return None

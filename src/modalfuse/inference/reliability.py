@@ -1,6 +1,6 @@
 """How far a bundle's predictions can be trusted, measured on the frozen test split:
 accuracy with a modality missing, conformal coverage and set sizes, and how well the OOD
-flags separate images the project makes itself from the test sprites.
+flags separate images the project makes itself from the test images.
 
 Everything goes through the Predictor from raw records and image bytes, like serving. The
 test split is only scored here: the calibrations and thresholds were fitted on the
@@ -23,6 +23,7 @@ from modalfuse.inference.evaluate import classification_metrics, expected_calibr
 from modalfuse.inference.ood import auroc
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.markdown import markdown_table
+from modalfuse.spec import DatasetWords
 
 COVERAGES = (0.8, 0.9, 0.95)
 CURVE = tuple(round(c, 2) for c in np.arange(0.5, 0.991, 0.02))  # the coverage plot's targets
@@ -42,9 +43,9 @@ def _jpeg(img: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def on_white(sprite: bytes) -> Image.Image:
-    """A sprite composited on a white background (what a photo or a scan of it looks like)."""
-    img = Image.open(io.BytesIO(sprite)).convert("RGBA")
+def on_white(image: bytes) -> Image.Image:
+    """An image composited on a white background (what a photo or a scan of it looks like)."""
+    img = Image.open(io.BytesIO(image)).convert("RGBA")
     bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
     return Image.alpha_composite(bg, img)
 
@@ -65,13 +66,14 @@ def _noise(rng: np.random.Generator) -> bytes:
 
 def _text(rng: np.random.Generator) -> bytes:
     img = Image.new("RGB", (160, 60), (255, 255, 255))
+    # Drawn as pixels, never shown as text; the recorded OOD numbers rest on these exact images.
     words = [f"No. {int(rng.integers(1, 999)):03d}", "TYPE ?", "sprite", "HP 45"]
     ImageDraw.Draw(img).text((8, 20), " ".join(rng.choice(words, 2)), fill=(0, 0, 0))
     return _png(img)
 
 
 def _scene(rng: np.random.Generator) -> bytes:
-    """A photo of something else: smooth colour fields with soft blobs (no sprite, no alpha)."""
+    """A photo of something else: smooth colour fields with soft blobs (no alpha)."""
     small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
     img = Image.fromarray(small, "RGB").resize((200, 150), Image.Resampling.BICUBIC)
     d = ImageDraw.Draw(img)
@@ -81,36 +83,45 @@ def _scene(rng: np.random.Generator) -> bytes:
     return _jpeg(img.filter(ImageFilter.GaussianBlur(2)), 85)
 
 
-def _heavy_jpeg(sprite: bytes) -> bytes:
-    return _jpeg(on_white(sprite), 8)
+def _heavy_jpeg(image: bytes) -> bytes:
+    return _jpeg(on_white(image), 8)
 
 
-def _smoothed(sprite: bytes) -> bytes:
-    img = Image.open(io.BytesIO(sprite)).convert("RGBA")
+def _smoothed(image: bytes) -> bytes:
+    img = Image.open(io.BytesIO(image)).convert("RGBA")
     big = img.resize((img.width * 3, img.height * 3), Image.Resampling.BICUBIC)
     return _png(big.filter(ImageFilter.GaussianBlur(3)))
 
 
-# Families of images unlike the training sprites: made from nothing, or from a test sprite.
+# Families of images unlike the training images: made from nothing, or from a test image.
 MADE: dict[str, Callable[[np.random.Generator], bytes]] = {
     "fruit photos (custom-dataset fixture)": fruit_photo, "random noise": _noise,
     "rendered text": _text, "photos of other things (synthetic scenes)": _scene}
-FROM_SPRITE: dict[str, Callable[[bytes], bytes]] = {
-    "test sprites as heavy JPEG on white (quality 8)": _heavy_jpeg,
-    "test sprites scaled x3 and smoothed": _smoothed}
+# Names with `{images}`: the dataset's word for its images (`DatasetWords.images`).
+FROM_TEST: dict[str, Callable[[bytes], bytes]] = {
+    "test {images} as heavy JPEG on white (quality 8)": _heavy_jpeg,
+    "test {images} scaled x3 and smoothed": _smoothed}
 # In-domain images the detector must *not* flag beyond its false-alarm rate.
 CONTROLS: dict[str, Callable[[bytes], bytes]] = {
-    "control: test sprites mirrored (in domain)": lambda s: _png(
+    "control: test {images} mirrored (in domain)": lambda s: _png(
         Image.open(io.BytesIO(s)).convert("RGBA").transpose(Image.Transpose.FLIP_LEFT_RIGHT))}
+IN_DOMAIN = "in-domain test {images}"  # the test split's own images, in the OOD table and plot
 
 
-def ood_probes(sprites: list[bytes], n: int = 40, seed: int = 0) -> dict[str, list[bytes]]:
+def in_words(name: str, words: DatasetWords) -> str:
+    """A family name of this module with the dataset's word for its images filled in."""
+    return name.replace("{images}", words.images)
+
+
+def ood_probes(images: list[bytes], n: int = 40, seed: int = 0,
+               words: DatasetWords | None = None) -> dict[str, list[bytes]]:
     """`n` images of every not-training-like family (and of the in-domain controls),
-    deterministic for a seed."""
+    deterministic for a seed; families made from test images are named in `words`."""
+    w = words or DatasetWords()
     rng = np.random.default_rng(seed)
     out = {name: [make(rng) for _ in range(n)] for name, make in MADE.items()}
-    for name, derive in {**FROM_SPRITE, **CONTROLS}.items():
-        out[name] = [derive(s) for s in sprites[:n]]
+    for name, derive in {**FROM_TEST, **CONTROLS}.items():
+        out[in_words(name, w)] = [derive(s) for s in images[:n]]
     return out
 
 
@@ -168,12 +179,13 @@ def reliability_report(predictor: Predictor, ds: Dataset, test_ids: np.ndarray,
                                           "interval": r["coverage_interval"],
                                           "mean_size": r["mean_size"]}
                                          for t, r in zip(CURVE, curve, strict=True)]}
-    report: dict = {"rows": len(y), "cases": cases, "conformal": conformal}
+    report: dict = {"rows": len(y), "cases": cases, "conformal": conformal,
+                    "words": spec.words.model_dump()}
     detector = predictor.bundle.companions.image_ood
     if detector is not None:
         inside = image_scores(predictor, images)
         families = {}
-        for name, probe in ood_probes(images, probes_per_family, seed).items():
+        for name, probe in ood_probes(images, probes_per_family, seed, spec.words).items():
             s = image_scores(predictor, probe)
             families[name] = {"images": len(probe), "auroc": auroc(inside, s),
                               "flag_rate": float(np.mean(s > detector.threshold)),
@@ -212,6 +224,7 @@ def _coverage_row(mode: str, c: dict, cov: float) -> list[str]:
 
 def reliability_markdown(report: dict, model: str) -> list[str]:
     """The missing-modality, conformal and OOD sections of the ablation page."""
+    words = DatasetWords.model_validate(report.get("words") or {})
     lines = ["", f"## Missing modalities (`{model}`, test split, {report['rows']} rows)", "",
              "Each case is scored by the model trained for it (fields only: `gbm_tabular`; image "
              "only: `gbm_image`), never by imputing an image.", "",
@@ -245,8 +258,8 @@ def reliability_markdown(report: dict, model: str) -> list[str]:
         lines += ["", "## Out-of-distribution images", "",
                   f"Threshold {ood['threshold']:.2f}: the conformal quantile of out-of-fold "
                   f"distances of the training images at a {ood['false_alarm']:.0%} false-alarm "
-                  f"rate. In-domain test sprites flagged: **{ood['test_flag_rate']:.1%}**. AUROC: "
-                  "the chance a probe image scores above a test sprite.", "",
+                  f"rate. In-domain test {words.images} flagged: **{ood['test_flag_rate']:.1%}**. "
+                  f"AUROC: the chance a probe image scores above a test {words.image_noun}.", "",
                   markdown_table(["images", "n", "AUROC", "flagged"],
                                  [[name, f["images"], f"{f['auroc']:.3f}", f"{f['flag_rate']:.1%}"]
                                   for name, f in ood["families"].items()])]
@@ -255,14 +268,15 @@ def reliability_markdown(report: dict, model: str) -> list[str]:
         by = ", ".join(f"`{k}` {v:.1%}" for k, v in fo["by_field"].items()) or "none"
         lines += ["", f"Field flags (a value outside the training range, or never seen in "
                   f"training) on the test split: {fo['test_flag_rate']:.1%} of rows ({by}). New "
-                  "species bring abilities no training species had: such a flag says the "
-                  "record holds something the model has not learned from, not that it is wrong."]
+                  f"{words.rows} bring values no training {words.row_noun} had: such a flag says "
+                  f"the {words.record_noun} holds something the model has not learned from, not "
+                  "that it is wrong."]
     return lines
 
 
 def plot_reliability(report: dict, path: Path, title: str = "") -> Path:
     """Two panels: test coverage against the target coverage per request case (with the 90 %
-    binomial band), and the image OOD scores of the test sprites and of each probe family
+    binomial band), and the image OOD scores of the test images and of each probe family
     against the threshold. Returns `path`."""
     import matplotlib
 
@@ -284,7 +298,8 @@ def plot_reliability(report: dict, path: Path, title: str = "") -> Path:
     left.grid(alpha=0.3)
     ood = report.get("ood")
     if ood:
-        names = ["in-domain test sprites", *ood["families"]]
+        words = DatasetWords.model_validate(report.get("words") or {})
+        names = [in_words(IN_DOMAIN, words), *ood["families"]]
         values = [ood["test_scores"], *[f["scores"] for f in ood["families"].values()]]
         right.boxplot([np.log10(np.maximum(v, 1e-3)) for v in values], vert=False)
         right.set_yticks(range(1, len(names) + 1), names, fontsize=7)

@@ -24,9 +24,9 @@ class NetConfig(BaseModel):
     label_smoothing: float = Field(default=0.05, ge=0, lt=1)
     augment: bool = True
     views: list[str] = Field(default_factory=lambda: ["front", "back"],
-                             description="extra views of training species to learn from")
+                             description="extra views of training rows to learn from")
     views_per_epoch: int = Field(default=2, ge=1,
-                                 description="random views of each training species per epoch")
+                                 description="random views of each training row per epoch")
     tab_hidden: int = Field(default=128, ge=4)
     tab_dropout: float = Field(default=0.3, ge=0, lt=1)
     device: str = "cpu"

@@ -25,6 +25,7 @@ from modalfuse.inference.evaluate import classification_metrics
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.models.neural import net_feeds
 from modalfuse.optimize import file_size, onnx_parts
+from modalfuse.progress import SILENT, ProgressReporter
 
 
 @dataclass
@@ -71,8 +72,10 @@ def _pct(xs: list[float], q: float) -> float:
 
 def bench_models(variants: list[tuple[str, Path]], ds: Dataset, splits: Splits,
                  baseline: str | None = None, rounds: int = 3, batch: int = 64,
-                 versus: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """Measure every variant on the test split; ratios are to `baseline` (default: the first)."""
+                 versus: list[tuple[str, str]] | None = None,
+                 reporter: ProgressReporter = SILENT) -> dict[str, Any]:
+    """Measure every variant on the test split; ratios are to `baseline` (default: the first).
+    Each variant's timing pass of each round is a `pass` step to `reporter`."""
     names = [n for n, _ in variants]
     baseline = check_variants(names, baseline, versus)
     vs = [Variant(n, p, Predictor.from_path(p)) for n, p in variants]
@@ -80,7 +83,7 @@ def bench_models(variants: list[tuple[str, Path]], ds: Dataset, splits: Splits,
     table = ds.table.set_index(ds.spec.id_column).loc[ids].reset_index()
     records, images = table_records(ds.spec, table), ds.row_images(table)
     rows = {v.name: quality_row(v, table, records, images, ds.spec.target) for v in vs}
-    time_variants(vs, records, images, rounds, batch)
+    time_variants(vs, records, images, rounds, batch, reporter)
     for v in vs:
         rows[v.name].update(timing_summary(v))
     base = rows[baseline]
@@ -126,11 +129,10 @@ def quality_row(v: Variant, table: pd.DataFrame, records: list, images: list,
             "onnx_parts": [p for p, _ in onnx_parts(bundle.model)]}
 
 
-def time_variants(vs: list[Variant], records: list, images: list, rounds: int, batch: int) -> None:
+def time_variants(vs: list[Variant], records: list, images: list, rounds: int, batch: int,
+                  reporter: ProgressReporter = SILENT) -> None:
     """Time every variant, interleaved round by round: one-row requests end to end, the model
     alone on ready features, the networks alone on ready arrays, and batches."""
-    from rich.progress import Progress
-
     single_prepared = [[_prepared(v.predictor, r, im) for r, im in zip(records, images, strict=True)]
                        for v in vs]
     # The networks' own latency: ONNX Runtime on ready input arrays, no feature code around it.
@@ -142,33 +144,35 @@ def time_variants(vs: list[Variant], records: list, images: list, rounds: int, b
         net_feeds_1.setdefault(v.name, [])
     batches = {v.name: [_prepared_many(v.predictor, records[i:i + batch], images[i:i + batch])
                         for i in range(0, len(records) - batch + 1, batch)] for v in vs}
-    with Progress(transient=True) as progress:
-        task = progress.add_task("timing variants", total=rounds * len(vs))
-        for _ in range(rounds):
-            for v, prepared in zip(vs, single_prepared, strict=True):
-                model = v.predictor.bundle.model
-                for r, im, fb in zip(records, images, prepared, strict=True):
-                    t0 = time.perf_counter()
-                    v.predictor.predict_proba([r], [im])
-                    t1 = time.perf_counter()
-                    model.predict_proba(fb)
-                    v.model_single.append(time.perf_counter() - t1)
-                    v.single.append(t1 - t0)
-                for feeds in net_feeds_1[v.name]:
-                    t0 = time.perf_counter()
-                    for part, f in feeds:
-                        part.session.run(part.outputs, f)
-                    v.net_single.append(time.perf_counter() - t0)
-                for i in range(0, len(records) - batch + 1, batch):
-                    t0 = time.perf_counter()
-                    v.predictor.predict_proba(records[i:i + batch], images[i:i + batch])
-                    v.batch_seconds += time.perf_counter() - t0
-                    v.batch_rows += batch
-                    fb = batches[v.name][i // batch]
-                    t0 = time.perf_counter()
-                    model.predict_proba(fb)
-                    v.model_batch_seconds += time.perf_counter() - t0
-                progress.advance(task)
+    total, done = rounds * len(vs), 0
+    for round_no in range(1, rounds + 1):
+        for v, prepared in zip(vs, single_prepared, strict=True):
+            reporter.on_step("pass", f"round {round_no}/{rounds}: {v.name}", done, total)
+            done += 1
+            model = v.predictor.bundle.model
+            for r, im, fb in zip(records, images, prepared, strict=True):
+                t0 = time.perf_counter()
+                v.predictor.predict_proba([r], [im])
+                t1 = time.perf_counter()
+                model.predict_proba(fb)
+                v.model_single.append(time.perf_counter() - t1)
+                v.single.append(t1 - t0)
+            for feeds in net_feeds_1[v.name]:
+                t0 = time.perf_counter()
+                for part, f in feeds:
+                    part.session.run(part.outputs, f)
+                v.net_single.append(time.perf_counter() - t0)
+            for i in range(0, len(records) - batch + 1, batch):
+                t0 = time.perf_counter()
+                v.predictor.predict_proba(records[i:i + batch], images[i:i + batch])
+                v.batch_seconds += time.perf_counter() - t0
+                v.batch_rows += batch
+                fb = batches[v.name][i // batch]
+                t0 = time.perf_counter()
+                model.predict_proba(fb)
+                v.model_batch_seconds += time.perf_counter() - t0
+    if vs:
+        reporter.on_step("pass", f"round {rounds}/{rounds}: {vs[-1].name}", total, total)
 
 
 def timing_summary(v: Variant) -> dict[str, Any]:

@@ -20,7 +20,12 @@ import pandas as pd
 import pyarrow as pa
 
 from modalfuse.errors import InvalidInput
-from modalfuse.inference.batch import CSV_NA_VALUES, BatchInputError, score_frame
+from modalfuse.inference.batch import (
+    CSV_NA_VALUES,
+    BatchInputError,
+    image_source_missing,
+    score_frame,
+)
 from modalfuse.inference.bundle import load_bundle
 from modalfuse.inference.predictor import Predictor
 
@@ -241,8 +246,8 @@ def ray_predict_file(bundle: Path | str, input_path: Path | str, images_dir: Pat
     bundle = Path(bundle).resolve()
     spec = load_bundle(bundle).spec  # fails here, clearly, not in every actor
     kind, files, names = input_columns(input_path)
-    if spec.image_column not in names:
-        raise BatchInputError(f"input has no image column {spec.image_column!r}; columns: {names}")
+    if (why := image_source_missing(spec, list(names))) is not None:
+        raise BatchInputError(why)
     started = _start_ray(cfg)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = True

@@ -50,7 +50,7 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     m = _URI.match(uri.strip())
     if not m:
         raise RegistryError(f"model URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION "
-                            "(e.g. models:/pokemon@champion)")
+                            "(e.g. models:/DATASET@champion)")
     return m["name"], m["alias"], m["version"]
 
 

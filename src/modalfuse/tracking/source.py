@@ -121,7 +121,7 @@ def load_served_predictor(settings: Settings, model_uri: str | None = None,
         choice = ModelChoice(None, Path(path), "bundle" if bundle else "MODALFUSE_BUNDLE")
     else:
         raise InvalidInput("no model to serve: set MODALFUSE_MODEL_URI (e.g. "
-                           "models:/pokemon@champion) or MODALFUSE_BUNDLE (a bundle folder)")
+                           "models:/DATASET@champion) or MODALFUSE_BUNDLE (a bundle folder)")
     return load_choice(settings, choice)
 
 

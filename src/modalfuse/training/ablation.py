@@ -26,7 +26,10 @@ from modalfuse.inference.reliability import (
     reliability_report,
 )
 from modalfuse.markdown import markdown_table
+from modalfuse.progress import SILENT, ProgressReporter
+from modalfuse.spec import DatasetWords
 from modalfuse.training import recipes
+from modalfuse.training.ablation_plan import AblationPace, plan_ablation
 from modalfuse.training.config import TrainConfig
 from modalfuse.training.folds import OOF_KEY, FoldEngine, training_labels
 from modalfuse.training.train import train
@@ -56,25 +59,37 @@ def measure_latency(predictor, ds: Dataset, ids: np.ndarray, n: int = 40) -> dic
 
 
 def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig,
-                 models: tuple[str, ...] | None = None, engine: FoldEngine | None = None) -> dict:
+                 models: tuple[str, ...] | None = None, engine: FoldEngine | None = None,
+                 reporter: ProgressReporter = SILENT, step_s: float | None = None) -> dict:
     """Cross-validate, train, bundle and score every recipe in `models` (default: all), sharing
-    fits through one fold engine; the champion is the best grouped-CV macro-F1."""
+    fits through one fold engine; the champion is the best grouped-CV macro-F1.
+
+    Each model is a `model` step to `reporter`, with the time left (`ablation_plan`, scaled by
+    `step_s`, a network training step measured here, if given); a fold engine made here
+    reports its folds and epochs to it too."""
     models = models or recipes.names()
-    for m in models:
-        recipes.get(m)
+    plan = plan_ablation(splits, cfg, models, step_s)
     train_ids = splits.ids("train")
-    fitter = engine or FoldEngine(ds, splits, cfg, training_labels(ds, splits))
+    fitter = engine or FoldEngine(ds, splits, cfg, training_labels(ds, splits), reporter=reporter)
+    pace = AblationPace(plan)
     results = []
     oofs = {}
-    for name in models:
+    for i, name in enumerate(models):
         started = time.perf_counter()
+        reporter.on_step("model", f"{name}: cross-validation", i, len(models),
+                         pace.seconds_left(i))
         cv = fitter.cross_validate(name)
         oofs[name] = cv[OOF_KEY]
+        reporter.on_step("model", f"{name}: final fit, bundle, test", i, len(models),
+                         pace.seconds_left(i, time.perf_counter() - started))
         bundle = train(ds, splits, out_dir / name, cfg.model_copy(update={"model": name}),
                        engine=fitter, cv=cv)
         latency = measure_latency(Predictor(bundle), ds, splits.ids("test"))
+        pace.finished(name, time.perf_counter() - started)
+        reporter.on_step("model", name, i + 1, len(models), pace.seconds_left(i + 1))
         results.append({
-            "model": name, "description": recipes.get(name).help, "cv": cv["summary"],
+            "model": name, "description": recipes.get(name).describe(ds.spec.words),
+            "cv": cv["summary"],
             "temperature": cv["temperature"], "test": bundle.metrics["test"],
             "latency": latency, "bundle": str(bundle.path), "model_version": bundle.model_version,
             "seconds": round(time.perf_counter() - started, 1),
@@ -89,7 +104,8 @@ def run_ablation(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig,
     report = {
         "dataset": {"name": ds.spec.name, "version": ds.version,
                     "train_rows": len(train_ids), "test_rows": len(splits.ids("test")),
-                    "folds": len(fitter.folds)},
+                    "folds": len(fitter.folds), "words": ds.spec.words.model_dump(),
+                    "extra_views": ds.spec.views_table is not None},
         "config": cfg.model_dump(mode="json"),
         "results": results,
         "champion": champion["model"],
@@ -192,16 +208,32 @@ def results_row(r: dict, champion: str) -> list[str]:
             f"{lat['single_ms']:.1f}", f"{lat['batch_ms_per_row']:.2f}", f"{r['temperature']:.2f}"]
 
 
+def settings_line(report: dict, words: DatasetWords) -> str:
+    """The seed, network and LightGBM settings of an ablation, in the dataset's words (extra
+    views only where the dataset has them)."""
+    net, cfg = report["config"]["net"], report["config"]
+    if report["dataset"].get("extra_views", True):
+        seen = (f"{net['views_per_epoch']} random views per training {words.row_noun}, views "
+                f"{', '.join(net['views'])}")
+    else:
+        seen = f"each training {words.row_noun}'s {words.image_noun}"
+    return (f"Seed {cfg['seed']}; networks: {net['image_size']} px, width {net['width']}, "
+            f"embedding {net['embed_dim']}, {net['epochs']} epochs of {seen}, augmentation "
+            f"{'on' if net['augment'] else 'off'} (kornia, training rows only); LightGBM "
+            f"{cfg['num_boost_round']} rounds.")
+
+
 def to_markdown(report: dict, command: str, image: str | None = None,
                 trust_image: str | None = None) -> str:
     """The ablation report as the generated Markdown page, with the plot `image` (and the
     coverage / OOD plot `trust_image`) linked if given."""
     d = report["dataset"]
+    words = DatasetWords.model_validate(d.get("words") or {})
     lines = [
         "# Modality ablation",
         "",
         f"Generated by `{command}`; do not edit by hand. Dataset `{d['name']}` version "
-        f"`{d['version']}`: {d['train_rows']} training rows in {d['folds']} family-grouped CV "
+        f"`{d['version']}`: {d['train_rows']} training rows in {d['folds']} {words.grouped} CV "
         f"folds, {d['test_rows']} rows in the frozen test split.",
         "",
         "Each model is cross-validated on the grouped folds (probabilities temperature-scaled "
@@ -238,18 +270,7 @@ def to_markdown(report: dict, command: str, image: str | None = None,
                 f"- macro-F1 ≥ {TARGETS['fusion_gain_macro_f1']:.2f} above the best single "
                 f"modality (`{tg['best_single']}`): {tg['fusion_gain_macro_f1']:+.3f} "
                 f"({mark('fusion_gain_macro_f1')})")
-    net = report["config"]["net"]
-    lines += [
-        "",
-        "## Settings",
-        "",
-        f"Seed {report['config']['seed']}; networks: {net['image_size']} px, width "
-        f"{net['width']}, embedding {net['embed_dim']}, {net['epochs']} epochs of "
-        f"{net['views_per_epoch']} random views per training species, views "
-        f"{', '.join(net['views'])}, augmentation {'on' if net['augment'] else 'off'} (kornia, "
-        "training rows only); LightGBM "
-        f"{report['config']['num_boost_round']} rounds.",
-    ]
+    lines += ["", "## Settings", "", settings_line(report, words)]
     if report.get("reliability"):
         lines += reliability_markdown(report["reliability"], report["champion"])
         if trust_image:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from rich.progress import track
 
 from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
@@ -34,6 +33,7 @@ from modalfuse.models.calibration import apply_temperature, fit_temperature
 from modalfuse.models.gbm import GBMModel
 from modalfuse.models.neural import EmbeddingGBMModel, OnnxNetModel, net_feeds
 from modalfuse.models.registry import Model
+from modalfuse.progress import SILENT, ProgressReporter, steps
 from modalfuse.training import recipes
 from modalfuse.training.config import TrainConfig
 
@@ -69,13 +69,13 @@ def training_labels(ds: Dataset, splits: Splits) -> list[str]:
                                                             ds.spec.target].unique())
 
 
-def load_raw(ds: Dataset, labels: list[str]) -> RawData:
+def load_raw(ds: Dataset, labels: list[str], reporter: ProgressReporter = SILENT) -> RawData:
     """Parse every row's fields and decode every row's image once, the way serving does."""
     spec = ds.spec
     records = [parse_record(spec, r) for r in table_records(spec, ds.table)]
     images = np.stack([
         normalize_image(ds.image_bytes(n), spec.image_size, MAX_TRAIN_PIXELS)
-        for n in track(ds.table[spec.image_column], description="decoding images")
+        for n in steps(list(ds.table[spec.image_column]), reporter, "image", "decoding images")
     ])
     pos = {lab: i for i, lab in enumerate(labels)}
     y = ds.table[spec.target].map(lambda v: pos.get(v, -1)).to_numpy()
@@ -106,12 +106,16 @@ def cv_summary(per_fold: list[dict], keys: tuple[str, ...] = CV_METRICS) -> dict
 
 
 class FoldEngine:
-    """Fits any recipe on the training rows outside some CV folds, once per (recipe, folds)."""
+    """Fits any recipe on the training rows outside some CV folds, once per (recipe, folds).
+
+    `reporter` hears of image decoding, each cross-validation's folds and each network's
+    epochs (silent by default)."""
 
     def __init__(self, ds: Dataset, splits: Splits, cfg: TrainConfig, labels: list[str],
-                 raw: RawData | None = None):
+                 raw: RawData | None = None, reporter: ProgressReporter = SILENT):
         self.ds, self.splits, self.cfg, self.labels = ds, splits, cfg, labels
-        self.raw = raw if raw is not None else load_raw(ds, labels)
+        self.reporter = reporter
+        self.raw = raw if raw is not None else load_raw(ds, labels, reporter)
         self.train_pos = self.raw.rows(splits.ids("train"))
         fold_table = splits.table.set_index("id")["fold"]
         self.fold_of = fold_table.loc[self.raw.ids[self.train_pos]].to_numpy()
@@ -165,8 +169,8 @@ class FoldEngine:
                 pos = dict(zip(self.raw.ids[self.train_pos].tolist(), self.train_pos.tolist(),
                                strict=True))
                 sel = views[views["id"].isin(pos) & views["view"].isin(wanted)]
-                for rid, path in track(list(zip(sel["id"], sel["path"], strict=True)),
-                                       description="decoding training views"):
+                for rid, path in steps(list(zip(sel["id"], sel["path"], strict=True)),
+                                       self.reporter, "image", "decoding training views"):
                     pixels.append(normalize_image(self.ds.image_bytes(path), spec.image_size,
                                                   MAX_TRAIN_PIXELS))
                     owner.append(pos[rid])
@@ -224,39 +228,46 @@ class FoldEngine:
         net = (FusionNet(self.n_classes, batch.tabular_dense.shape[1], cfg) if with_tabular
                else ImageNet(self.n_classes, cfg))
         label = "intermediate" if with_tabular else "cnn"
-        held = ",".join(str(k) for k in sorted(excluded)) or "none"
+        held = ",".join(str(k) for k in sorted(excluded))
         fit_network(net, images, tab, self.raw.y[rows], self.n_classes, cfg, self.seed(excluded),
-                    description=f"{label} (folds held out: {held})")
+                    description=f"{label} network, " + (f"without folds {held}" if held else
+                                                        "all training rows"),
+                    reporter=self.reporter)
         inputs = list(net.input_names)
         feeds = net_feeds(batch.take(np.arange(min(2, len(rows)))), inputs, cfg.image_size)
         return OnnxNetModel(export_onnx(net, feeds), inputs, cfg.image_size,
                             outputs=["logits", "embedding"])
 
     # -- out-of-fold predictions ---------------------------------------------------------------
-    def fold_predictions(self, name: str, excluded: Excluded = frozenset()
+    def fold_predictions(self, name: str, excluded: Excluded = frozenset(),
+                         reporter: ProgressReporter = SILENT
                          ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(fold, rows, probabilities) for each fold outside `excluded`: the fold's rows
-        predicted by recipe `name` fitted without that fold (and without `excluded`)."""
-        for k in self.folds:
-            if k in excluded:
-                continue
+        predicted by recipe `name` fitted without that fold (and without `excluded`); each
+        fold is a `fold` step to `reporter` (the nested fits of a stacked model stay quiet)."""
+        folds = [k for k in self.folds if k not in excluded]
+        for done, k in enumerate(folds):
+            reporter.on_step("fold", f"{name} without fold {k}", done, len(folds))
             held = frozenset(excluded | {k})
             rows = self.fold_rows(k)
             yield k, rows, self.fit(name, held).predict_proba(self.batch(held, rows))
+        if folds:
+            reporter.on_step("fold", f"{name} without fold {folds[-1]}", len(folds), len(folds))
 
-    def heldout(self, name: str, excluded: Excluded = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    def heldout(self, name: str, excluded: Excluded = frozenset(),
+                reporter: ProgressReporter = SILENT) -> tuple[np.ndarray, np.ndarray]:
         """(rows, probabilities): every training row outside `excluded`, each predicted by the
         model fitted without its own fold (and without `excluded`)."""
         rows = self.rows(excluded)
         proba = np.zeros((len(rows), self.n_classes))
-        for _, fold_rows, p in self.fold_predictions(name, excluded):
+        for _, fold_rows, p in self.fold_predictions(name, excluded, reporter):
             proba[np.isin(rows, fold_rows)] = p
         return rows, proba
 
     def cross_validate(self, name: str) -> dict:
         """Grouped-CV scores of a recipe, calibrated per fold with a temperature fitted on the
         other folds' out-of-fold predictions; plus the temperature for the final model."""
-        rows, proba = self.heldout(name)
+        rows, proba = self.heldout(name, reporter=self.reporter)
         y = self.raw.y[rows]
         fold_by_pos = dict(zip(self.train_pos.tolist(), self.fold_of.tolist(), strict=True))
         fold = np.array([fold_by_pos[int(r)] for r in rows])

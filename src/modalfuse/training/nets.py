@@ -8,17 +8,18 @@ Augmentation (kornia) runs inside the training loop, on training rows only.
 from __future__ import annotations
 
 import random
+import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from modalfuse.errors import InvalidInput
 from modalfuse.features.image_tensor import IMAGE_CHANNELS
 from modalfuse.models.netconfig import NetConfig
+from modalfuse.progress import SILENT, ProgressReporter
 
 
 class DeviceError(InvalidInput):
@@ -141,8 +142,9 @@ class TrainingImages:
 
 def fit_network(net: nn.Module, images: TrainingImages, tabular: np.ndarray | None,
                 y: np.ndarray, n_classes: int, cfg: NetConfig, seed: int,
-                description: str = "network") -> nn.Module:
-    """Seeded training with class-balanced loss, AdamW and a one-cycle schedule; returns eval-mode net."""
+                description: str = "network", reporter: ProgressReporter = SILENT) -> nn.Module:
+    """Seeded training with class-balanced loss, AdamW and a one-cycle schedule; returns eval-mode
+    net. Each epoch is an `epoch` step to `reporter`, named by `description` and its mean loss."""
     seed_everything(seed)
     # Re-draw the initial weights from the seed: the result depends on `seed` alone, not on
     # whatever the global generator did before the network was built.
@@ -173,36 +175,58 @@ def fit_network(net: nn.Module, images: TrainingImages, tabular: np.ndarray | No
     pixels = torch.from_numpy(images.pixels)
     y_t = torch.from_numpy(y.astype(np.int64))
     tab_t = torch.from_numpy(tabular.astype(np.float32)) if tabular is not None else None
-    columns = (TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total} epochs"),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as progress:
-        task = progress.add_task(description, total=cfg.epochs, loss=float("nan"))
-        for _epoch in range(cfg.epochs):
-            net.train()
-            img_idx, rows = draw(rng, cfg.views_per_epoch)
-            perm = rng.permutation(len(rows))
-            img_idx, rows = img_idx[perm], rows[perm]
-            total, seen = 0.0, 0
-            for s in range(steps):
-                sl = slice(s * cfg.batch_size, (s + 1) * cfg.batch_size)
-                if len(rows[sl]) < 2:
-                    continue  # BatchNorm needs two rows
-                x = pixels[img_idx[sl]].to(device)
-                if augment is not None:
-                    x = augment(x)
-                target = y_t[rows[sl]].to(device)
-                inputs = [x] if tab_t is None else [x, tab_t[rows[sl]].to(device)]
-                logits, _ = net(*inputs)
-                loss = loss_fn(logits, target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(target)
-                seen += len(target)
-            progress.update(task, advance=1, loss=total / max(seen, 1))
+    reporter.on_step("epoch", description, 0, cfg.epochs)
+    for epoch in range(cfg.epochs):
+        net.train()
+        img_idx, rows = draw(rng, cfg.views_per_epoch)
+        perm = rng.permutation(len(rows))
+        img_idx, rows = img_idx[perm], rows[perm]
+        total, seen = 0.0, 0
+        for s in range(steps):
+            sl = slice(s * cfg.batch_size, (s + 1) * cfg.batch_size)
+            if len(rows[sl]) < 2:
+                continue  # BatchNorm needs two rows
+            x = pixels[img_idx[sl]].to(device)
+            if augment is not None:
+                x = augment(x)
+            target = y_t[rows[sl]].to(device)
+            inputs = [x] if tab_t is None else [x, tab_t[rows[sl]].to(device)]
+            logits, _ = net(*inputs)
+            loss = loss_fn(logits, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(target)
+            seen += len(target)
+        reporter.on_step("epoch", f"{description}, loss {total / max(seen, 1):.3f}", epoch + 1,
+                         cfg.epochs)
     return net.eval().cpu()
+
+
+def time_training_step(cfg: NetConfig, n_classes: int = 18, repeats: int = 5) -> float:
+    """Seconds one training step of a full batch (augmentation, forward, backward, update) of
+    the image network takes on this machine, warm, on random pixels: the measured rate an
+    ablation's estimate scales its networks by. Leaves torch's random state as it found it."""
+    device = resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = ImageNet(n_classes, cfg).to(device).train()
+        augment = make_augment(cfg).to(device) if cfg.augment else None
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
+        x = torch.rand(cfg.batch_size, IMAGE_CHANNELS, cfg.image_size, cfg.image_size, device=device)
+        y = torch.randint(0, n_classes, (cfg.batch_size,), device=device)
+        seconds = []
+        for _ in range(repeats + 2):  # two steps warm up (allocations, lazy kernels)
+            t0 = time.perf_counter()
+            logits, _ = net(augment(x) if augment is not None else x)
+            loss = nn.functional.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss.item()  # waits for the device
+            seconds.append(time.perf_counter() - t0)
+    return float(np.median(seconds[2:]))
 
 
 @torch.no_grad()

@@ -83,7 +83,7 @@ def train(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig | None = 
         metrics=metrics,
         training={"config": cfg.model_dump(mode="json"), "git_commit": git_commit(),
                   "train_seconds": round(time.perf_counter() - started, 2),
-                  "temperature": temperature, "model_help": recipe.help},
+                  "temperature": temperature, "model_help": recipe.describe(ds.spec.words)},
         companions=fit_companions(engine, cv),
     )
     return finish_bundle(bundle, ds, splits, cv, metrics, evaluate_test)

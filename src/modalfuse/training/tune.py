@@ -22,11 +22,12 @@ from modalfuse.data.dataset import Dataset
 from modalfuse.data.split import Splits
 from modalfuse.errors import InvalidInput, ModelError
 from modalfuse.inference.evaluate import classification_metrics
+from modalfuse.progress import SILENT, ProgressReporter
 from modalfuse.tracking.registry import log_and_register
 from modalfuse.tracking.runs import training_run, trial_run
 from modalfuse.training import recipes
 from modalfuse.training.config import TrainConfig
-from modalfuse.training.folds import FoldEngine, load_raw
+from modalfuse.training.folds import FoldEngine, load_raw, training_labels
 from modalfuse.training.select import training_only
 from modalfuse.training.train import train
 
@@ -68,18 +69,22 @@ class TuneResult:
 
 
 class FoldScorer:
-    """Scores a TrainConfig fold by fold on the training-only data; records the ids it reads."""
+    """Scores a TrainConfig fold by fold on the training-only data; records the ids it reads.
+    Image decoding, each fold and each network epoch are steps to `reporter`."""
 
-    def __init__(self, ds: Dataset, splits: Splits):
+    def __init__(self, ds: Dataset, splits: Splits, reporter: ProgressReporter = SILENT):
         self.ds, self.splits = training_only(ds, splits), splits
         self.labels = sorted(self.ds.table[ds.spec.target].unique())
-        self.raw = load_raw(self.ds, self.labels)
+        self.reporter = reporter
+        self.raw = load_raw(self.ds, self.labels, reporter)
         self.ids_seen: set = set()
 
     def scores(self, cfg: TrainConfig):
         """Yield (fold, macro-F1) as each fold finishes, so poor trials can stop early."""
-        engine = FoldEngine(self.ds, self.splits, cfg, self.labels, raw=self.raw)
-        for k, (fold, rows, proba) in enumerate(engine.fold_predictions(cfg.model)):
+        engine = FoldEngine(self.ds, self.splits, cfg, self.labels, raw=self.raw,
+                            reporter=self.reporter)
+        folds = engine.fold_predictions(cfg.model, reporter=self.reporter)
+        for k, (fold, rows, proba) in enumerate(folds):
             self.ids_seen.update(self.raw.ids[engine.rows(frozenset({fold}))].tolist())
             self.ids_seen.update(self.raw.ids[rows].tolist())
             yield k, classification_metrics(proba, self.raw.y[rows], self.labels)["macro_f1"]
@@ -88,10 +93,11 @@ class FoldScorer:
 def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | None = 600.0,
          n_trials: int | None = None, families: tuple[str, ...] = ("gbm", "gbm_tabular"),
          storage: str | None = None, study_name: str | None = None, seed: int = 42,
-         base: TrainConfig | None = None, track: bool = True) -> tuple[TuneResult, Any]:
-    """Run (or join) a study; returns its result and the Optuna study."""
+         base: TrainConfig | None = None, track: bool = True,
+         reporter: ProgressReporter = SILENT) -> tuple[TuneResult, Any]:
+    """Run (or join) a study; returns its result and the Optuna study. Each trial is a `trial`
+    step to `reporter` (time left: what remains of the budget), its folds and epochs too."""
     import optuna
-    from rich.console import Console
 
     bad = sorted(set(families) - set(FAMILIES))
     if bad or not families:
@@ -109,11 +115,41 @@ def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | N
         load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed),
         # Compare a trial's running CV mean with other trials' at the same fold, from fold 2 on.
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
-    scorer = FoldScorer(ds, splits)
-    console = Console()
+    scorer = FoldScorer(ds, splits, reporter)
+    started = time.perf_counter()
+    trials_done = 0
+    leader: tuple[float, int] | None = None  # this call's best CV macro-F1 and its trial
+
+    def seconds_left() -> float | None:
+        """The time left: what remains of the budget, sooner if the trials run out first."""
+        elapsed = time.perf_counter() - started
+        budget = None if time_budget is None else max(time_budget - elapsed, 0.0)
+        if n_trials is None or trials_done == 0:
+            return budget
+        pace = elapsed / trials_done * max(n_trials - trials_done, 0)
+        return pace if budget is None else min(pace, budget)
 
     def objective(trial: optuna.Trial) -> float:
+        nonlocal trials_done, leader
         cfg = suggest_config(trial, families, base)
+        name = f"#{trial.number} {cfg.model}"
+        so_far = f", best so far {leader[0]:.3f} (#{leader[1]})" if leader else ""
+        reporter.on_step("trial", name + so_far, trials_done, n_trials, seconds_left())
+        outcome = "failed"
+        try:
+            value = scored_trial(trial, cfg)
+            outcome = f"CV macro-F1 {value:.3f}"
+            if leader is None or value > leader[0]:
+                leader = (value, trial.number)
+            return value
+        except optuna.TrialPruned:
+            outcome = "pruned"
+            raise
+        finally:
+            trials_done += 1
+            reporter.on_step("trial", f"{name}: {outcome}", trials_done, n_trials, seconds_left())
+
+    def scored_trial(trial: optuna.Trial, cfg: TrainConfig) -> float:
         if not track:
             return _run_trial(trial, cfg, scorer)
         import mlflow
@@ -131,11 +167,9 @@ def tune(ds: Dataset, splits: Splits, settings: Settings, time_budget: float | N
                 pruned = False
         if pruned:
             raise optuna.TrialPruned()
-        console.print(f"trial {trial.number}: {trial.params.get('family')} CV macro-F1 {value:.3f}")
         return value
 
     parent_id = None
-    started = time.perf_counter()
     if track:
         import mlflow
 
@@ -183,10 +217,15 @@ def _redact(url: str) -> str:
 
 
 def train_winner(result: TuneResult, ds: Dataset, splits: Splits, out: Path, settings: Settings,
-                 register: bool = True) -> TuneResult:
-    """Retrain the best configuration on the whole training part, bundle it, register it."""
+                 register: bool = True, reporter: ProgressReporter = SILENT) -> TuneResult:
+    """Retrain the best configuration on the whole training part, bundle it, register it
+    (its image decoding, folds and epochs reported to `reporter`)."""
     cfg = result.best_config.model_copy(update={"cv": True})
-    bundle = train(ds, splits, out, cfg)
+    stage = f"retraining the winner ({cfg.model}) on the whole training part"
+    reporter.on_step("stage", stage, 0, 1)
+    engine = FoldEngine(ds, splits, cfg, training_labels(ds, splits), reporter=reporter)
+    bundle = train(ds, splits, out, cfg, engine=engine)
+    reporter.on_step("stage", stage, 1, 1)
     result.bundle_path = bundle.path
     if register:
         tracked = log_and_register(bundle, ds, splits, settings, run_name=f"tune-winner-{result.study_name}")

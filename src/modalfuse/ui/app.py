@@ -208,7 +208,7 @@ class PredictView:
 
 
 def heatmap_image(heat: dict[str, Any] | None, opacity: float) -> Image.Image | None:
-    """The sprite and its heatmap side by side at `opacity`, from a PredictView's `heat`."""
+    """The image and its heatmap side by side at `opacity`, from a PredictView's `heat`."""
     if heat is None:
         return None
     png = heatmap_overlay_png(heat["image"], heat["heatmap"], heat["patch"], scale=3,
@@ -216,21 +216,21 @@ def heatmap_image(heat: dict[str, Any] | None, opacity: float) -> Image.Image | 
     return Image.open(io.BytesIO(png))
 
 
-def explain_one(explainer: Explainer, sprite: bytes | None, values: list[Any], top_k: int = 5,
+def explain_one(explainer: Explainer, image: bytes | None, values: list[Any], top_k: int = 5,
                 opacity: float = DEFAULT_OPACITY) -> PredictView:
     """One explained prediction as the Predict tab shows it; a missing image or missing
     fields are scored from the other modality when the model can."""
     predictor = explainer.predictor
     spec = predictor.spec
     record = record_from_inputs(spec, values)
-    if not sprite and not record:
+    if not image and not record:
         return PredictView("**Nothing to predict from:** upload an image, fill in the "
                            "fields, or both.")
-    if not sprite and not predictor.supports("fields"):
+    if not image and not predictor.supports("fields"):
         return PredictView("**Upload an image first** (PNG, JPEG, GIF, WebP or BMP): this "
                            "model cannot predict from the fields alone.")
     try:
-        e = explainer.explain(record, sprite or None)
+        e = explainer.explain(record, image or None)
     except PredictionInputError as err:
         problems = "\n".join(f"- **{k}**: {v}" for k, v in err.errors[0].items())
         return PredictView(f"**This input cannot be scored:**\n{problems}")
@@ -461,16 +461,16 @@ def predict_tab(holder, predictor: Predictor, settings: Settings) -> None:
             source_md = gr.Markdown(EMPTY_FORM, elem_id="mf-source")
             source = gr.State(EMPTY_FORM)  # where the form was filled from, before any edit
             gr.Markdown(modalities_markdown(predictor), elem_id="mf-modes")
-            species = (gr.Dropdown(choices=names, value=None, label=f"Prefill from the "
-                                   f"dataset ({display})", elem_id="mf-species")
-                       if names else None)
+            row_choice = (gr.Dropdown(choices=names, value=None, label=f"Prefill from the "
+                                      f"dataset ({display})", elem_id="mf-species")
+                          if names else None)
             with gr.Row():
                 example_btn = gr.Button("Load the bundle's example", size="sm",
                                         elem_id="mf-example")
                 clear_btn = gr.Button("Clear the form", size="sm", elem_id="mf-clear")
             with gr.Row():
-                sprite = gr.File(label="Image (PNG, JPEG, GIF, WebP, BMP)", type="binary",
-                                 file_types=IMAGE_TYPES, elem_id="mf-sprite")
+                image_file = gr.File(label="Image (PNG, JPEG, GIF, WebP, BMP)", type="binary",
+                                     file_types=IMAGE_TYPES, elem_id="mf-sprite")
                 preview = gr.Image(label="Uploaded image", type="pil", format="png",
                                    interactive=False, height=200, elem_id="mf-preview")
             preview_caption = gr.Markdown("No image uploaded.", elem_id="mf-preview-caption")
@@ -500,22 +500,22 @@ def predict_tab(holder, predictor: Predictor, settings: Settings) -> None:
     outputs = [status, trust, top, heat, legend, share, contrib, heat_state]
     cleared = PredictView(PROMPT).outputs()
 
-    def _predict(sprite_bytes, alpha, *values):
-        return explain_one(holder.current.explainer, sprite_bytes, list(values),
+    def _predict(image_bytes, alpha, *values):
+        return explain_one(holder.current.explainer, image_bytes, list(values),
                            opacity=alpha).outputs()
 
-    go.click(_predict, [sprite, opacity, *widgets], outputs)
+    go.click(_predict, [image_file, opacity, *widgets], outputs)
     opacity.change(heatmap_image, [heat_state, opacity], [heat], show_progress="hidden")
 
     # Any change of an input (by the user or a prefill) clears the answer to the old input.
-    def _image_changed(sprite_bytes):
-        return [*preview_image(holder.current.predictor, sprite_bytes), *cleared]
+    def _image_changed(image_bytes):
+        return [*preview_image(holder.current.predictor, image_bytes), *cleared]
 
-    sprite.change(_image_changed, [sprite], [preview, preview_caption, *outputs],
+    image_file.change(_image_changed, [image_file], [preview, preview_caption, *outputs],
                   show_progress="hidden")
     gr.on([w.change for w in widgets], lambda: cleared, [], outputs, show_progress="hidden")
     # An edit by hand says so under the form's source.
-    gr.on([sprite.upload, sprite.clear, *[w.input for w in widgets]],
+    gr.on([image_file.upload, image_file.clear, *[w.input for w in widgets]],
           lambda src: src if src == EMPTY_FORM else f"{src} *Edited since.*",
           [source], [source_md], show_progress="hidden")
 
@@ -531,10 +531,10 @@ def predict_tab(holder, predictor: Predictor, settings: Settings) -> None:
         return _fill(str(path) if path else None, input_values(spec, example.get("fields", {})),
                      text)
 
-    form = [sprite, *widgets, source_md, source]
+    form = [image_file, *widgets, source_md, source]
     example_btn.click(_example, [], form)
     clear_btn.click(lambda: _fill(None, blank, EMPTY_FORM), [], form)
-    if species is not None and data is not None:
+    if row_choice is not None and data is not None:
         table, images_dir = data
 
         def _prefill(name):
@@ -547,7 +547,7 @@ def predict_tab(holder, predictor: Predictor, settings: Settings) -> None:
             return _fill(path, values, f"**Filled from the dataset row {display} = "
                                        f"{name}** (its fields and image).")
 
-        species.change(_prefill, [species], form)
+        row_choice.change(_prefill, [row_choice], form)
 
 
 def batch_tab(holder, settings: Settings, spec: DatasetSpec) -> None:

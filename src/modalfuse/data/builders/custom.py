@@ -219,6 +219,8 @@ def build_custom(table_path: Path, out_dir: Path, name: str, target: str, *,
         spec = DatasetSpec.load(spec_path)
         if na_values:
             spec = spec.model_copy(update={"na_values": sorted({*spec.na_values, *na_values})})
+        if image_pattern is not None:
+            spec = spec.model_copy(update={"image_pattern": image_pattern})
         if image_pattern is not None and spec.image_column != image_column:
             table = table.rename(columns={image_column: spec.image_column})
             copied.add(spec.image_column)
@@ -228,7 +230,8 @@ def build_custom(table_path: Path, out_dir: Path, name: str, target: str, *,
         spec = DatasetSpec(name=name, id_column=id_column, target=target,
                            image_column=image_column, group_column=group_column,
                            fields=infer_fields(table, reserved), image_size=image_size,
-                           min_class_count=min_class_count, na_values=sorted(set(na_values)))
+                           min_class_count=min_class_count, na_values=sorted(set(na_values)),
+                           image_pattern=image_pattern)
     # text as written, but a missing target stays missing (not the string 'nan')
     table[target] = table[target].map(str, na_action="ignore")
     validate_imported(spec, table, locations, table_path, frozenset(copied))

@@ -189,6 +189,15 @@ def locate_images(table: pd.DataFrame, images_dir: Path, *, image_column: str | 
     return located
 
 
+def pattern_name(row: dict, pattern: str, images_dir: Path,
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS) -> str:
+    """The file a pattern names for one row: the first candidate that exists under `images_dir`,
+    else the first candidate (so the caller's "not found" names what was tried first)."""
+    base = pattern.format(**{k: "" if pd.isna(v) else v for k, v in row.items()})
+    names = _candidates(base, extensions)
+    return next((n for n in names if (images_dir / n).is_file()), names[0])
+
+
 def pattern_hint(table: pd.DataFrame, images_dir: Path, column: str,
                  extensions: Sequence[str] = IMAGE_EXTENSIONS) -> str | None:
     """`--image-pattern '{column}.ext'` when the first rows' values name files with an extension
@@ -200,4 +209,5 @@ def pattern_hint(table: pd.DataFrame, images_dir: Path, column: str,
     return None
 
 
-__all__ = ["IMAGE_EXTENSIONS", "LocatedImages", "locate_images", "pattern_columns", "pattern_hint"]
+__all__ = ["IMAGE_EXTENSIONS", "LocatedImages", "locate_images", "pattern_columns", "pattern_hint",
+           "pattern_name"]

@@ -16,12 +16,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
-from rich.progress import track
 
 from modalfuse.data.dataset import write_dataset
 from modalfuse.errors import InvalidInput
 from modalfuse.features.image import encode_png, gif_frames, normalize_image, to_square_rgba
-from modalfuse.spec import DatasetSpec, FieldKind, FieldSpec
+from modalfuse.progress import SILENT, ProgressReporter, steps
+from modalfuse.spec import DatasetSpec, DatasetWords, FieldKind, FieldSpec
 
 DEX_JSON = "poke_env/data/static/pokedex/gen9pokedex.json"
 SPRITE_ROOT = "package/sprites/pokemon/versions/generation-v/black-white/animated/"
@@ -83,6 +83,8 @@ def pokemon_spec() -> DatasetSpec:
             "Pokémon primary type (gen 9 Pokédex) from the gen-5 front sprite and the "
             "Pokédex record, national dex 1-649."
         ),
+        words=DatasetWords(image_noun="sprite", record_noun="Pokédex record",
+                           row_noun="species", group_noun="family"),
     )
 
 
@@ -201,18 +203,32 @@ def read_sprites(tgz: Path, ids: set[int]) -> dict[tuple[int, str], bytes]:
     return out
 
 
+# The stages of a build, each a `build` step to the reporter.
+BUILD_STAGES = ("reading the Pokédex", "reading the sprite tarball", "sprites -> PNG",
+                "validating and writing the dataset")
+
+
 def build_pokemon(dex_wheel: Path, sprites_tgz: Path, out_dir: Path,
-                  sources: dict[str, str] | None = None) -> Path:
-    """Build the dataset folder (table, sprites, views, spec, manifest) from the two sources."""
+                  sources: dict[str, str] | None = None,
+                  reporter: ProgressReporter = SILENT) -> Path:
+    """Build the dataset folder (table, sprites, views, spec, manifest) from the two sources;
+    each stage is a `build` step to `reporter`, each sprite converted a `sprite` step."""
+    def stage(done: int) -> None:
+        name = BUILD_STAGES[min(done, len(BUILD_STAGES) - 1)]
+        reporter.on_step("build", name, done, len(BUILD_STAGES))
+
     spec = pokemon_spec()
+    stage(0)
     table = pokedex_table(read_pokedex(dex_wheel))
+    stage(1)
     sprites = read_sprites(sprites_tgz, set(table["id"]))
     missing = sorted(i for i in table["id"] if (i, "front") not in sprites)
     if missing:
         raise InvalidInput(f"{len(missing)} species have no front sprite in the tarball: {missing[:20]}")
     images: dict[str, bytes] = {}
     views = []
-    for (num, view), gif in track(sorted(sprites.items()), description="sprites -> PNG"):
+    stage(2)
+    for (num, view), gif in steps(sorted(sprites.items()), reporter, "sprite", "sprites -> PNG"):
         if view == "front":
             images[f"{num}.png"] = encode_png(normalize_image(gif, IMAGE_SIZE, 10_000_000))
         for k, frame in enumerate(gif_frames(gif, FRAMES_PER_VIEW)):
@@ -221,4 +237,7 @@ def build_pokemon(dex_wheel: Path, sprites_tgz: Path, out_dir: Path,
             rel = f"views/{num}/{view}_{k}.png"
             images[rel] = encode_png(to_square_rgba(frame, IMAGE_SIZE))
             views.append({"id": num, "view": view, "frame": k, "path": rel})
-    return write_dataset(out_dir, spec, table, images, pd.DataFrame(views), sources or {})
+    stage(3)
+    out = write_dataset(out_dir, spec, table, images, pd.DataFrame(views), sources or {})
+    stage(4)
+    return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from modalfuse.errors import InvalidInput
+from modalfuse.spec import DatasetWords
 
 if TYPE_CHECKING:
     from modalfuse.models.registry import Model
@@ -27,7 +28,11 @@ SpaceFn = Callable[[Any, "TrainConfig"], "TrainConfig"]
 @dataclass(frozen=True)
 class Recipe:
     """How to fit one model: `fit(engine, excluded)` returns a model fitted on the training
-    rows outside the excluded CV folds (by the engine, which owns rows, features and seeds)."""
+    rows outside the excluded CV folds (by the engine, which owns rows, features and seeds).
+
+    `help` may name the dataset's things as `{image}` and `{record}` (one image, one
+    record); `describe` fills them in with the dataset's words.
+    """
 
     name: str
     help: str
@@ -36,6 +41,11 @@ class Recipe:
     uses_lightgbm: bool = False  # fits LightGBM, so `TrainConfig.gbm_params` reach it
     needs_torch: bool = False  # trains a network (the `train` extra)
     space: SpaceFn | None = None  # the tunable space: (optuna trial, base config) -> config
+
+    def describe(self, words: DatasetWords | None = None) -> str:
+        """The recipe's one-line description in a dataset's words (neutral ones by default)."""
+        w = words or DatasetWords()
+        return self.help.replace("{image}", w.image_noun).replace("{record}", w.record_noun)
 
 
 RECIPES: dict[str, Recipe] = {}

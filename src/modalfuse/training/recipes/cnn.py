@@ -1,4 +1,4 @@
-"""`cnn`: the image alone, a sprite CNN trained from scratch and exported to ONNX."""
+"""`cnn`: the image alone, a CNN trained from scratch and exported to ONNX."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 
 def fit(engine: FoldEngine, excluded: Excluded) -> Model:
-    """The image network, fitted on the sprites (and extra views) of the rows outside `excluded`."""
+    """The image network, fitted on the images (and extra views) of the rows outside `excluded`."""
     return engine.network(excluded, with_tabular=False)
 
 
-register(Recipe("cnn", "image only: sprite CNN trained from scratch", fit, rank=2, needs_torch=True))
+register(Recipe("cnn", "image only: {image} CNN trained from scratch", fit, rank=2, needs_torch=True))

@@ -1,4 +1,4 @@
-"""`gbm_tabular`: the table alone, LightGBM on the Pokédex record's features."""
+"""`gbm_tabular`: the table alone, LightGBM on the record's features."""
 
 from __future__ import annotations
 
@@ -23,5 +23,5 @@ def space(trial: Any, base: TrainConfig) -> TrainConfig:
     return suggest_lightgbm(trial, base, "gbm_tabular", use_image_stats=False)
 
 
-register(Recipe("gbm_tabular", "tabular only: LightGBM on the Pokédex record", fit, rank=0,
+register(Recipe("gbm_tabular", "tabular only: LightGBM on the {record}", fit, rank=0,
                 uses_lightgbm=True, space=space))

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from modalfuse.models.registry import Model
     from modalfuse.training.folds import Excluded, FoldEngine
 
-# Two GBMs (with and without image statistics) disagree usefully; the CNN adds the sprite.
+# Two GBMs (with and without image statistics) disagree usefully; the CNN adds the image.
 PARTS = ("gbm", "gbm_tabular", "cnn")
 
 
