@@ -55,7 +55,12 @@ error_console = Console(stderr=True)
 
 
 
-def _chosen_dataset(value: str) -> str:
+# Commands whose stderr is a stream of JSON log lines: the dataset they chose is not announced
+# there in plain text (serve logs the model it loads instead).
+LOG_STREAM_COMMANDS = frozenset({"serve"})
+
+
+def _chosen_dataset(ctx: typer.Context, value: str) -> str:
     """The `--dataset` callback: the name given, else the one `config.choose_dataset` chooses
     (said on stderr, so a command's own output stays clean).
 
@@ -69,7 +74,7 @@ def _chosen_dataset(value: str) -> str:
         choice = choose_dataset(settings(), value or None)
     except ModalfuseError:
         return ""
-    if choice.reason != "-d":
+    if choice.reason != "-d" and ctx.info_name not in LOG_STREAM_COMMANDS:
         error_console.print(f"[dim]dataset {choice.name} ({choice.reason})[/]", highlight=False)
     return choice.name
 
