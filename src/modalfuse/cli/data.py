@@ -181,8 +181,10 @@ def data_split(
     ds = load_dataset(settings().dataset_dir(dataset))
     threshold = PHASH_THRESHOLD if phash_threshold is None else phash_threshold
     try:
-        splits = plan_splits(ds, seed=seed, test_size=test_size, n_folds=folds,
-                             phash_threshold=threshold, max_group_share=max_group_share)
+        with progress_bars() as bars:
+            splits = plan_splits(ds, seed=seed, test_size=test_size, n_folds=folds,
+                                 phash_threshold=threshold, max_group_share=max_group_share,
+                                 reporter=bars)
     except InvalidInput as e:
         fail(str(e))
     print_split_audit(splits.audit, dataset, ds.version, explain=explain)

@@ -29,6 +29,7 @@ from modalfuse.cli.common import (
     print_metrics,
     settings,
 )
+from modalfuse.cli.progress import progress_bars
 
 if TYPE_CHECKING:
     from modalfuse.data.dataset import Dataset
@@ -119,7 +120,9 @@ def predict(
                            actors, chunk_size)
     predictor = Predictor.from_path(bundle_path(bundle, dataset))
     try:
-        summary = predict_file(predictor, Path(input), images, Path(output), chunk_size=chunk_size)
+        with progress_bars() as bars:
+            summary = predict_file(predictor, Path(input), images, Path(output),
+                                   chunk_size=chunk_size, reporter=bars)
     except BatchInputError as e:
         fail(str(e))
     console.print(f"[green]wrote[/] {output}: {summary['rows']} rows, {summary['errors']} with errors "

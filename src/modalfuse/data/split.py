@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.progress import track
 
 from modalfuse.data.audit import (
     PHASH_THRESHOLD,
@@ -34,6 +33,7 @@ from modalfuse.data.audit import (
 from modalfuse.data.dataset import Dataset
 from modalfuse.errors import DataError, InvalidInput, MissingData
 from modalfuse.features.image import normalize_image
+from modalfuse.progress import SILENT, ProgressReporter, steps
 
 SPLITS_FILE = "splits.parquet"
 AUDIT_FILE = "split_audit.json"
@@ -121,7 +121,8 @@ def _stratified_group_cut(y: np.ndarray, groups: np.ndarray, n_splits: int, seed
 
 def plan_splits(ds: Dataset, seed: int = 42, test_size: float = 0.2, n_folds: int = 5,
                 phash_threshold: int = PHASH_THRESHOLD,
-                max_group_share: float | None = None) -> Splits:
+                max_group_share: float | None = None,
+                reporter: ProgressReporter = SILENT) -> Splits:
     """Compute the split and its audit without judging it: a failing audit is in the result
     (`Splits.audit["passed"]`, `Splits.blocking_failures()`), not raised. Nothing is written.
 
@@ -139,7 +140,7 @@ def plan_splits(ds: Dataset, seed: int = 42, test_size: float = 0.2, n_folds: in
 
     bits = np.stack([
         phash_bits(normalize_image(ds.image_bytes(n), spec.image_size, 10_000_000))
-        for n in track(ds.table[spec.image_column], description="perceptual hashes")
+        for n in steps(list(ds.table[spec.image_column]), reporter, "image", "perceptual hashes")
     ])
     merging = merge_near_duplicates(t[spec.group_column].to_numpy(), bits, phash_threshold,
                                     max_group_share)
@@ -172,12 +173,13 @@ def plan_splits(ds: Dataset, seed: int = 42, test_size: float = 0.2, n_folds: in
 
 def make_splits(ds: Dataset, seed: int = 42, test_size: float = 0.2, n_folds: int = 5,
                 phash_threshold: int = PHASH_THRESHOLD,
-                max_group_share: float | None = None) -> Splits:
+                max_group_share: float | None = None,
+                reporter: ProgressReporter = SILENT) -> Splits:
     """Split a dataset into a grouped, stratified test part and CV folds, and audit it for leakage.
 
     The arguments are those of `plan_splits`. Raises SplitError when a blocking audit check
     fails."""
-    splits = plan_splits(ds, seed, test_size, n_folds, phash_threshold, max_group_share)
+    splits = plan_splits(ds, seed, test_size, n_folds, phash_threshold, max_group_share, reporter)
     failed = splits.blocking_failures()
     if failed:
         raise SplitError("split fails the leakage audit: " + "; ".join(

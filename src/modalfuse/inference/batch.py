@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-from rich.progress import Progress
 
 from modalfuse.config import installed
 from modalfuse.data.builders.image_files import pattern_columns, pattern_name
 from modalfuse.errors import InvalidInput
 from modalfuse.inference.predictor import Predictor, table_records
 from modalfuse.inference.safe_csv import write_csv
+from modalfuse.progress import SILENT, ProgressReporter
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -342,10 +342,11 @@ def _blank(name: Any) -> bool:
 
 
 def predict_file(predictor: Predictor, input_path: Path, images_dir: Path, output: Path,
-                 chunk_size: int = 256) -> dict:
+                 chunk_size: int = 256, reporter: ProgressReporter = SILENT) -> dict:
     """Score a CSV or Parquet file chunk by chunk into a CSV or Parquet output, one row per input row.
 
     Rows that cannot be scored get an `error` instead of a label; returns row and error counts.
+    Each chunk is reported to `reporter` as `row` steps.
     """
     if Path(output).suffix.lower() != ".csv" and not parquet_available():
         raise BatchInputError(f"cannot write {Path(output).name}: {NO_PARQUET}")
@@ -353,12 +354,13 @@ def predict_file(predictor: Predictor, input_path: Path, images_dir: Path, outpu
     if (why := image_source_missing(predictor.spec, columns)) is not None:
         raise BatchInputError(why)
     parts = []
-    with Progress() as progress:  # the input is read a chunk at a time, never whole
-        task = progress.add_task("scoring", total=count_rows(input_path))
-        for chunk in iter_row_chunks(input_path, chunk_size):
-            parts.append(score_frame(predictor, chunk.rows, images_dir,
-                                     from_text=table_format(input_path) == "csv"))
-            progress.advance(task, len(chunk.rows))
+    total, done = count_rows(input_path), 0
+    reporter.on_step("row", "scoring", 0, total)
+    for chunk in iter_row_chunks(input_path, chunk_size):  # a chunk at a time, never whole
+        parts.append(score_frame(predictor, chunk.rows, images_dir,
+                                 from_text=table_format(input_path) == "csv"))
+        done += len(chunk.rows)
+        reporter.on_step("row", "scoring", done, total)
     if not parts:  # no rows: still one (empty) output with every column
         empty = pd.DataFrame(columns=columns)
         parts.append(score_frame(predictor, empty, images_dir))
