@@ -70,10 +70,23 @@ def train(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig | None = 
     if engine is None:
         engine = FoldEngine(ds, splits, cfg, training_labels(ds, splits))
     started = time.perf_counter()
+    stages = ["cross-validation"] * (cv is None and cfg.cv) + [
+        f"{recipe.name}: final fit on the training part",
+        "companions: prediction sets, OOD detectors, missing-modality models"] + [
+        "scoring the test split once"] * evaluate_test
+
+    def stage(done: int) -> None:
+        """Report the stage under way (`done` of them finished) to the engine's reporter."""
+        engine.reporter.on_step("stage", stages[min(done, len(stages) - 1)], done, len(stages))
+
+    stage(0)
     if cv is None and cfg.cv:
         cv = engine.cross_validate(recipe.name)
+        stage(1)
+    done = len(stages) - 2 - evaluate_test
     temperature = cv["temperature"] if cv else 1.0
     model = CalibratedModel(engine.fit(recipe.name), temperature)
+    stage(done + 1)
     metrics: dict = {"cv": cv["summary"] if cv else None}
     bundle = save_bundle(
         out_dir, ds.spec, engine.preprocessor(frozenset()), model, engine.labels,
@@ -86,7 +99,10 @@ def train(ds: Dataset, splits: Splits, out_dir: Path, cfg: TrainConfig | None = 
                   "temperature": temperature, "model_help": recipe.describe(ds.spec.words)},
         companions=fit_companions(engine, cv),
     )
-    return finish_bundle(bundle, ds, splits, cv, metrics, evaluate_test)
+    stage(done + 2)
+    bundle = finish_bundle(bundle, ds, splits, cv, metrics, evaluate_test)
+    stage(len(stages))
+    return bundle
 
 
 def finish_bundle(bundle: ModelBundle, ds: Dataset, splits: Splits, cv: dict | None,
