@@ -4,15 +4,7 @@ known before the first (in-process and short; the servers' benchmarks are tested
 from __future__ import annotations
 
 from modalfuse.bench.load import ROUNDS, levels_per_bundle
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, str, int, int | None]] = []
-
-    def on_step(self, kind: str, name: str, done: int, total: int | None,
-                eta_s: float | None = None) -> None:
-        self.steps.append((kind, name, done, total))
+from progress_recorder import Recorder
 
 
 def test_serve_bench_counts_its_levels_up_front():
@@ -26,7 +18,7 @@ def test_shadow_bench_reports_each_level(fixture_bundle):
 
     rec = Recorder()
     res = run_shadow_bench(fixture_bundle.path, requests=10, warmup=1, server=False, reporter=rec)
-    measured = [(n, d, t) for k, n, d, t in rec.steps if k == "level"]
+    measured = [(n, d, t) for n, d, t, _ in rec.of("level")]
     assert measured[0] == ("c=1 without a shadow, 10 requests", 0, 4)
     assert measured[-1] == ("c=8 with a shadow, 10 requests", 4, 4)
     assert [d for _, d, _ in measured] == sorted(d for _, d, _ in measured)
@@ -39,6 +31,6 @@ def test_batch_bench_reports_each_timed_run(fixture_bundle, fixture_dataset):
     rec = Recorder()
     run_bench(fixture_bundle.path, fixture_dataset.root, rows=40, chunk_size=16, repeats=2,
               ray_engine=False, reporter=rec)
-    runs = [(n, d, t) for k, n, d, t in rec.steps if k == "run"]
+    runs = [(n, d, t) for n, d, t, _ in rec.of("run")]
     assert [d for _, d, _ in runs] == list(range(7)) and {t for *_, t in runs} == {6}
     assert runs[0][0].endswith("repeat 1/2") and runs[-1][0] == "timed every engine"

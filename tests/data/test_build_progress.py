@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from modalfuse.data.builders.pokemon import BUILD_STAGES, DEX_JSON, SPRITE_ROOT, build_pokemon
+from progress_recorder import Recorder
 
 
 def animated_gif(rgb: tuple[int, int, int]) -> bytes:
@@ -47,24 +48,15 @@ def tiny_sources(folder: Path, n: int = 6) -> tuple[Path, Path]:
     return wheel, tgz
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, str, int, int | None]] = []
-
-    def on_step(self, kind: str, name: str, done: int, total: int | None,
-                eta_s: float | None = None) -> None:
-        self.steps.append((kind, name, done, total))
-
-
 def test_build_reports_stages_and_sprites(tmp_path, capsys):
     wheel, tgz = tiny_sources(tmp_path)
     rec = Recorder()
     out = build_pokemon(wheel, tgz, tmp_path / "pokemon", reporter=rec)
     assert (out / "manifest.json").exists()
-    stages = [(n, d, t) for k, n, d, t in rec.steps if k == "build"]
+    stages = [(n, d, t) for n, d, t, _ in rec.of("build")]
     assert stages == [(name, i, len(BUILD_STAGES)) for i, name in enumerate(BUILD_STAGES)] + [
         (BUILD_STAGES[-1], len(BUILD_STAGES), len(BUILD_STAGES))]
-    sprites = [(d, t) for k, _, d, t in rec.steps if k == "sprite"]
+    sprites = [(d, t) for _, d, t, _ in rec.of("sprite")]
     assert sprites == [(i, 12) for i in range(13)]  # 6 species x front and back
     build_pokemon(wheel, tgz, tmp_path / "again")  # no reporter: nothing printed
     assert capsys.readouterr().out == ""

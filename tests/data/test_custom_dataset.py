@@ -8,58 +8,28 @@ line of Pokémon-specific code involved.
 from __future__ import annotations
 
 import base64
-import io
 
 import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+from fixture_data import make_fruit_dataset
 from modalfuse.cli import app as cli_app
 from modalfuse.config import Settings
 from modalfuse.data.builders.custom import read_table
 from modalfuse.data.dataset import load_dataset
 from modalfuse.inference.predictor import Predictor, api_body, table_records
+from modalfuse.inference.reliability import fruit_photo
 from modalfuse.serve.app import create_app
 from modalfuse.spec import FieldKind
-
-FRUITS = {"apple": ((200, 30, 30), 150, 12), "banana": ((230, 210, 40), 120, 18),
-          "lime": ((60, 190, 50), 60, 4)}
-
-
-def photo(rng, rgb) -> bytes:
-    w, h = int(rng.integers(120, 260)), int(rng.integers(100, 200))
-    img = Image.new("RGB", (w, h), (240, 240, 235))  # photos: opaque background, no alpha
-    d = ImageDraw.Draw(img)
-    col = tuple(int(np.clip(c + rng.normal(0, 20), 0, 255)) for c in rgb)
-    d.ellipse((w // 5, h // 5, 4 * w // 5, 4 * h // 5), fill=col)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
 def fruit_dir(tmp_path_factory):
-    rng = np.random.default_rng(3)
-    root = tmp_path_factory.mktemp("fruit")
-    (root / "photos" / "batch1").mkdir(parents=True)
-    rows = []
-    for i in range(150):
-        kind = list(FRUITS)[i % 3]
-        rgb, grams, sweet = FRUITS[kind]
-        name = f"batch1/f{i:03d}.jpg"
-        (root / "photos" / name).write_bytes(photo(rng, rgb))
-        rows.append({"sku": f"S{i:04d}", "fruit": kind, "photo": name,
-                     "orchard": f"o{i // 2}",  # two photos per orchard lot: one group
-                     "grams": float(grams + rng.normal(0, 15)),
-                     "sugar": float(sweet + rng.normal(0, 2)),
-                     "organic": bool(rng.random() < 0.5),
-                     "origin": str(rng.choice(["ES", "IT", "CO"])),
-                     "labels": "|".join(sorted(set(rng.choice(["fresh", "local", "sale"], 2))))})
-    pd.DataFrame(rows).to_csv(root / "fruit.csv", index=False)
-    return root
+    """The fruit table (tests/fixture_data.py): 150 photos, two per orchard lot."""
+    return make_fruit_dataset(tmp_path_factory.mktemp("fruit"), n_rows=150, seed=3)
 
 
 @pytest.mark.slow  # import, split, train, serve a second dataset: 32 s under -n 2 on 2 cores
@@ -121,7 +91,7 @@ def country_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("countries")
     (root / "flags").mkdir()
     for i in range(6):
-        (root / "flags" / f"c{i}.jpg").write_bytes(photo(rng, (40 * i, 90, 200 - 30 * i)))
+        (root / "flags" / f"c{i}.jpg").write_bytes(fruit_photo(rng, (40 * i, 90, 200 - 30 * i)))
     (root / "countries.csv").write_text(
         "code,zone,flag,leader,area,tags\n"
         "NA,south,c0.jpg,None,825.6,coast|desert\n"

@@ -214,3 +214,24 @@ def test_an_empty_data_folder_says_how_to_get_a_dataset(data_dir):
     assert res.exit_code == 1
     out = said(res)
     assert "no dataset in" in out and "modalfuse data import" in out
+
+
+def test_batch_rows_the_pattern_cannot_name_become_error_rows(id_named, data_dir):
+    from modalfuse.errors import InvalidInput
+    from modalfuse.inference.batch import image_source_missing, row_image_names
+
+    res = run("data", "import", "--table", str(id_named / "items.csv"), "--name", "shop",
+              "--target", "colour", "--image-pattern", "{id}")
+    assert res.exit_code == 0, res.output
+    spec = load_dataset(Settings().dataset_dir("shop")).spec
+    assert spec.image_pattern == "{id}"
+    rows = pd.DataFrame({"id": ["e000b0bd5", "e001b0bd5", "../../etc/passwd", "nope"],
+                         "weight": [1.0, 2.0, 3.0, 4.0]})
+    assert image_source_missing(spec, list(rows.columns)) is None
+    assert "lacks ['id']" in image_source_missing(spec, ["weight"])
+    names = row_image_names(spec, rows, id_named)
+    assert names[:2] == ["e000b0bd5.jpg", "e001b0bd5.png"]
+    assert isinstance(names[2], InvalidInput) and "leaves the images folder" in str(names[2])
+    assert names[3] == "nope.png"  # not there: the first name tried, for the row's error
+    fmt = spec.model_copy(update={"image_pattern": "{weight:d}"})
+    assert isinstance(row_image_names(fmt, rows, id_named)[0], InvalidInput)

@@ -260,6 +260,8 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
     root = os.path.realpath(images_dir)
     for i, name in enumerate(row_image_names(spec, rows, images_dir)):
         try:
+            if isinstance(name, InvalidInput):
+                raise name
             data = _read_image(root, name)
         except ValueError as e:
             data, path_errors[i] = None, str(e)
@@ -316,10 +318,17 @@ def score_frame(predictor: Predictor, rows: pd.DataFrame, images_dir: Path,
 
 def row_image_names(spec: DatasetSpec, rows: pd.DataFrame, images_dir: Path) -> list[Any]:
     """Each row's image file name: its image column, else the import's file-name pattern
-    (`{id}` -> the first of `<id>.png`, `<id>.jpg`, ... under `images_dir`)."""
+    (`{id}` -> the first of `<id>.png`, `<id>.jpg`, ... under `images_dir`). A row the pattern
+    cannot name gets the InvalidInput that says why, to become its error row."""
     if spec.image_column in rows or not spec.image_pattern:
         return list(rows[spec.image_column])
-    return [pattern_name(r, spec.image_pattern, Path(images_dir)) for r in rows.to_dict("records")]
+    names: list[Any] = []
+    for r in rows.to_dict("records"):
+        try:
+            names.append(pattern_name(r, spec.image_pattern, Path(images_dir)))
+        except InvalidInput as e:
+            names.append(e)
+    return names
 
 
 def image_source_missing(spec: DatasetSpec, columns: list[str]) -> str | None:

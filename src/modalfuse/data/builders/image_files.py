@@ -192,9 +192,15 @@ def locate_images(table: pd.DataFrame, images_dir: Path, *, image_column: str | 
 def pattern_name(row: dict, pattern: str, images_dir: Path,
                  extensions: Sequence[str] = IMAGE_EXTENSIONS) -> str:
     """The file a pattern names for one row: the first candidate that exists under `images_dir`,
-    else the first candidate (so the caller's "not found" names what was tried first)."""
-    base = pattern.format(**{k: "" if pd.isna(v) else v for k, v in row.items()})
-    names = _candidates(base, extensions)
+    else the first candidate (so the caller's "not found" names what was tried first).
+    InvalidInput when the row cannot fill the pattern or the name would leave `images_dir`."""
+    try:
+        base = pattern.format(**{k: "" if pd.isna(v) else v for k, v in row.items()})
+    except (ValueError, KeyError, IndexError) as e:
+        raise InvalidInput(f"the row cannot fill the image file-name pattern {pattern!r}: {e}") from None
+    names = [n for n in _candidates(base, extensions) if _safe_relative(n) is not None]
+    if not names:
+        raise InvalidInput(f"the image file name {base!r} (pattern {pattern!r}) leaves the images folder")
     return next((n for n in names if (images_dir / n).is_file()), names[0])
 
 
